@@ -1,0 +1,3 @@
+"""studio-watch: watched folders → a durable queue → Canvas Studio, never losing or duplicating a recording."""
+
+__version__ = "0.1.0"

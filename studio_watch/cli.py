@@ -1,0 +1,207 @@
+"""The `studio-watch` command: argument parsing, exit codes and human output.
+
+Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad configuration (the message names the file,
+the key and what is wrong). No traceback reaches the user for an expected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__, logs
+from . import config as cfg
+from .errors import ConfigError, StudioWatchError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message, drop nothing
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="studio-watch", description="Upload recordings from watched folders to Canvas Studio, "
+                     "exactly once, surviving crashes, outages and expired tokens.")
+    parser.add_argument("--version", action="version", version=f"studio-watch {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="PATH",
+                        help=f"config file (default: ${cfg.CONFIG_ENV}, then {cfg.DEFAULT_CONFIG_PATH})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    add("run", "run the daemon in the foreground (stops cleanly on SIGTERM/SIGINT)")
+    p = add("status", "jobs per state, oldest waiting job, recent failures, pause state")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p = add("jobs", "one line per job: id, state, path, media id, attempts, last error")
+    p.add_argument("--state", choices=_states(), help="only jobs in this state")
+    p.add_argument("--json", action="store_true", help="a JSON array on stdout")
+    p.add_argument("--limit", type=_positive_int, help="at most this many jobs")
+    p = add("retry", "put failed jobs back in the queue")
+    p.add_argument("ids", nargs="*", type=_positive_int, metavar="JOB_ID")
+    p.add_argument("--failed", action="store_true", help="every failed job")
+    p = add("upload", "upload one file through the durable queue and follow it to completion")
+    p.add_argument("file", metavar="FILE")
+    _target_args(p)
+    p.add_argument("--again", action="store_true", help="upload even if this exact file was uploaded before")
+    p = add("import-url", "create media from a URL (YouTube and Vimeo become external media)")
+    p.add_argument("url", metavar="URL")
+    _target_args(p)
+    p.add_argument("--external", action="store_true", help="an external YouTube/Vimeo link (no title needed)")
+    p.add_argument("--no-external", dest="external", action="store_false", default=None,
+                   help="import a YouTube/Vimeo URL as a regular media instead of an external link")
+    add("check", "validate the config, reach the API, check the token, folders and targets")
+    p = add("explain", "which folder rule a path matches and exactly what would be sent")
+    p.add_argument("path", metavar="PATH")
+    p = add("auth", "OAuth authorization and the stored token's state")
+    auth = p.add_subparsers(dest="auth_command", metavar="ACTION", parser_class=_Parser)
+    auth.required = True
+    login = auth.add_parser("login", help="authorize studio-watch (prints a URL, reads the code)", parents=[common])
+    login.add_argument("--code", help="the authorization code (or the whole redirect URL), without prompting")
+    login.add_argument("--redirect-uri", default=None, help="the redirect URI registered with the Developer Key")
+    auth.add_parser("status", help="whether a token is stored and when it expires (never the token)",
+                    parents=[common])
+    p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
+                       description="Serve a local Canvas Studio emulator (the API of shared/studio-api.md).")
+    from .sandbox import add_sandbox_arguments
+
+    add_sandbox_arguments(p)
+    p = add("demo", "sandbox + a temporary drop folder + the daemon: the whole pipeline, with no account")
+    p.add_argument("--once", action="store_true", help="exit when the sample files are uploaded")
+    p.add_argument("--files", type=_positive_int, default=3, help="how many sample files to drop (default 3)")
+    return parser
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--collection", type=_positive_int, metavar="ID", help="into this collection")
+    group.add_argument("--user", type=_positive_int, metavar="ID", help="into this user's My Uploads (admin)")
+    p.add_argument("--title", help="the media title")
+    p.add_argument("--description", default="", help="the media description")
+    p.add_argument("--auto-caption", action="store_true", help="ask Studio for automatic captions")
+
+
+def _states() -> list[str]:
+    from .jobqueue import STATES
+
+    return list(STATES)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"studio-watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StudioWatchError as exc:
+        print(f"studio-watch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import commands
+
+    handler: Callable[..., int] = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    return handler(args)
+
+
+def load_config(args: argparse.Namespace) -> cfg.Config:
+    return cfg.load(cfg.config_path(getattr(args, "config", None)))
+
+
+def stop_on_signals(stop: threading.Event, on_hup: Callable[[], None] | None = None) -> None:
+    """Signal handlers only set events."""
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if on_hup is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: on_hup())
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent elsewhere."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.stream = max(total, 1), stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+
+    def update(self, sent: int, label: str = "") -> None:
+        if not self.enabled:
+            return
+        fraction = min(1.0, sent / self.total)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = sent / elapsed
+        eta = (self.total - sent) / rate if rate > 0 else 0
+        bar = "#" * int(fraction * 30)
+        self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {human_bytes(rate)}/s ETA {human_age(eta)} {label:<12}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def resolve_cli_path(text: str) -> str:
+    return os.path.abspath(os.fsdecode(os.fsencode(text)))
+
+
+def config_error(option: str, problem: str) -> ConfigError:
+    return ConfigError(f"command line: {option}: {problem}")
+
+
+def path_of(args: argparse.Namespace) -> Path:
+    return cfg.config_path(getattr(args, "config", None))

@@ -1,0 +1,327 @@
+"""What each `studio-watch` subcommand does (cli.py parses; this module acts and prints)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import config as cfg
+from . import logs
+from .cli import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, human_bytes, load_config,
+                  print_json, stop_on_signals)
+from .daemon import PAUSE_KEY, Daemon, DaemonLock, make_tokens
+from .errors import DatabaseLocked, StudioError
+from .jobqueue import STATES, TERMINAL, Job, JobQueue, Seen, State
+from .pipeline import Pipeline
+from .studio import StudioClient
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    logs.setup(config.log.level, config.log.format)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    Daemon(config, stop).run()
+    return EXIT_OK
+
+
+# -- reading the queue ---------------------------------------------------------------------------------------
+
+def status_data(config: cfg.Config) -> dict[str, Any]:
+    """Everything `status` shows, as one JSON-able object."""
+    queue = JobQueue(config.state_db)
+    try:
+        oldest = queue.oldest_waiting()
+        pause = queue.meta(PAUSE_KEY)
+        pid = DaemonLock(config.state_db).held_by_other()
+        import json
+
+        paused = json.loads(pause) if pause else None
+        return {
+            "jobs": queue.counts(),
+            "paused": paused is not None,
+            "pause_reason": paused["reason"] if paused else None,
+            "paused_since": paused["since"] if paused else None,
+            "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+            "oldest_waiting": _job_summary(oldest) if oldest else None,
+            "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
+            "transfers": [_transfer(j) for j in queue.in_flight() if j.bytes_sent is not None],
+            "recent_failures": [_job_summary(j) for j in queue.recent_failures()],
+            "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id}
+                        for f in config.folders],
+        }
+    finally:
+        queue.close()
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.state.value, "kind": job.kind, "path": job.display_path,
+            "media_id": job.media_id, "attempts": job.attempts, "last_error": job.last_error,
+            "reason": job.reason, "collection_id": job.collection_id, "user_id": job.user_id,
+            "title": job.title, "size": job.size, "content_hash": job.content_hash,
+            "captions_skipped": job.captions_skipped, "transcoding_status": job.transcoding_status,
+            "created_at": job.created_at, "updated_at": job.updated_at}
+
+
+def _transfer(job: Job) -> dict[str, Any]:
+    sent, total = job.bytes_sent or 0, job.size or 0
+    elapsed = max((job.progress_at or time.time()) - (job.claimed_at or time.time()), 1e-6)
+    rate = sent / elapsed
+    return {"id": job.id, "path": job.display_path, "bytes_sent": sent, "size": total,
+            "percent": round(100 * sent / total, 1) if total else None, "bytes_per_second": round(rate),
+            "eta_seconds": round((total - sent) / rate, 1) if rate > 0 else None}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = status_data(load_config(args))
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    daemon = data["daemon"]
+    print(f"daemon:  {'running (pid %s)' % daemon['pid'] if daemon['running'] else 'not running'}")
+    if data["paused"]:
+        print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: {data['pause_reason']}")
+    else:
+        print("queue:   running")
+    print("jobs:    " + ", ".join(f"{state} {data['jobs'][state]}" for state in STATES))
+    if data["oldest_waiting"]:
+        o = data["oldest_waiting"]
+        print(f"oldest waiting: job {o['id']} ({o['state']}) {human_age(data['oldest_waiting_seconds'])}: {o['path']}")
+    for t in data["transfers"]:
+        eta = human_age(t["eta_seconds"]) if t["eta_seconds"] is not None else "?"
+        print(f"uploading: job {t['id']} {t['percent']}% of {human_bytes(t['size'])} at "
+              f"{human_bytes(t['bytes_per_second'])}/s, ETA {eta}: {t['path']}")
+    for f in data["recent_failures"]:
+        print(f"failed:  job {f['id']}: {f['path']}: {f['last_error']}")
+    for f in data["folders"]:
+        target = f"collection {f['collection_id']}" if f["collection_id"] else \
+            f"user {f['user_id']}" if f["user_id"] else "My Uploads"
+        print(f"folder:  {f['path']} → {target}")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    queue = JobQueue(config.state_db)
+    try:
+        jobs = queue.jobs(args.state, args.limit)
+    finally:
+        queue.close()
+    if args.json:
+        print_json([_job_summary(j) for j in jobs])
+        return EXIT_OK
+    print(f"{'ID':>6}  {'STATE':<10}  {'MEDIA':>8}  {'TRIES':>5}  PATH / LAST ERROR")
+    for job in jobs:
+        note = job.last_error or job.reason or ""
+        print(f"{job.id:>6}  {job.state.value:<10}  {job.media_id or '-':>8}  {job.attempts:>5}  {job.display_path}"
+              + (f"  ({note})" if note and job.state is not State.COMPLETED else ""))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.ids and not args.failed:
+        raise config_error("retry", "give JOB_ID... or --failed")
+    if args.ids and args.failed:
+        raise config_error("retry", "give JOB_ID... or --failed, not both")
+    config = load_config(args)
+    queue = JobQueue(config.state_db)
+    try:
+        moved = queue.retry(None if args.failed else args.ids)
+    finally:
+        queue.close()
+    missing = sorted(set(args.ids or []) - set(moved))
+    print(f"requeued {len(moved)} job(s)" + (f": {', '.join(map(str, moved))}" if moved else ""))
+    if missing:
+        print(f"not failed or not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# -- upload by hand -------------------------------------------------------------------------------------------
+
+class _LocalPause:
+    """The pause switch for `upload` working alone: remember why, and let the caller wait."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def trip(self, reason: str) -> None:
+        self.reason = reason
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    logs.setup("warning" if config.log.level == "info" else config.log.level, config.log.format)
+    path = os.path.abspath(args.file)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise config_error("FILE", f"{args.file}: {exc.strerror}") from None
+    if not os.path.isfile(path):
+        raise config_error("FILE", f"{args.file}: not a regular file")
+    if st.st_size == 0:
+        raise config_error("FILE", f"{args.file}: the file is empty")
+    queue = JobQueue(config.state_db)
+    try:
+        job_id = _enqueue_upload(queue, args, path, st)
+        if job_id is None:
+            return EXIT_OK
+        lock = DaemonLock(config.state_db)
+        try:
+            lock.acquire()
+        except DatabaseLocked as exc:
+            print(f"a daemon (pid {exc.pid}) holds the queue; its workers will upload job {job_id}", file=sys.stderr)
+            return _follow(queue, job_id, None)
+        try:
+            return _upload_alone(config, queue, job_id)
+        finally:
+            lock.release()
+    finally:
+        queue.close()
+
+
+def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os.stat_result) -> int | None:
+    seen = Seen(path=path, folder="", size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
+                collection_id=args.collection, user_id=args.user, auto_caption=args.auto_caption,
+                after_upload="keep", move_to=None, duplicates="upload" if args.again else "skip", settle_seconds=0)
+    existing = queue.find_manual(seen)
+    if existing is not None and not args.again:
+        if existing.state is State.COMPLETED:
+            print(f"already uploaded: job {existing.id}, media {existing.media_id} (use --again to upload anyway)")
+            return None
+        if existing.state.value not in TERMINAL and existing.state is not State.SETTLING:
+            print(f"resuming job {existing.id} ({existing.state.value})", file=sys.stderr)
+            return existing.id
+    title = args.title or Path(path).stem
+    return queue.add(seen, State.READY, title=title, description=args.description or "")
+
+
+def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
+    """No daemon: run the pipeline here, waiting out retries, until the job ends."""
+    stop = threading.Event()
+    stop_on_signals(stop)
+    queue.recover()
+    pause = _LocalPause()
+    job = queue.get(job_id)
+    assert job is not None
+    bar = ProgressBar(job.size or 0)
+
+    class _Progress:
+        def put_done(self, nbytes: int, seconds: float) -> None:
+            pass
+
+        def failure(self, reason: str) -> None:
+            pass
+
+        def progress(self, job_id: int, sent: int, total: int) -> None:
+            bar.update(sent, "uploading")
+
+    client = StudioClient(config.studio, config.retry, make_tokens(config), stop)
+    pipeline = Pipeline(queue, client, config.retry, pause, stop, _Progress())
+    try:
+        while not stop.is_set():
+            claimed = queue.claim_id(job_id, f"{os.getpid()}:upload")
+            if claimed is None:
+                break
+            job = pipeline.run(claimed)
+            if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
+                break
+            wait = max(0.0, job.next_attempt_at - time.time())
+            if pause.reason:
+                print(f"\nStudio unavailable: {pause.reason}; trying again in {wait:.0f}s "
+                      "(Ctrl-C to stop; the job stays queued)", file=sys.stderr)
+                pause.reason = None
+                wait = max(wait, config.retry.initial_seconds)
+            elif wait:
+                print(f"\n{job.last_error}; retrying in {wait:.0f}s", file=sys.stderr)
+            stop.wait(wait)
+    finally:
+        client.close()
+        bar.done()
+    return _report(queue.get(job_id))
+
+
+def _follow(queue: JobQueue, job_id: int, bar: ProgressBar | None) -> int:
+    """A daemon does the work: watch the job's row until it ends."""
+    while True:
+        job = queue.get(job_id)
+        assert job is not None
+        if bar is None and job.size:
+            bar = ProgressBar(job.size)
+        if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
+            if bar:
+                bar.update(job.size or 0, job.state.value)
+                bar.done()
+            return _report(job)
+        if bar:
+            sent = job.bytes_sent or (job.size if job.state is State.UPLOADED else 0) or 0
+            bar.update(sent, job.state.value)
+        time.sleep(0.25)
+
+
+def _report(job: Job | None) -> int:
+    assert job is not None
+    if job.state is State.COMPLETED:
+        note = " (captions skipped: not enabled for this account)" if job.captions_skipped else ""
+        print(f"uploaded {job.display_path} as media {job.media_id} (job {job.id}){note}")
+        return EXIT_OK
+    if job.state is State.SKIPPED:
+        extra = f" of media {job.media_id}" if job.media_id else ""
+        print(f"skipped {job.display_path}: {job.reason}{extra} (job {job.id})")
+        return EXIT_OK
+    if job.state is State.FAILED:
+        print(f"failed {job.display_path}: {job.last_error} (job {job.id}; `studio-watch retry {job.id}`)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"stopped: job {job.id} is {job.state.value} and stays queued", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# -- the sandbox and the demo ------------------------------------------------------------------------------
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import sandbox_from_args, serve_forever_until
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    sandbox = sandbox_from_args(args)
+    try:
+        serve_forever_until(sandbox, stop, sys.stdout)
+    finally:
+        sandbox.stop()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(files=args.files, once=args.once)
+
+
+def cmd_import_url(args: argparse.Namespace) -> int:
+    from .imports import cmd_import_url as run
+
+    return run(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import cmd_check as run
+
+    return run(args)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .checks import cmd_explain as run
+
+    return run(args)
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    from .oauth import cmd_auth as run
+
+    return run(args)

@@ -1,0 +1,457 @@
+"""Configuration: frozen dataclasses, YAML loading and validation with errors that name the key.
+
+`load(path)` is the only entry point that reads a file. Every problem raises `ConfigError` whose message is
+`<file>: <key>: <problem>`. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/studio-watch/config.yaml"
+CONFIG_ENV = "STUDIO_WATCH_CONFIG"
+MEDIA_PATTERNS = ("*.mp4", "*.mov", "*.m4v", "*.avi", "*.wmv", "*.mpg", "*.mpeg", "*.flv", "*.asf", "*.qt",
+                  "*.3gp", "*.mp3", "*.wma", "*.wav")
+JUNK_PATTERNS = (".*", "~*", "*.part", "*.tmp", "*.crdownload")
+TEMPLATE_FIELDS = ("stem", "name", "folder", "parent", "mtime", "size")
+MAX_UPLOAD_BYTES = 10 * 1000 ** 3  # Studio's documented limit: 10 GB
+
+
+@dataclass(frozen=True)
+class OAuthConfig:
+    client_id: str
+    token_store: Path
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    url: str
+    token_file: Path | None = None
+    token_env: str | None = None
+    oauth: OAuthConfig | None = None
+    timeout_seconds: float = 30.0
+    ca_bundle: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        return self.url.rstrip("/") + "/api/public/v1"
+
+
+@dataclass(frozen=True)
+class FolderRule:
+    """Everything that decides what happens to a file found in one watched folder."""
+
+    path: Path
+    collection_id: int | None = None
+    user_id: int | None = None
+    recursive: bool = False
+    settle_seconds: float = 10.0
+    include: tuple[str, ...] = MEDIA_PATTERNS
+    exclude: tuple[str, ...] = JUNK_PATTERNS
+    title: str = "{stem}"
+    description: str = ""
+    auto_caption: bool = False
+    after_upload: str = "keep"
+    after_upload_when: str = "completed"  # completed | processed (wait for Studio's transcoding)
+    processed_timeout_seconds: float = 86400.0
+    move_to: Path | None = None
+    duplicates: str = "skip"
+    links: bool = True
+
+
+# The folder keys that may also appear under `defaults:`.
+FOLDER_KEYS = tuple(f.name for f in dataclasses.fields(FolderRule) if f.name != "path") + ("path",)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial_seconds: float = 2.0
+    max_seconds: float = 900.0
+    max_attempts: int = 12
+    request_tries: int = 4  # tries of one HTTP request inside the client before the queue takes over
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    studio: StudioConfig
+    state_db: Path
+    folders: tuple[FolderRule, ...] = ()
+    workers: int = 2
+    rescan_seconds: float = 60.0
+    observer: str = "auto"
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Reader:
+    """Takes typed values out of one YAML mapping, naming `file: key` in every error."""
+
+    def __init__(self, source: Path, where: str, data: Any) -> None:
+        self.source, self.where = source, where
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(None, f"expected a mapping, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def key(self, name: str | None) -> str:
+        if name is None:
+            return self.where or "(top level)"
+        return f"{self.where}.{name}" if self.where else name
+
+    def fail(self, name: str | None, problem: str) -> None:
+        raise ConfigError(f"{self.source}: {self.key(name)}: {problem}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            self.fail(name, f"expected {names}, got {_kind(value)} {value!r}")
+        return value
+
+    def positive(self, name: str, default: float, kind: type = float, zero_ok: bool = False) -> Any:
+        value = self.get(name, kind, default)
+        if value < 0 or (value == 0 and not zero_ok):
+            self.fail(name, f"must be {'zero or more' if zero_ok else 'greater than zero'}, got {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in choices:
+            self.fail(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def path(self, name: str, default: Path | None = None) -> Path | None:
+        value = self.get(name, str)
+        if value is None:
+            return default
+        return resolve_path(self.source, value)
+
+    def patterns(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, list)
+        if value is None:
+            return default
+        for item in value:
+            if not isinstance(item, str) or not item:
+                self.fail(name, f"expected a list of glob patterns (strings), found {item!r}")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.fail(unknown[0], f"unknown key (known keys here: {', '.join(sorted(self.used))})")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a mapping"}
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def resolve_path(source: Path, value: str) -> Path:
+    """Expand `~` and `$VARS`, and resolve a relative path against the config file's folder."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+    return expanded if expanded.is_absolute() else (source.parent / expanded).absolute()
+
+
+def config_path(cli_value: str | None) -> Path:
+    """The config file to use: the -c option, then $STUDIO_WATCH_CONFIG, then /etc/studio-watch/config.yaml."""
+    return Path(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path) -> Config:
+    """Read, parse and validate a config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (use -c PATH or set ${CONFIG_ENV})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error: {where}{problem}") from None
+    return parse(path.absolute(), data)
+
+
+def parse(source: Path, data: Any) -> Config:
+    """Validate already-parsed YAML data; `source` names the file in errors and anchors relative paths."""
+    top = _Reader(source, "", data)
+    studio = _studio(source, top.get("studio", dict))
+    state_db = top.path("state_db")
+    if state_db is None:
+        top.fail("state_db", "required: the path of the SQLite state database")
+    defaults_reader = _Reader(source, "defaults", top.get("defaults", dict, {}))
+    defaults = _folder_fields(defaults_reader, FolderRule(path=Path("/")))
+    defaults_reader.finish()
+    folders_data = top.get("folders", list, [])
+    folders = tuple(_folder(source, f"folders[{i}]", item, defaults) for i, item in enumerate(folders_data))
+    _check_folders(source, folders)
+    config = Config(
+        source=source,
+        studio=studio,
+        state_db=state_db,
+        folders=folders,
+        workers=top.positive("workers", 2, int),
+        rescan_seconds=top.positive("rescan_seconds", 60.0),
+        observer=top.choice("observer", ("auto", "inotify", "polling"), "auto"),
+        retry=_retry(source, top.get("retry", dict, {})),
+        metrics=_metrics(source, top.get("metrics", dict, {})),
+        log=_log(source, top.get("log", dict, {})),
+        defaults=dataclasses.asdict(defaults),
+    )
+    top.finish()
+    return config
+
+
+def _studio(source: Path, data: Any) -> StudioConfig:
+    r = _Reader(source, "studio", data)
+    url = r.get("url", str)
+    if not url:
+        r.fail("url", "required: your Studio address, e.g. https://myschool.instructuremedia.com")
+    _check_url(r, url)
+    token_file, token_env = r.path("token_file"), r.get("token_env", str)
+    oauth_data = r.get("oauth", dict)
+    oauth = _oauth(source, oauth_data) if oauth_data is not None else None
+    if token_file and token_env:
+        r.fail("token_env", "set token_file or token_env, not both")
+    if not (token_file or token_env or oauth):
+        r.fail("token_file", "required: set token_file, token_env or oauth")
+    ca_bundle = r.path("ca_bundle")
+    if ca_bundle is not None and not ca_bundle.is_file():
+        r.fail("ca_bundle", f"no such file: {ca_bundle}")
+    studio = StudioConfig(url=url.rstrip("/"), token_file=token_file, token_env=token_env, oauth=oauth,
+                          timeout_seconds=r.positive("timeout_seconds", 30.0), ca_bundle=ca_bundle)
+    r.finish()
+    return studio
+
+
+def _check_url(r: _Reader, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail("url", f"expected an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        r.fail("url", f"http:// is only allowed for loopback hosts (the sandbox); use https:// for {parts.hostname}")
+    if parts.path.rstrip("/"):
+        r.fail("url", f"give the Studio host only (e.g. https://{parts.netloc}), without a path: {url!r}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _oauth(source: Path, data: Any) -> OAuthConfig:
+    r = _Reader(source, "studio.oauth", data)
+    client_id = r.get("client_id", (str, int))
+    if client_id is None:
+        r.fail("client_id", "required: the Developer Key's client id")
+    token_store = r.path("token_store")
+    if token_store is None:
+        r.fail("token_store", "required: where the daemon keeps its access and refresh tokens")
+    secret_file, secret_env = r.path("client_secret_file"), r.get("client_secret_env", str)
+    if "client_secret" in r.data:
+        r.fail("client_secret", "never put the secret in the YAML; use client_secret_file or client_secret_env")
+    if not (secret_file or secret_env):
+        r.fail("client_secret_file", "required: set client_secret_file or client_secret_env")
+    oauth = OAuthConfig(client_id=str(client_id), token_store=token_store, client_secret_file=secret_file,
+                        client_secret_env=secret_env)
+    r.finish()
+    return oauth
+
+
+def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
+    """Read every folder key except `path` on top of `base` (the defaults)."""
+    values = {
+        "collection_id": _id(r, "collection_id", base.collection_id),
+        "user_id": _id(r, "user_id", base.user_id),
+        "recursive": r.get("recursive", bool, base.recursive),
+        "settle_seconds": r.positive("settle_seconds", base.settle_seconds, zero_ok=True),
+        "include": r.patterns("include", base.include),
+        "exclude": r.patterns("exclude", base.exclude),
+        "title": _template(r, "title", base.title),
+        "description": _template(r, "description", base.description),
+        "auto_caption": r.get("auto_caption", bool, base.auto_caption),
+        "after_upload": r.choice("after_upload", ("keep", "move", "delete"), base.after_upload),
+        "after_upload_when": r.choice("after_upload_when", ("completed", "processed"), base.after_upload_when),
+        "processed_timeout_seconds": r.positive("processed_timeout_seconds", base.processed_timeout_seconds),
+        "move_to": r.path("move_to", base.move_to),
+        "duplicates": r.choice("duplicates", ("skip", "upload"), base.duplicates),
+        "links": r.get("links", bool, base.links),
+    }
+    if values["collection_id"] is not None and values["user_id"] is not None:
+        r.fail("user_id", "set collection_id or user_id, not both (neither means the token owner's My Uploads)")
+    return dataclasses.replace(base, **values)
+
+
+def _id(r: _Reader, name: str, default: int | None) -> int | None:
+    value = r.get(name, int, default)
+    if value is not None and value <= 0:
+        r.fail(name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _template(r: _Reader, name: str, default: str) -> str:
+    value = r.get(name, str, default)
+    try:
+        render(value, Path("/x/y/z.mp4"), Path("/x"), size=1, mtime=0.0)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        r.fail(name, f"bad template {value!r}: {exc!r}; fields: {', '.join('{%s}' % f for f in TEMPLATE_FIELDS)}")
+    return value
+
+
+def _folder(source: Path, where: str, data: Any, defaults: FolderRule) -> FolderRule:
+    r = _Reader(source, where, data)
+    path = r.path("path")
+    if path is None:
+        r.fail("path", "required: the folder to watch")
+    rule = dataclasses.replace(_folder_fields(r, defaults), path=path)
+    r.finish()
+    if not path.is_dir():
+        r.fail("path", f"folder does not exist or is not a directory: {path}")
+    if rule.after_upload == "move" and rule.move_to is None:
+        r.fail("move_to", "required when after_upload is move")
+    if rule.after_upload == "move" and rule.move_to is not None and not rule.move_to.is_dir():
+        r.fail("move_to", f"folder does not exist: {rule.move_to}")
+    return rule
+
+
+def _check_folders(source: Path, folders: tuple[FolderRule, ...]) -> None:
+    """Refuse the same folder twice, overlapping recursive folders and move_to inside a watched folder."""
+    real = [Path(os.path.realpath(f.path)) for f in folders]
+    for i, (a, rule) in enumerate(zip(real, folders)):
+        for j, b in enumerate(real[:i]):
+            if a == b:
+                raise ConfigError(f"{source}: folders[{i}].path: the same folder as folders[{j}]: {rule.path}")
+            inner, outer = (a, j) if b in a.parents else (b, i) if a in b.parents else (None, None)
+            if inner is not None and folders[outer].recursive:
+                raise ConfigError(f"{source}: folders[{i}].path: overlaps folders[{j}] ({rule.path} and "
+                                  f"{folders[j].path}), and the outer one is recursive: a file would match twice")
+        if rule.move_to is not None and rule.after_upload == "move":
+            target = Path(os.path.realpath(rule.move_to))
+            for j, (w, other) in enumerate(zip(real, folders)):
+                if target == w or (other.recursive and w in target.parents):
+                    raise ConfigError(f"{source}: folders[{i}].move_to: {rule.move_to} is inside watched folder "
+                                      f"folders[{j}]; moved files would be found and uploaded again")
+
+
+def _retry(source: Path, data: Any) -> RetryConfig:
+    r = _Reader(source, "retry", data)
+    retry = RetryConfig(initial_seconds=r.positive("initial_seconds", 2.0), max_seconds=r.positive("max_seconds", 900.0),
+                        max_attempts=r.positive("max_attempts", 12, int), request_tries=r.positive("request_tries", 4, int))
+    if retry.max_seconds < retry.initial_seconds:
+        r.fail("max_seconds", f"must be at least initial_seconds ({retry.initial_seconds})")
+    r.finish()
+    return retry
+
+
+def _metrics(source: Path, data: Any) -> MetricsConfig:
+    r = _Reader(source, "metrics", data)
+    listen = r.get("listen", str)
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            r.fail("listen", f"expected HOST:PORT such as 127.0.0.1:9464, got {listen!r}")
+    r.finish()
+    return MetricsConfig(listen=listen)
+
+
+def _log(source: Path, data: Any) -> LogConfig:
+    r = _Reader(source, "log", data)
+    log = LogConfig(format=r.choice("format", ("auto", "json", "console"), "auto"),
+                    level=r.choice("level", ("debug", "info", "warning", "error"), "info"))
+    r.finish()
+    return log
+
+
+def render(template: str, path: Path, folder: Path, size: int, mtime: float) -> str:
+    """Fill a title or description template for one file."""
+    return template.format(stem=path.stem, name=path.name, folder=folder.name, parent=path.parent.name,
+                           mtime=datetime.fromtimestamp(mtime), size=size)
+
+
+def read_secret_file(path: Path, key: str, source: Path) -> str:
+    """Read a token or secret from a file that only its owner may read."""
+    try:
+        st = path.stat()
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{source}: {key}: {path} is readable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: {key}: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: {key}: cannot read {path}: {exc}") from None
+    if not value:
+        raise ConfigError(f"{source}: {key}: {path} is empty")
+    return value
+
+
+def read_env_secret(name: str, key: str, source: Path) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{source}: {key}: environment variable {name} is not set or empty")
+    return value
+
+
+def static_token(config: Config) -> str | None:
+    """The fixed access token from token_file or token_env (None when only OAuth is configured)."""
+    s = config.studio
+    if s.token_file is not None:
+        return read_secret_file(s.token_file, "studio.token_file", config.source)
+    if s.token_env is not None:
+        return read_env_secret(s.token_env, "studio.token_env", config.source)
+    return None
+
+
+def client_secret(config: Config) -> str:
+    oauth = config.studio.oauth
+    assert oauth is not None
+    if oauth.client_secret_file is not None:
+        return read_secret_file(oauth.client_secret_file, "studio.oauth.client_secret_file", config.source)
+    return read_env_secret(oauth.client_secret_env or "", "studio.oauth.client_secret_env", config.source)

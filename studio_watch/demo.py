@@ -1,0 +1,115 @@
+"""`studio-watch demo`: the sandbox, a temporary drop folder and the daemon, visibly, with no account."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import config as cfg
+from . import logs
+from .cli import human_bytes, stop_on_signals
+from .daemon import Daemon
+from .jobqueue import JobQueue, State
+from .sandbox import Faults, Sandbox
+
+SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
+
+
+def write_demo_config(root: Path, studio_url: str, token: str) -> Path:
+    """A complete config for the demo: one drop folder into collection 1, uploads moved aside when done."""
+    drop, done = root / "drop", root / "uploaded"
+    drop.mkdir()
+    done.mkdir()
+    token_file = root / "token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    path = root / "config.yaml"
+    path.write_text(
+        f"studio:\n  url: {studio_url}\n  token_file: token\n"
+        f"state_db: state.db\nworkers: 2\nrescan_seconds: 30\n"
+        f"retry:\n  initial_seconds: 0.5\n  max_seconds: 5\n"
+        f"log:\n  level: warning\n"
+        f"folders:\n  - path: drop\n    collection_id: 1\n    settle_seconds: 1\n"
+        f"    title: \"{{stem}} ({{mtime:%Y-%m-%d}})\"\n    description: \"Recorded in {{folder}}, {{size}} bytes\"\n"
+        f"    after_upload: move\n    move_to: uploaded\n")
+    return path
+
+
+def drop_samples(folder: Path, count: int) -> list[Path]:
+    """Write `count` small fake recordings (random bytes with media names), each via a temp name and a rename."""
+    paths = []
+    for n in range(count):
+        final = folder / f"lecture-{n + 1:02d}.mp4"
+        part = folder / f"lecture-{n + 1:02d}.mp4.part"
+        with open(part, "wb") as f:
+            f.write(os.urandom(SAMPLE_SIZES[n % len(SAMPLE_SIZES)]))
+        part.rename(final)
+        paths.append(final)
+    return paths
+
+
+def run_demo(files: int = 3, once: bool = False) -> int:
+    stop = threading.Event()
+    stop_on_signals(stop)
+    with tempfile.TemporaryDirectory(prefix="studio-watch-demo-") as tmp, \
+            Sandbox(faults=Faults(put_bytes_per_second=4_000_000)) as sandbox:
+        root = Path(tmp)
+        config = cfg.load(write_demo_config(root, sandbox.url, "sandbox-token"))
+        logs.setup("warning", "console")
+        print(f"sandbox Studio:  {sandbox.url} (an emulator on this machine; nothing leaves it)")
+        print(f"drop folder:     {config.folders[0].path}  → collection 1, then moved to {root / 'uploaded'}")
+        daemon = Daemon(config, stop)
+        runner = threading.Thread(target=_run_quietly, args=(daemon,), name="daemon", daemon=True)
+        runner.start()
+        daemon.ready.wait(10)
+        samples = drop_samples(config.folders[0].path, files)
+        print(f"dropped {len(samples)} sample recordings; watching them go through the pipeline:\n")
+        try:
+            _watch(config.state_db, stop, len(samples) if once else None)
+            if not once and not stop.is_set():
+                print(f"\nStill watching {config.folders[0].path}: drop more .mp4 files there; Ctrl-C to stop.")
+                _watch(config.state_db, stop, None)
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+        done = sandbox.completed()
+        print(f"\nStudio (sandbox) now holds {len(done)} completed media:")
+        for media in done:
+            print(f"  media {media['id']}: {media['title']!r}, {human_bytes(media['bytes_received'])}")
+        return 0 if not once or len(done) >= files else 1
+
+
+def _run_quietly(daemon: Daemon) -> None:
+    try:
+        daemon.run()
+    except Exception as exc:  # shown to the demo's user, who has no log to read
+        print(f"daemon stopped: {exc}")
+        daemon.stop.set()
+
+
+def _watch(db: Path, stop: threading.Event, until_completed: int | None) -> None:
+    """Print each job's state changes until `until_completed` jobs are done (or forever)."""
+    queue = JobQueue(db)
+    seen: dict[int, tuple[str, int]] = {}
+    try:
+        while not stop.wait(0.2):
+            for job in queue.jobs():
+                sent = job.bytes_sent or 0
+                key = (job.state.value, sent // 1_000_000 if job.state is State.URL_ISSUED else 0)
+                if seen.get(job.id) == key:
+                    continue
+                seen[job.id] = key
+                detail = ""
+                if job.state is State.URL_ISSUED and job.size:
+                    detail = f" {100 * sent // job.size:3d}% of {human_bytes(job.size)}"
+                elif job.state is State.COMPLETED:
+                    detail = f" → media {job.media_id}, title {job.title!r}"
+                print(f"  job {job.id:>3}  {job.state.value:<10}{detail}  {Path(job.display_path).name}", flush=True)
+            done = sum(1 for j in queue.jobs() if j.state is State.COMPLETED and j.after_done)
+            if until_completed is not None and done >= until_completed:
+                return
+    finally:
+        queue.close()

@@ -1,0 +1,481 @@
+"""The durable job queue: all of studio-watch's SQL lives here.
+
+One row per file (or URL) in `jobs`; its `state` is a plain word readable in the `sqlite3` shell. The connection
+is in autocommit mode and every read-then-write runs inside `BEGIN IMMEDIATE`, so each state change is one
+committed transaction before the caller starts the next side effect. A claim marks the row with its owner in
+the same transaction that picks it; `recover()` clears the marks at daemon start (the daemon lock guarantees
+nobody else holds them). Rows become `Job` dataclasses in exactly one function, `_job`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+SCHEMA_VERSION = 1
+
+
+class State(str, Enum):
+    SETTLING = "settling"
+    READY = "ready"
+    URL_ISSUED = "url_issued"
+    UPLOADED = "uploaded"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+STATES = tuple(s.value for s in State)
+TERMINAL = (State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)
+WAITING = (State.SETTLING.value, State.READY.value, State.URL_ISSUED.value, State.UPLOADED.value)
+
+_SCHEMA = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'file',          -- file | url
+    state TEXT NOT NULL,
+    path BLOB,                                  -- os.fsencode() of the source file
+    folder BLOB,                                -- the watched folder it was found in (NULL: by hand)
+    source_url TEXT,                            -- URL imports
+    is_external INTEGER NOT NULL DEFAULT 0,
+    collection_id INTEGER,
+    user_id INTEGER,
+    title TEXT,
+    description TEXT,
+    auto_caption INTEGER NOT NULL DEFAULT 0,
+    captions_skipped INTEGER NOT NULL DEFAULT 0,
+    after_upload TEXT NOT NULL DEFAULT 'keep',  -- keep | move | delete
+    after_upload_when TEXT NOT NULL DEFAULT 'completed',  -- completed | processed
+    move_to BLOB,
+    after_done INTEGER NOT NULL DEFAULT 0,      -- the after-upload action has finished
+    final_path BLOB,                            -- where a moved file went
+    duplicates TEXT NOT NULL DEFAULT 'skip',
+    settle_seconds REAL NOT NULL DEFAULT 0,
+    size INTEGER,
+    mtime_ns INTEGER,
+    inode INTEGER,
+    device INTEGER,
+    stable_since REAL,
+    content_hash TEXT,
+    media_id INTEGER,
+    upload_url TEXT,
+    url_issued_at REAL,
+    transcoding_status TEXT,
+    completed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reason TEXT,
+    claimed_by TEXT,
+    claimed_at REAL,
+    bytes_sent INTEGER,
+    progress_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_path ON jobs (path, id);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_hash ON jobs (content_hash);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+# Columns a caller may set through `update()`; everything else has a dedicated transition.
+_UPDATABLE = frozenset({
+    "state", "title", "description", "auto_caption", "captions_skipped", "after_done", "final_path",
+    "size", "mtime_ns", "inode", "device", "stable_since", "content_hash", "media_id", "upload_url",
+    "url_issued_at", "transcoding_status", "completed_at", "attempts", "next_attempt_at", "last_error", "reason",
+    "bytes_sent", "progress_at", "claimed_by", "claimed_at",
+})
+_PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    state: State
+    path: str | None
+    folder: str | None
+    source_url: str | None
+    is_external: bool
+    collection_id: int | None
+    user_id: int | None
+    title: str | None
+    description: str | None
+    auto_caption: bool
+    captions_skipped: bool
+    after_upload: str
+    after_upload_when: str
+    move_to: str | None
+    after_done: bool
+    final_path: str | None
+    duplicates: str
+    settle_seconds: float
+    size: int | None
+    mtime_ns: int | None
+    inode: int | None
+    device: int | None
+    stable_since: float | None
+    content_hash: str | None
+    media_id: int | None
+    upload_url: str | None
+    url_issued_at: float | None
+    transcoding_status: str | None
+    completed_at: float | None
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    reason: str | None
+    claimed_by: str | None
+    claimed_at: float | None
+    bytes_sent: int | None
+    progress_at: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def identity(self) -> tuple[int | None, int | None, int | None]:
+        return (self.inode, self.size, self.mtime_ns)
+
+    @property
+    def display_path(self) -> str:
+        """The path for humans: undecodable bytes shown as escapes, never a crash."""
+        if self.path is None:
+            return self.source_url or ""
+        return os.fsencode(self.path).decode("utf-8", "backslashreplace")
+
+
+def _job(row: sqlite3.Row) -> Job:
+    """The one place where a row becomes a Job."""
+    values = dict(zip(row.keys(), row))
+    for name in _PATH_COLUMNS:
+        if values[name] is not None:
+            values[name] = os.fsdecode(bytes(values[name]))
+    for name in ("is_external", "auto_caption", "captions_skipped", "after_done"):
+        values[name] = bool(values[name])
+    values["state"] = State(values["state"])
+    return Job(**values)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A file the watcher found: its path, its watched folder's settings and one stat() of it."""
+
+    path: str
+    folder: str
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    collection_id: int | None
+    user_id: int | None
+    auto_caption: bool
+    after_upload: str
+    move_to: str | None
+    duplicates: str
+    settle_seconds: float
+    after_upload_when: str = "completed"
+    kind: str = "file"
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        return (self.inode, self.size, self.mtime_ns)
+
+
+def _fs(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+class JobQueue:
+    """The state database. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self._busy_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._create_file()
+        self._migrate()
+
+    # -- connections and transactions ---------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_ms / 1000)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer studio-watch (schema {version})")
+            if version < 1:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs", []
+        if state:
+            sql, args = sql + " WHERE state = ?", [state]
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_job(r) for r in self._conn().execute(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._conn().execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def oldest_waiting(self) -> Job | None:
+        marks = ",".join("?" * len(WAITING))
+        row = self._conn().execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id LIMIT 1",
+                                   WAITING).fetchone()
+        return _job(row) if row else None
+
+    def recent_failures(self, limit: int = 5) -> list[Job]:
+        rows = self._conn().execute("SELECT * FROM jobs WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?",
+                                    (limit,))
+        return [_job(r) for r in rows]
+
+    def in_flight(self) -> list[Job]:
+        return [_job(r) for r in self._conn().execute("SELECT * FROM jobs WHERE claimed_by IS NOT NULL ORDER BY id")]
+
+    def settling(self) -> list[Job]:
+        return [_job(r) for r in self._conn().execute("SELECT * FROM jobs WHERE state = 'settling' ORDER BY id")]
+
+    def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
+        """For a rescan: each known path's newest job's state and identity (inode, size, mtime_ns)."""
+        rows = self._conn().execute(
+            "SELECT path, state, inode, size, mtime_ns FROM jobs WHERE id IN "
+            "(SELECT max(id) FROM jobs WHERE path IS NOT NULL GROUP BY path)")
+        return {bytes(p): (s, (i, z, m)) for p, s, i, z, m in rows}
+
+    def next_due(self) -> float | None:
+        """When the earliest claimable job becomes due (None when there is none)."""
+        row = self._conn().execute(
+            "SELECT min(next_attempt_at) FROM jobs WHERE claimed_by IS NULL AND "
+            "(state IN ('ready', 'url_issued', 'uploaded') OR (state = 'completed' AND after_done = 0))").fetchone()
+        return row[0]
+
+    # -- meta: pause state ------------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def observe(self, seen: Iterable[Seen], now: float | None = None) -> list[tuple[int, Seen]]:
+        """Record files the watcher found; returns the jobs created (id, what was seen). One transaction for the batch.
+
+        A path with no job, or whose last job is finished and was a different file (inode, size, mtime), gets a
+        new `settling` job. A settling job whose file changed restarts its settle clock. Anything else is left
+        to the pipeline, which re-checks the file before it sends it.
+        """
+        now = time.time() if now is None else now
+        created: list[tuple[int, Seen]] = []
+        with self._tx() as conn:
+            for s in seen:
+                row = conn.execute("SELECT id, state, inode, size, mtime_ns, updated_at FROM jobs "
+                                   "WHERE path = ? ORDER BY id DESC LIMIT 1", (_fs(s.path),)).fetchone()
+                if row is None or (row["state"] in TERMINAL and (row[2], row[3], row[4]) != s.identity):
+                    created.append((self._insert(conn, s, now), s))
+                elif row["state"] == State.SETTLING.value and (row[2], row[3], row[4]) != s.identity:
+                    since = settle_clock(s.mtime_ns, row["updated_at"], now)
+                    conn.execute("UPDATE jobs SET size = ?, mtime_ns = ?, inode = ?, device = ?, stable_since = ?, "
+                                 "updated_at = ? WHERE id = ?",
+                                 (s.size, s.mtime_ns, s.inode, s.device, since, now, row["id"]))
+        return created
+
+    def _insert(self, conn: sqlite3.Connection, s: Seen, now: float, state: State = State.SETTLING,
+                **extra: Any) -> int:
+        values = dict(kind=s.kind, state=state.value, path=_fs(s.path), folder=_fs(s.folder),
+                      collection_id=s.collection_id, user_id=s.user_id, auto_caption=int(s.auto_caption),
+                      after_upload=s.after_upload, after_upload_when=s.after_upload_when, move_to=_fs(s.move_to), duplicates=s.duplicates,
+                      settle_seconds=s.settle_seconds, size=s.size, mtime_ns=s.mtime_ns, inode=s.inode,
+                      device=s.device, stable_since=now, created_at=now, updated_at=now, **extra)
+        cols = ", ".join(values)
+        cur = conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(values))})",
+                           tuple(values.values()))
+        return int(cur.lastrowid)
+
+    def add(self, seen: Seen, state: State, **extra: Any) -> int:
+        """Insert one job directly (a manual upload, a URL import)."""
+        with self._tx() as conn:
+            return self._insert(conn, seen, time.time(), state, **extra)
+
+    def find_manual(self, seen: Seen) -> Job | None:
+        """The newest job for this exact file (same path and identity), if any."""
+        row = self._conn().execute(
+            "SELECT * FROM jobs WHERE path = ? AND inode = ? AND size = ? AND mtime_ns = ? ORDER BY id DESC LIMIT 1",
+            (_fs(seen.path), seen.inode, seen.size, seen.mtime_ns)).fetchone()
+        return _job(row) if row else None
+
+    def update(self, job_id: int, **values: Any) -> None:
+        """Commit a change to one job (state transitions and the facts that come with them)."""
+        bad = set(values) - _UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        for name in _PATH_COLUMNS:
+            if name in values:
+                values[name] = _fs(values[name])
+        if isinstance(values.get("state"), State):
+            values["state"] = values["state"].value
+        values["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._tx() as conn:
+            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+
+    def set_progress(self, job_id: int, bytes_sent: int) -> None:
+        """Record transfer progress for `status` and `upload` (not a state change)."""
+        self._conn().execute("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ?",
+                             (bytes_sent, time.time(), job_id))
+
+    def claim(self, owner: str, limit: int = 1, now: float | None = None) -> list[Job]:
+        """Atomically take up to `limit` due jobs for `owner`; in-flight jobs before new ones."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE claimed_by IS NULL AND next_attempt_at <= ? AND "
+                "(state IN ('ready', 'url_issued', 'uploaded') OR (state = 'completed' AND after_done = 0)) "
+                "ORDER BY state = 'ready', next_attempt_at, id LIMIT ?", (now, limit)).fetchall()
+            if rows:
+                ids = [r["id"] for r in rows]
+                conn.execute(f"UPDATE jobs SET claimed_by = ?, claimed_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                             (owner, now, *ids))
+        return [dataclasses.replace(_job(r), claimed_by=owner, claimed_at=now) for r in rows]
+
+    def claim_id(self, job_id: int, owner: str) -> Job | None:
+        """Take one given job if nobody holds it (the `upload` command doing its own work)."""
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute("UPDATE jobs SET claimed_by = ?, claimed_at = ? WHERE id = ? AND claimed_by IS NULL",
+                               (owner, now, job_id))
+            if cur.rowcount != 1:
+                return None
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def release(self, job_id: int, **values: Any) -> None:
+        """Give a claimed job back, with whatever else changed."""
+        self.update(job_id, claimed_by=None, claimed_at=None, bytes_sent=None, progress_at=None, **values)
+
+    def recover(self) -> list[Job]:
+        """At daemon start: release every claim left by a process that died. Returns the jobs released."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT * FROM jobs WHERE claimed_by IS NOT NULL").fetchall()
+            conn.execute("UPDATE jobs SET claimed_by = NULL, claimed_at = NULL, bytes_sent = NULL, progress_at = NULL "
+                         "WHERE claimed_by IS NOT NULL")
+        return [_job(r) for r in rows]
+
+    def content_verdict(self, job: Job, content_hash: str) -> tuple[str, int | None]:
+        """Record `content_hash` for a job about to be uploaded, unless the same bytes went to the same target.
+
+        Returns ("upload", None), ("duplicate", media_id of the earlier upload) or ("wait", None) when another
+        job with the same bytes is still in flight. One transaction, so two copies never both go ahead.
+        """
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id, state, media_id, claimed_by FROM jobs WHERE content_hash = ? AND id != ? AND "
+                "collection_id IS ? AND user_id IS ? AND state NOT IN ('failed', 'skipped', 'settling') "
+                "ORDER BY state != 'completed', id LIMIT 1",
+                (content_hash, job.id, job.collection_id, job.user_id)).fetchone()
+            if row is not None and row["state"] == State.COMPLETED.value:
+                return "duplicate", row["media_id"]
+            if row is not None and (row["state"] != State.READY.value or row["claimed_by"] is not None):
+                return "wait", None
+            conn.execute("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?",
+                         (content_hash, time.time(), job.id))
+        return "upload", None
+
+    def same_size_elsewhere(self, job: Job) -> bool:
+        """Could another job hold the same bytes? (Only then is a hash needed before the upload.)"""
+        row = self._conn().execute(
+            "SELECT 1 FROM jobs WHERE size = ? AND id != ? AND kind = 'file' AND collection_id IS ? AND user_id IS ? "
+            "AND state NOT IN ('failed', 'skipped') LIMIT 1",
+            (job.size, job.id, job.collection_id, job.user_id)).fetchone()
+        return row is not None
+
+    def retry(self, ids: Sequence[int] | None) -> list[int]:
+        """Put failed jobs (the given ones, or all with None) back in the queue; returns the ids moved."""
+        with self._tx() as conn:
+            if ids is None:
+                rows = conn.execute("SELECT id, media_id, upload_url FROM jobs WHERE state = 'failed'").fetchall()
+            else:
+                marks = ",".join("?" * len(ids))
+                rows = conn.execute(f"SELECT id, media_id, upload_url FROM jobs WHERE state = 'failed' AND id IN ({marks})",
+                                    tuple(ids)).fetchall()
+            now = time.time()
+            for row in rows:
+                state = State.URL_ISSUED if row["upload_url"] else State.READY
+                conn.execute("UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, reason = NULL, "
+                             "updated_at = ? WHERE id = ?", (state.value, now, now, row["id"]))
+        return [r["id"] for r in rows]
+
+
+def settle_clock(mtime_ns: int, last_seen: float, now: float) -> float:
+    """When a file that was just seen to change last changed: its mtime if that is believable, else now.
+
+    The mtime is used when it falls between the previous look and now, so a file closed a while ago is not
+    made to wait a whole extra settle period; a clock-skewed or preserved mtime falls back to now.
+    """
+    mtime = mtime_ns / 1e9
+    return mtime if last_seen <= mtime <= now else now

@@ -1,0 +1,95 @@
+"""Logging: structlog configured once, JSON lines off a terminal, and secrets redacted everywhere.
+
+Redaction has three layers: fields whose name says "secret" are masked, every registered secret value is
+replaced wherever it appears, and the query string of any URL (where upload URLs carry their signature) and
+any bearer token are cut from every message, including those of httpx's and httpcore's own loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from typing import Any, MutableMapping, TextIO
+
+import structlog
+
+SECRET_FIELDS = frozenset({"token", "access_token", "refresh_token", "client_secret", "authorization",
+                           "password", "upload_url", "secret", "auth_code"})
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_configured = False
+
+
+def register_secret(value: str | None) -> None:
+    """Never let this value appear in a log line (tokens, client secrets)."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Remove registered secrets, URL query strings and bearer tokens from a string."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    text = _URL_QUERY.sub(r"\1?[redacted]", text)
+    return _BEARER.sub(r"\1[redacted]", text)
+
+
+def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key.lower() in SECRET_FIELDS and value is not None:
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = redact(value)
+        elif isinstance(value, BaseException):
+            event[key] = redact(str(value))
+    return event
+
+
+class _RedactingFilter(logging.Filter):
+    """Applied to the handler, so third-party loggers (httpx, httpcore) are cleaned too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.getMessage())
+            record.args = None
+        return True
+
+
+def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard library's logging once per process (later calls reconfigure)."""
+    global _configured
+    stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_event,
+    ]
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "hpack", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[structlog.stdlib.add_logger_name, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    _configured = True

@@ -1,0 +1,357 @@
+"""One job's steps: generate an upload URL → PUT the bytes → complete → the after-upload action.
+
+`Pipeline.run(job)` takes a claimed job from wherever its state says it is and carries it as far as it can.
+Every step's result is committed to the queue before the next step's side effect begins, so a crash at any
+moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploaded` only completes,
+`completed` only finishes the after-upload action. The job leaves `run` unclaimed in every case.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import structlog
+
+from .config import MAX_UPLOAD_BYTES, RetryConfig
+from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
+                     SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
+from .jobqueue import Job, JobQueue, State
+from .studio import StudioClient, hash_file
+
+log = structlog.get_logger("studio_watch.pipeline")
+
+URL_RENEWALS = 3  # new upload URLs asked for within one run of a job before it is rescheduled
+PROCESSED_STATES = frozenset({"completed", "complete", "ready", "done", "processed", "success", "succeeded",
+                              "finished", "transcoded"})
+FAILED_STATES = frozenset({"failed", "error", "errored"})
+
+
+class Pause(Protocol):
+    """The queue-wide pause switch the daemon owns."""
+
+    def trip(self, reason: str) -> None: ...
+
+
+class Observer(Protocol):
+    """What the pipeline reports for metrics and live progress (the daemon supplies one)."""
+
+    def put_done(self, nbytes: int, seconds: float) -> None: ...
+
+    def failure(self, reason: str) -> None: ...
+
+    def progress(self, job_id: int, sent: int, total: int) -> None: ...
+
+
+class NullObserver:
+    def put_done(self, nbytes: int, seconds: float) -> None:
+        pass
+
+    def failure(self, reason: str) -> None:
+        pass
+
+    def progress(self, job_id: int, sent: int, total: int) -> None:
+        pass
+
+
+def backoff(attempts: int, retry: RetryConfig, hint: float | None = None) -> float:
+    """The queue's wait before the next attempt: exponential with jitter, at least the server's hint."""
+    base = min(retry.max_seconds, retry.initial_seconds * 2 ** max(0, attempts - 1))
+    return min(retry.max_seconds, max(base * random.uniform(0.5, 1.0), hint or 0.0))
+
+
+def unique_destination(folder: Path, name: str) -> Path:
+    """A path in `folder` for `name` that does not exist yet: name, name (1), name (2), ..."""
+    candidate = folder / name
+    stem, suffix = os.path.splitext(name)
+    n = 1
+    while os.path.lexists(candidate):
+        candidate = folder / f"{stem} ({n}){suffix}"
+        n += 1
+    return candidate
+
+
+class Pipeline:
+    def __init__(self, queue: JobQueue, client: StudioClient, retry: RetryConfig, pause: Pause,
+                 stop: threading.Event, observer: Observer | None = None,
+                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0) -> None:
+        self.queue, self.client, self.retry, self.pause, self.stop = queue, client, retry, pause, stop
+        self.observer = observer or NullObserver()
+        self.processed_timeout = processed_timeout
+        self._warned_captions = False
+
+    # -- the driver ----------------------------------------------------------------------------------------
+
+    def run(self, job: Job) -> Job:
+        """Carry one claimed job as far as it goes; always leaves it unclaimed. Returns its final row."""
+        log.debug("job_claimed", job_id=job.id, state=job.state.value, path=job.display_path)
+        try:
+            self._advance(job)
+        except Stopping:
+            self.queue.release(job.id)
+        except (Unreachable, AuthError) as exc:
+            self._outage(job, exc)
+        except TransientError as exc:
+            if self._studio_down():
+                self._outage(job, exc)
+            else:
+                self._reschedule(self._fresh(job), exc)
+        except (PermanentError, SourceUnreadable) as exc:
+            self._fail(job, str(exc))
+        except SourceVanished:
+            self._skip(job, "vanished")
+        except SourceChanged as exc:
+            self._resettle(job, exc)
+        except StudioError as exc:  # anything the client did not classify more precisely
+            self._reschedule(self._fresh(job), exc)
+        except Exception as exc:  # a bug must not kill the worker or lose the job
+            log.exception("job_crashed", job_id=job.id, path=job.display_path)
+            self._reschedule(self._fresh(job), exc)
+        return self._fresh(job)
+
+    def _advance(self, job: Job) -> None:
+        renewals = 0
+        while True:
+            if job.kind != "file":
+                raise PermanentError(f"unknown job kind {job.kind!r}")
+            if job.state is State.READY:
+                job = self._generate(job)
+            elif job.state is State.URL_ISSUED:
+                try:
+                    job = self._put(job)
+                except UploadUrlExpired as exc:
+                    renewals += 1
+                    log.info("upload_url_refused", job_id=job.id, media_id=job.media_id, error=str(exc))
+                    job = self._restart(job, str(exc))
+                    if renewals > URL_RENEWALS:
+                        raise TransientError(f"upload URL refused {renewals} times in a row") from None
+            elif job.state is State.UPLOADED:
+                job = self._complete(job)
+            elif job.state is State.COMPLETED and not job.after_done:
+                job = self._after_upload(job)
+            else:
+                self.queue.release(job.id)
+                return
+            if job.claimed_by is None:  # a step released the job itself (skipped, waiting, ...)
+                return
+
+    def _fresh(self, job: Job) -> Job:
+        return self.queue.get(job.id) or job
+
+    def _commit(self, job: Job, **values: Any) -> Job:
+        self.queue.update(job.id, **values)
+        state = values.get("state", job.state)
+        values["state"] = State(state)
+        return job.__class__(**{**job.__dict__, **values})
+
+    # -- step 1 ------------------------------------------------------------------------------------------------
+
+    def _generate(self, job: Job) -> Job:
+        assert job.path is not None and job.size is not None
+        _check_file(job)
+        if job.size > MAX_UPLOAD_BYTES:
+            raise PermanentError(f"file is {job.size:,} bytes; Studio accepts at most {MAX_UPLOAD_BYTES:,} (10 GB)")
+        if job.duplicates == "skip" and job.content_hash is None and self.queue.same_size_elsewhere(job):
+            verdict, media_id = self.queue.content_verdict(job, hash_file(job.path, self.stop))
+            if verdict == "duplicate":
+                return self._skip(job, "duplicate", media_id=media_id)
+            if verdict == "wait":
+                self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
+                log.info("job_waiting_for_copy", job_id=job.id, path=job.display_path)
+                return job.__class__(**{**job.__dict__, "claimed_by": None})
+        media_id, url = self.client.generate(job.collection_id, job.user_id)
+        job = self._commit(job, state=State.URL_ISSUED, media_id=media_id, upload_url=url, url_issued_at=time.time())
+        log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
+        return job
+
+    def _restart(self, job: Job, why: str) -> Job:
+        """Back to step 1: the media or its upload URL is gone."""
+        return self._commit(job, state=State.READY, media_id=None, upload_url=None, url_issued_at=None,
+                            last_error=why)
+
+    # -- step 2 ------------------------------------------------------------------------------------------------
+
+    def _put(self, job: Job) -> Job:
+        assert job.path is not None and job.upload_url is not None
+        _check_file(job)
+        size = job.size or 0
+
+        def progress(sent: int) -> None:
+            self.queue.set_progress(job.id, sent)
+            self.observer.progress(job.id, sent, size)
+
+        log.info("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
+        result = self.client.put(job.upload_url, job.path, job.identity, progress)
+        self.observer.put_done(result.bytes, result.seconds)
+        if job.duplicates == "skip" and job.content_hash is None:
+            verdict, earlier = self.queue.content_verdict(job, result.content_hash)
+            if verdict == "duplicate":  # a copy was completed while these bytes were on the wire
+                return self._skip(job, "duplicate", media_id=earlier)
+        job = self._commit(job, state=State.UPLOADED, content_hash=result.content_hash)
+        log.info("upload_sent", job_id=job.id, media_id=job.media_id, bytes=result.bytes,
+                 seconds=round(result.seconds, 3), mb_per_s=round(result.bytes / 1e6 / max(result.seconds, 1e-6), 1))
+        return job
+
+    # -- step 3 ------------------------------------------------------------------------------------------------
+
+    def _complete(self, job: Job) -> Job:
+        assert job.media_id is not None
+        title, description = job.title or Path(job.path or "media").stem, job.description or ""
+        try:
+            media = self.client.complete(job.media_id, title, description, job.auto_caption and not job.captions_skipped)
+        except CaptionsDisabled:
+            if not self._warned_captions:
+                self._warned_captions = True
+                log.warning("captions_disabled", job_id=job.id,
+                            message="auto-captioning is not enabled for this Studio account; completing without it")
+            job = self._commit(job, captions_skipped=True)
+            media = self.client.complete(job.media_id, title, description, False)
+        except MediaNotFound as exc:
+            log.warning("media_not_found", job_id=job.id, media_id=job.media_id, error=str(exc))
+            return self._restart(job, str(exc))
+        status = (media or {}).get("transcoding_status")
+        job = self._commit(job, state=State.COMPLETED, transcoding_status=status, last_error=None,
+                           completed_at=time.time())
+        log.info("upload_completed", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=job.size,
+                 title=title, already_completed=media is None, captions_skipped=job.captions_skipped)
+        return job
+
+    # -- after upload ------------------------------------------------------------------------------------------
+
+    def _after_upload(self, job: Job) -> Job:
+        if job.after_upload == "keep":
+            return self._commit(job, after_done=True)
+        if job.after_upload_when == "processed" and not self._processed(job):
+            return job.__class__(**{**job.__dict__, "claimed_by": None})
+        assert job.path is not None
+        try:
+            st = os.stat(job.path)
+        except FileNotFoundError:
+            log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
+            return self._commit(job, after_done=True)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+            log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
+                        reason="the file at this path is not the one uploaded; left in place")
+            return self._commit(job, after_done=True, reason="source replaced; not moved or deleted")
+        try:
+            if job.after_upload == "delete":
+                os.unlink(job.path)
+                log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
+                return self._commit(job, after_done=True)
+            assert job.move_to is not None
+            target = unique_destination(Path(job.move_to), os.path.basename(job.path))
+            shutil.move(job.path, target)
+            log.info("source_moved", job_id=job.id, path=job.display_path, to=os.fsencode(target).decode(
+                "utf-8", "backslashreplace"), media_id=job.media_id)
+            return self._commit(job, after_done=True, final_path=str(target))
+        except OSError as exc:
+            # Never fatal: the media is safe in Studio; try the move/delete again later.
+            attempts = job.attempts + 1
+            log.warning("after_upload_failed", job_id=job.id, path=job.display_path, error=str(exc), attempts=attempts)
+            self.observer.failure("after_upload")
+            self.queue.release(job.id, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
+                               next_attempt_at=time.time() + backoff(attempts, self.retry))
+            return job.__class__(**{**job.__dict__, "claimed_by": None})
+
+    def _processed(self, job: Job) -> bool:
+        """For after_upload_when: processed. True once Studio finished transcoding; reschedules otherwise."""
+        assert job.media_id is not None
+        media = self.client.get_media(job.media_id) or {}
+        status = str(media.get("transcoding_status") or "").lower()
+        if status != (job.transcoding_status or ""):
+            log.info("transcoding_status", job_id=job.id, media_id=job.media_id, status=status or None)
+            self.queue.update(job.id, transcoding_status=status or None)
+        if status in PROCESSED_STATES:
+            return True
+        gave_up = time.time() - (job.completed_at or job.created_at) > self.processed_timeout(job)
+        if status in FAILED_STATES or gave_up:
+            why = "Studio reports transcoding failed" if status in FAILED_STATES else "gave up waiting for processing"
+            log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=why, status=status)
+            self._commit(job, after_done=True, reason=f"{why}; file kept")
+            self.queue.release(job.id)
+            return False
+        self.queue.release(job.id, next_attempt_at=time.time() + min(60.0, self.retry.max_seconds))
+        return False
+
+    # -- endings -----------------------------------------------------------------------------------------------
+
+    def _skip(self, job: Job, reason: str, media_id: int | None = None) -> Job:
+        values: dict[str, Any] = {"state": State.SKIPPED, "reason": reason}
+        if media_id is not None:
+            values["media_id"] = media_id
+        self.queue.release(job.id, **values)
+        log.info("job_skipped", job_id=job.id, path=job.display_path, reason=reason, media_id=media_id)
+        return job.__class__(**{**job.__dict__, "state": State.SKIPPED, "claimed_by": None})
+
+    def _fail(self, job: Job, error: str) -> None:
+        self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error)
+        self.observer.failure(_reason_label(error))
+        log.error("job_failed", job_id=job.id, path=job.display_path, error=error)
+
+    def _reschedule(self, job: Job, exc: BaseException) -> None:
+        attempts = job.attempts + 1
+        if attempts >= self.retry.max_attempts:
+            self._fail(job, f"gave up after {attempts} attempts: {exc}")
+            return
+        delay = backoff(attempts, self.retry, getattr(exc, "retry_after", None))
+        self.queue.release(job.id, attempts=attempts, next_attempt_at=time.time() + delay, last_error=str(exc))
+        self.observer.failure("transient")
+        log.warning("job_retry_scheduled", job_id=job.id, path=job.display_path, attempts=attempts,
+                    wait=round(delay, 2), error=str(exc))
+
+    def _outage(self, job: Job, exc: BaseException) -> None:
+        """Studio is down or refuses our token: pause the queue; this job keeps its attempts."""
+        self.queue.release(job.id, last_error=str(exc))
+        self.pause.trip(str(exc))
+
+    def _studio_down(self) -> bool:
+        """After a job's transient failure: is the API itself down (then pause) or was it this job's luck?"""
+        try:
+            self.client.probe()
+        except (TransientError, AuthError):
+            return True
+        except StudioError:
+            return False
+        return False
+
+    def _resettle(self, job: Job, exc: BaseException) -> None:
+        """The file changed under us: wait for it to settle again, then upload the new content."""
+        values: dict[str, Any] = {"state": State.SETTLING, "stable_since": time.time(), "content_hash": None}
+        try:
+            assert job.path is not None
+            st = os.stat(job.path)
+            values.update(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+        except OSError:
+            pass
+        if job.state in (State.URL_ISSUED, State.UPLOADED):
+            values.update(media_id=None, upload_url=None, url_issued_at=None)
+        self.queue.release(job.id, last_error=str(exc), **values)
+        log.warning("source_changed", job_id=job.id, path=job.display_path, error=str(exc))
+
+
+def _check_file(job: Job) -> None:
+    """The file must still be exactly the one that settled."""
+    assert job.path is not None
+    try:
+        st = os.stat(job.path)
+    except FileNotFoundError:
+        raise SourceVanished(job.display_path) from None
+    except PermissionError as exc:
+        raise SourceUnreadable(f"cannot stat {job.display_path}: {exc.strerror}") from None
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+        raise SourceChanged(f"file changed since it settled: {job.display_path}")
+    if not os.access(job.path, os.R_OK):
+        raise SourceUnreadable(f"cannot read {job.display_path}: permission denied")
+
+
+def _reason_label(error: str) -> str:
+    """A short, bounded label for the failures metric."""
+    for word in ("too large", "not found", "not permitted", "invalid", "gave up", "cannot read"):
+        if word in error:
+            return word.replace(" ", "_")
+    return "other"

@@ -1,0 +1,605 @@
+"""In-memory state and fault model of the Canvas Studio sandbox (stdlib only).
+
+`SandboxState` owns everything the emulator remembers: media, upload URLs, OAuth codes and tokens,
+the request log and the protocol violations. Its API methods take already-parsed parameters, return
+`(status, payload)` and raise `ApiError` for every refusal; the HTTP layer lives in `sandbox.py`.
+All mutation happens under one re-entrant lock whose `Condition` is notified on every change.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+ALL_ENDPOINTS: frozenset[str] = frozenset(
+    {"generate", "put", "complete", "ping", "media", "import", "collections", "users"}
+)
+KNOWN_ENDPOINTS: frozenset[str] = ALL_ENDPOINTS | {"oauth"}
+DEFAULT_COLLECTIONS: Mapping[int, str] = {1: "Lecture Capture", 2: "Room 101", 3: "Biology"}
+DEFAULT_USERS: Mapping[int, str] = {42: "Ada Lovelace", 43: "Grace Hopper"}
+DEFAULT_OAUTH_CLIENTS: Mapping[str, str] = {"sandbox-client": "sandbox-secret"}
+FIXED_AUTH_CODE = "sandbox-code"
+ERROR_STATUSES = (500, 502, 503, 504)
+EXTERNAL_HOSTS = ("youtube.com", "youtu.be", "vimeo.com")
+URL_PATTERN = re.compile(r"^http[s]?:\/?\/")
+MAX_PER_PAGE = 50
+Reply = tuple[int, Any]
+
+
+@dataclass
+class Faults:
+    """Fault injection knobs; every default means "no fault". Fields may be changed while serving."""
+
+    error_rate: float = 0.0
+    error_endpoints: frozenset[str] = ALL_ENDPOINTS
+    rate_limit_rate: float = 0.0
+    retry_after: str = "1"
+    reset_rate: float = 0.0
+    expire_first_put: bool = False
+    url_ttl_seconds: float = 3600.0
+    lose_complete_rate: float = 0.0
+    captions_disabled: bool = False
+    put_bytes_per_second: int = 0
+    latency_seconds: float = 0.0
+    token_ttl_seconds: float = 7200.0
+    token_ttl_calls: int = 0
+    transcode_seconds: float = 0.0
+    transcode_fail: bool = False
+    forbidden_collections: frozenset[int] = frozenset()
+    max_upload_bytes: int = 10 * 1024**3
+    seed: int = 0
+
+
+class ApiError(Exception):
+    """A refusal: HTTP status plus the JSON error body `{"error": ...}`."""
+
+    def __init__(self, status: int, error: str, headers: Mapping[str, str] | None = None) -> None:
+        """Remember the status, the error text and any extra response headers."""
+        super().__init__(f"{status} {error}")
+        self.status = status
+        self.error = error
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class UploadUrl:
+    """One issued upload URL; it accepts exactly one whole PUT."""
+
+    media_id: int
+    token: str
+    signature: str
+    issued_at: float
+    used: bool = False
+    dead: bool = False
+    attempts: int = 0
+    replacement: bool = False
+
+
+@dataclass
+class MediaRecord:
+    """A media as the sandbox stores it (public fields plus the bookkeeping tests look at)."""
+
+    id: int
+    created_at: str
+    collection_id: int | None = None
+    user_id: int | None = None
+    state: str = "pending"
+    title: str | None = None
+    description: str | None = None
+    bytes_received: int = 0
+    content_sha256: str | None = None
+    put_count: int = 0
+    completed_count: int = 0
+    auto_caption: bool = False
+    captions: list[str] = field(default_factory=list)
+    source_url: str | None = None
+    is_external: bool = False
+    completed_at: float | None = None
+    embed_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    lti_launch_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+@dataclass
+class AccessToken:
+    """An issued OAuth access token: valid until `expires_at` (monotonic) or its call budget runs out."""
+
+    expires_at: float
+    calls: int = 0
+
+
+def as_int(value: Any, name: str, status: int = 422) -> int:
+    """Parse an integer parameter (query string or JSON) or raise ApiError(status)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    raise ApiError(status, f"invalid {name}: {value!r}")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """Parse a boolean parameter; absent means false."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ApiError(422, f"invalid {name}: {value!r}")
+
+
+def is_external_host(url: str) -> bool:
+    """True for YouTube and Vimeo URLs, the only ones Studio accepts as external media."""
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in EXTERNAL_HOSTS)
+
+
+def whole_seconds(value: float) -> float | int:
+    """Render integral floats as ints in JSON (7200 rather than 7200.0)."""
+    return int(value) if float(value).is_integer() else value
+
+
+class SandboxState:
+    """Everything the sandbox knows, guarded by one lock; `changed` is notified on every change."""
+
+    def __init__(
+        self,
+        faults: Faults,
+        tokens: Iterable[str],
+        collections: Mapping[int, str],
+        users: Mapping[int, str],
+        oauth_clients: Mapping[str, str],
+    ) -> None:
+        """Start empty with the given faults, static bearer tokens, collections, users and OAuth clients."""
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(self._lock)
+        self._faults = faults
+        self._rng = random.Random(faults.seed)
+        self.static_tokens = frozenset(tokens)
+        self.collections = dict(collections)
+        self.users = dict(users)
+        self.oauth_clients = dict(oauth_clients)
+        self.base_url = ""
+        self._media: dict[int, MediaRecord] = {}
+        self._urls: dict[int, UploadUrl] = {}
+        self._events: list[dict[str, Any]] = []
+        self._violations: list[str] = []
+        self._errors: list[str] = []
+        self._access: dict[str, AccessToken] = {}
+        self._refresh: dict[str, str] = {}
+        self._codes: set[str] = set()
+        self._next_id = 1001
+        self._owed_replacements = 0
+        self._version = 0
+
+    # ----- faults, log, snapshots -------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """The live Faults object."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        """Replace the faults and reseed the random generator from them."""
+        with self._lock:
+            self._faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def roll(self, rate: float) -> bool:
+        """Draw from the seeded generator: True with probability `rate`."""
+        if rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    def fault_for(self, endpoint: str) -> tuple[int, dict[str, str]] | None:
+        """An injected (status, headers) for this request, or None to do the real work."""
+        faults = self._faults
+        if endpoint not in faults.error_endpoints:
+            return None
+        if self.roll(faults.rate_limit_rate):
+            return 429, {"Retry-After": faults.retry_after}
+        if self.roll(faults.error_rate):
+            with self._lock:
+                return self._rng.choice(ERROR_STATUSES), {}
+        return None
+
+    def _notify(self) -> None:
+        """Count a change and wake everyone waiting in `wait_for` (lock held by the caller)."""
+        self._version += 1
+        self.changed.notify_all()
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """Append one request to the log."""
+        with self._lock:
+            self._events.append(event)
+            self._notify()
+
+    def add_violation(self, text: str) -> None:
+        """Remember a protocol violation by the client."""
+        with self._lock:
+            self._violations.append(text)
+            self._notify()
+
+    def add_error(self, text: str) -> None:
+        """Remember an internal sandbox error (a bug in the sandbox, not an injected fault)."""
+        with self._lock:
+            self._errors.append(text)
+            self._notify()
+
+    def events(self) -> list[dict[str, Any]]:
+        """A copy of the request log."""
+        with self._lock:
+            return [dict(e) for e in self._events]
+
+    def violations(self) -> list[str]:
+        """A copy of the violations."""
+        with self._lock:
+            return list(self._violations)
+
+    def errors(self) -> list[str]:
+        """A copy of the internal errors."""
+        with self._lock:
+            return list(self._errors)
+
+    def media(self) -> list[dict[str, Any]]:
+        """Snapshot of every media: the public object plus internal fields."""
+        now = time.monotonic()
+        with self._lock:
+            return [self._snapshot(rec, now) for rec in sorted(self._media.values(), key=lambda r: r.id)]
+
+    def state_json(self) -> bytes:
+        """The body of GET /_sandbox/state."""
+        with self._lock:
+            doc = {"media": self.media(), "violations": self.violations(), "events_count": len(self._events)}
+        return json.dumps(doc).encode()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until predicate() is true or timeout passes; re-checked on every change (and every 50 ms,
+        for time-based states such as transcoding). The predicate runs without the lock held, so it may
+        itself talk to the sandbox over HTTP."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen = self._version
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._lock:
+                if self._version == seen:
+                    self.changed.wait(min(remaining, 0.05))
+
+    def _snapshot(self, rec: MediaRecord, now: float) -> dict[str, Any]:
+        """Public object merged with the internal record fields."""
+        internal = asdict(rec)
+        internal.pop("embed_id")
+        internal.pop("lti_launch_id")
+        return {**self._public(rec, now), **internal}
+
+    def _transcoding(self, rec: MediaRecord, now: float) -> str:
+        """transcoding_status, computed lazily from the completion time and the live faults."""
+        if rec.completed_at is None:
+            return "pending"
+        if now - rec.completed_at < self._faults.transcode_seconds:
+            return "processing"
+        return "failed" if self._faults.transcode_fail else "completed"
+
+    def _user(self, user_id: int) -> dict[str, Any]:
+        """The user object of GET /users/{id}."""
+        name = self.users[user_id]
+        email = ".".join(name.lower().split()) + "@sandbox.example"
+        return {"id": user_id, "full_name": name, "display_name": name.split()[0], "email": email}
+
+    def _public(self, rec: MediaRecord, now: float) -> dict[str, Any]:
+        """The media object of studio-api.md."""
+        owner_id = rec.user_id if rec.user_id is not None else min(self.users, default=None)
+        status = self._transcoding(rec, now)
+        done = status == "completed"
+        source = "external" if rec.is_external else ("url" if rec.source_url else "upload")
+        return {
+            "id": rec.id,
+            "title": rec.title,
+            "description": rec.description,
+            "duration": None,
+            "created_at": rec.created_at,
+            "thumbnail_url": f"{self.base_url}/_thumb/{rec.id}.jpg" if done else None,
+            "transcoding_status": status,
+            "owner": self._user(owner_id) if owner_id in self.users else None,
+            "size": rec.bytes_received if rec.state != "pending" and not rec.source_url else None,
+            "source": source,
+            "embed_id": rec.embed_id,
+            "lti_launch_id": rec.lti_launch_id,
+        }
+
+    def _new_media(self, collection_id: int | None, user_id: int | None) -> MediaRecord:
+        """Create and store a pending media (lock held)."""
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        rec = MediaRecord(id=self._next_id, created_at=created, collection_id=collection_id, user_id=user_id)
+        self._next_id += 1
+        self._media[rec.id] = rec
+        return rec
+
+    # ----- validation helpers ------------------------------------------------------------------
+
+    def _check_collection(self, value: Any) -> int:
+        """Validate a collection id: 422 not an integer, 404 unknown, 403 forbidden."""
+        cid = as_int(value, "collection_id")
+        if cid not in self.collections:
+            raise ApiError(404, f"collection {cid} not found")
+        if cid in self._faults.forbidden_collections:
+            raise ApiError(403, f"not permitted on collection {cid}")
+        return cid
+
+    def _check_user(self, value: Any) -> int:
+        """Validate a user id: 422 not an integer, 404 unknown."""
+        uid = as_int(value, "user_id")
+        if uid not in self.users:
+            raise ApiError(404, f"user {uid} not found")
+        return uid
+
+    def _check_captions(self, auto_caption: bool) -> None:
+        """501 when captions are asked for but disabled for the account."""
+        if auto_caption and self._faults.captions_disabled:
+            raise ApiError(501, "auto-captioning is not enabled for this account")
+
+    def _both_targets(self, where: str) -> ApiError:
+        """Record the violation of sending collection_id and user_id together, and return the 422."""
+        self.add_violation(f"both collection_id and user_id: {where}")
+        return ApiError(422, "collection_id and user_id cannot be sent together")
+
+    # ----- API: upload, complete, read ---------------------------------------------------------
+
+    def generate(self, query: Mapping[str, str]) -> Reply:
+        """POST /media/uploads: a new pending media and its single-use upload URL."""
+        with self._lock:
+            if query.get("collection_id") is not None and query.get("user_id") is not None:
+                raise self._both_targets("POST /media/uploads")
+            cid = self._check_collection(query["collection_id"]) if "collection_id" in query else None
+            uid = self._check_user(query["user_id"]) if "user_id" in query else None
+            rec = self._new_media(cid, uid)
+            issued = time.time()
+            url = UploadUrl(rec.id, secrets.token_urlsafe(16), secrets.token_hex(16), issued)
+            if self._owed_replacements > 0:  # expire_first_put spares one URL per URL it killed
+                self._owed_replacements -= 1
+                url.replacement = True
+            self._urls[rec.id] = url
+            expires = int(issued + self._faults.url_ttl_seconds)
+            link = (
+                f"{self.base_url}/_upload/{rec.id}/{url.token}"
+                f"?signature={url.signature}&expires={expires}"
+            )
+            self._notify()
+            return 201, {"upload": {"id": rec.id, "url": link}}
+
+    def begin_put(self, media_id: str, token: str, signature: str) -> UploadUrl:
+        """Check an upload URL before reading the body: 403 invalid/used/expired, 410 dead or first PUT."""
+        with self._lock:
+            mid = as_int(media_id, "upload URL", status=403)
+            rec, url = self._media.get(mid), self._urls.get(mid)
+            if rec is not None:
+                rec.put_count += 1
+                self._notify()
+            if url is None or not secrets.compare_digest(url.token, token):
+                raise ApiError(403, "invalid upload URL")
+            if not secrets.compare_digest(url.signature, signature):
+                raise ApiError(403, "signature does not match")
+            if url.used:
+                raise ApiError(403, "upload URL already used")
+            if url.dead:
+                raise ApiError(410, "upload URL expired")
+            if time.time() > url.issued_at + self._faults.url_ttl_seconds:
+                raise ApiError(403, "request has expired")
+            url.attempts += 1
+            if self._faults.expire_first_put and url.attempts == 1 and not url.replacement:
+                url.dead = True
+                self._owed_replacements += 1
+                raise ApiError(410, "upload URL expired")
+            return url
+
+    def finish_put(self, url: UploadUrl, size: int, sha256: str) -> None:
+        """Record a whole PUT: the URL is consumed and the media becomes uploaded."""
+        with self._lock:
+            if url.used:
+                raise ApiError(403, "upload URL already used")
+            url.used = True
+            rec = self._media[url.media_id]
+            rec.bytes_received, rec.content_sha256 = size, sha256
+            if rec.state == "pending":
+                rec.state = "uploaded"
+            self._notify()
+
+    def complete(self, media_id: str, query: Mapping[str, str]) -> Reply:
+        """POST /media/uploads/{id}/complete."""
+        with self._lock:
+            rec = self._media.get(as_int(media_id, "media_id", status=404))
+            if rec is None:
+                raise ApiError(404, f"media {media_id} not found")
+            if rec.state == "completed":
+                rec.completed_count += 1
+                self._notify()
+                raise ApiError(409, "upload already completed")
+            if rec.state == "pending":
+                self.add_violation(f"complete before put: media {rec.id}")
+                raise ApiError(422, "upload not received")
+            auto_caption = as_bool(query.get("auto_caption"), "auto_caption")
+            self._check_captions(auto_caption)
+            rec.title = query.get("title") or rec.title or f"Untitled {rec.id}"
+            rec.description = query.get("description", rec.description)
+            self._mark_completed(rec, auto_caption)
+            return 200, {"media": self._public(rec, time.monotonic())}
+
+    def _mark_completed(self, rec: MediaRecord, auto_caption: bool) -> None:
+        """State completed, transcoding starts now (lock held)."""
+        rec.state = "completed"
+        rec.completed_count += 1
+        rec.completed_at = time.monotonic()
+        rec.auto_caption = auto_caption
+        rec.captions = ["en"] if auto_caption else []
+        self._notify()
+
+    def get_media(self, media_id: str) -> Reply:
+        """GET /media/{id}."""
+        with self._lock:
+            rec = self._media.get(as_int(media_id, "media_id", status=404))
+            if rec is None:
+                raise ApiError(404, f"media {media_id} not found")
+            return 200, {"media": self._public(rec, time.monotonic())}
+
+    def search(self, query: Mapping[str, str]) -> Reply:
+        """GET /media/search?query=: media whose title contains the text, case-insensitively."""
+        text = query.get("query", "").lower()
+        now = time.monotonic()
+        with self._lock:
+            found = [r for r in sorted(self._media.values(), key=lambda r: r.id) if text in (r.title or "").lower()]
+            return 200, {"media": [self._public(r, now) for r in found]}
+
+    # ----- API: imports, collections, users ----------------------------------------------------
+
+    def import_into_collection(self, collection_id: str, query: Mapping[str, str]) -> Reply:
+        """POST /collections/{cid}/media with query parameters."""
+        with self._lock:
+            cid = self._check_collection(collection_id)
+            return self._import(dict(query), cid, query.get("user_id"))
+
+    def import_json(self, body: bytes) -> Reply:
+        """POST /media with a JSON body."""
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise ApiError(422, f"body is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(422, "body must be a JSON object")
+        with self._lock:
+            if doc.get("collection_id") is not None and doc.get("user_id") is not None:
+                raise self._both_targets("POST /media")
+            cid = self._check_collection(doc["collection_id"]) if doc.get("collection_id") is not None else None
+            return self._import(doc, cid, doc.get("user_id"))
+
+    def _import(self, params: Mapping[str, Any], cid: int | None, user_id: Any) -> Reply:
+        """Validate a URL import and create it completed (lock held)."""
+        url = params.get("url")
+        if not isinstance(url, str) or not URL_PATTERN.match(url):
+            raise ApiError(422, f"invalid url: {url!r}")
+        external = as_bool(params.get("is_external"), "is_external")
+        if external and not is_external_host(url):
+            raise ApiError(422, "is_external is only supported for YouTube and Vimeo URLs")
+        title = params.get("title")
+        if not external and not title:
+            raise ApiError(422, "title is required for non-external media")
+        uid = self._check_user(user_id) if user_id is not None else None
+        auto_caption = as_bool(params.get("auto_caption"), "auto_caption")
+        self._check_captions(auto_caption)
+        rec = self._new_media(cid, uid)
+        rec.title = str(title) if title else url
+        rec.description = params.get("description")
+        rec.source_url, rec.is_external = url, external
+        self._mark_completed(rec, auto_caption)
+        return 201, {"media": self._public(rec, time.monotonic())}
+
+    def list_collections(self, query: Mapping[str, str]) -> Reply:
+        """GET /collections?page=&per_page= (per_page capped at 50)."""
+        page = as_int(query.get("page", "1"), "page")
+        per_page = min(as_int(query.get("per_page", "20"), "per_page"), MAX_PER_PAGE)
+        if page < 1 or per_page < 1:
+            raise ApiError(422, "page and per_page must be positive")
+        items = [{"id": cid, "name": name, "type": "course"} for cid, name in sorted(self.collections.items())]
+        last = max(1, -(-len(items) // per_page))
+        chunk = items[(page - 1) * per_page : page * per_page]
+        meta = {"current_page": page, "last_page": last, "total_count": len(items)}
+        return 200, {"collections": chunk, "meta": meta}
+
+    def get_user(self, user_id: str) -> Reply:
+        """GET /users/{id}."""
+        uid = as_int(user_id, "user_id", status=404)
+        if uid not in self.users:
+            raise ApiError(404, f"user {user_id} not found")
+        return 200, {"user": self._user(uid)}
+
+    # ----- tokens -------------------------------------------------------------------------------
+
+    def authorize_bearer(self, token: str | None) -> bool:
+        """Is this bearer token accepted right now? Counts the call against an issued token's budget."""
+        if token is None:
+            return False
+        if token in self.static_tokens:
+            return True
+        with self._lock:
+            access = self._access.get(token)
+            if access is None or time.monotonic() >= access.expires_at:
+                return False
+            access.calls += 1
+            limit = self._faults.token_ttl_calls
+            return not (limit and access.calls > limit)
+
+    def expire_access_tokens(self) -> None:
+        """Make every issued access token expire now (static tokens are unaffected)."""
+        with self._lock:
+            for access in self._access.values():
+                access.expires_at = 0.0
+            self._notify()
+
+    def issue_auth_code(self) -> str:
+        """A new single-use authorization code."""
+        with self._lock:
+            code = "sbx-code-" + secrets.token_urlsafe(12)
+            self._codes.add(code)
+            return code
+
+    def oauth_authorize(self, query: Mapping[str, str]) -> str:
+        """GET /oauth/authorize: the redirect location carrying a new code."""
+        if query.get("client_id") not in self.oauth_clients:
+            raise ApiError(400, "invalid_client")
+        if query.get("response_type") != "code":
+            raise ApiError(400, "unsupported_response_type")
+        redirect = query.get("redirect_uri", "")
+        parts = urlsplit(redirect)
+        if parts.scheme != "https" or (parts.hostname or "") in ("", "localhost"):
+            raise ApiError(400, "invalid_redirect_uri")
+        sep = "&" if parts.query else "?"
+        return f"{redirect}{sep}code={self.issue_auth_code()}"
+
+    def oauth_token(self, form: Mapping[str, str], basic: tuple[str, str] | None) -> Reply:
+        """POST /oauth/token: authorization_code or refresh_token grant; refresh tokens rotate."""
+        client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))
+        expected = self.oauth_clients.get(client_id)
+        if expected is None or not secrets.compare_digest(expected, secret):
+            raise ApiError(401, "invalid_client")
+        grant = form.get("grant_type")
+        with self._lock:
+            if grant == "authorization_code":
+                code = form.get("code", "")
+                if code != FIXED_AUTH_CODE and code not in self._codes:
+                    raise ApiError(400, "invalid_grant")
+                self._codes.discard(code)
+            elif grant == "refresh_token":
+                if self._refresh.get(form.get("refresh_token", "")) != client_id:
+                    raise ApiError(400, "invalid_grant")
+                del self._refresh[form["refresh_token"]]
+            else:
+                raise ApiError(400, "unsupported_grant_type")
+            return 200, self._issue_tokens(client_id)
+
+    def _issue_tokens(self, client_id: str) -> dict[str, Any]:
+        """A fresh access/refresh pair (lock held)."""
+        ttl = self._faults.token_ttl_seconds
+        access, refresh = "sbx-at-" + secrets.token_urlsafe(24), "sbx-rt-" + secrets.token_urlsafe(24)
+        self._access[access] = AccessToken(expires_at=time.monotonic() + ttl)
+        self._refresh[refresh] = client_id
+        self._notify()
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": whole_seconds(ttl),
+            "token_type": "Bearer",
+        }

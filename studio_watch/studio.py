@@ -1,0 +1,333 @@
+"""The HTTP client for the Canvas Studio public API: requests, error classification, short retries, tokens.
+
+All HTTP lives here. Each method maps the documented status codes of one endpoint (shared/studio-api.md) onto
+the exception tree in `errors.py`. Seconds-scale blips (connect errors, resets, 429, 5xx) are retried here with
+tenacity, honouring Retry-After; whatever still fails is raised for the queue, which owns longer backoff.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+from urllib.parse import urlsplit
+
+import h11
+import httpcore
+import httpx
+import structlog
+import tenacity
+import xxhash
+
+from . import __version__
+from .config import RetryConfig, StudioConfig
+from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
+                     SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
+
+log = structlog.get_logger("studio_watch.studio")
+
+CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough for flat memory
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_CLIENT_WAIT = 30.0  # a Retry-After longer than this is left to the queue's own backoff
+IMPORT_PATH = "/media"  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
+
+
+class TokenSource(Protocol):
+    """Where the access token comes from; `refresh` is called once when the API answers 401."""
+
+    def token(self) -> str: ...
+
+    def refresh(self, rejected: str) -> str: ...
+
+
+class StaticToken:
+    """A fixed token from a file or an environment variable; a 401 re-reads it (a rotated credential)."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        self._read = read
+        self._token = read()
+
+    def token(self) -> str:
+        return self._token
+
+    def refresh(self, rejected: str) -> str:
+        fresh = self._read()
+        if fresh == rejected:
+            raise AuthError("the API refused the access token (401); check token_file/token_env", 401)
+        self._token = fresh
+        return fresh
+
+
+@dataclass(frozen=True)
+class PutResult:
+    bytes: int
+    content_hash: str
+    seconds: float
+
+
+def content_hasher() -> Any:
+    """The content identity hash: XXH3-128 (non-cryptographic, ~20 GB/s, so it never slows the upload)."""
+    return xxhash.xxh3_128()
+
+
+def hash_file(path: str, stop: threading.Event | None = None) -> str:
+    """Hash a whole file (only used when a duplicate is likely and must be known before uploading)."""
+    hasher = content_hasher()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(CHUNK):
+                if stop is not None and stop.is_set():
+                    raise Stopping("stopping")
+                hasher.update(chunk)
+    except FileNotFoundError:
+        raise SourceVanished(f"file vanished: {path!r}") from None
+    except PermissionError as exc:
+        raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
+    return hasher.hexdigest()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def safe_url(url: str) -> str:
+    """An upload URL fit for a log line: scheme and host only, never its path token or signature."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
+
+
+class StudioClient:
+    """One keep-alive connection pool for the API and the upload URLs; thread-safe."""
+
+    def __init__(self, studio: StudioConfig, retry: RetryConfig, tokens: TokenSource,
+                 stop: threading.Event | None = None) -> None:
+        self.studio = studio
+        self.retry = retry
+        self.tokens = tokens
+        self.stop = stop or threading.Event()
+        verify: Any = str(studio.ca_bundle) if studio.ca_bundle else True
+        self.http = httpx.Client(timeout=httpx.Timeout(studio.timeout_seconds), verify=verify, trust_env=False,
+                                 headers={"User-Agent": f"studio-watch/{__version__}"},
+                                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._refresh_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- the retry layer -----------------------------------------------------------------------------------
+
+    def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run `fn`, retrying TransientError a bounded number of times with jittered backoff and Retry-After."""
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            backoff = tenacity.wait_random_exponential(multiplier=self.retry.initial_seconds / 2,
+                                                       max=self.retry.max_seconds)(state)
+            hint = getattr(exc, "retry_after", None) or 0.0
+            return min(max(backoff, hint), self.retry.max_seconds)
+
+        def retryable(exc: BaseException) -> bool:
+            hint = getattr(exc, "retry_after", None)
+            return isinstance(exc, TransientError) and not self.stop.is_set() and (hint or 0) <= MAX_CLIENT_WAIT
+
+        def sleep(seconds: float) -> None:
+            if self.stop.wait(seconds):
+                raise Stopping("stopping")
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("request_retry", step=what, attempt=state.attempt_number, error=str(exc),
+                     wait=round(state.upcoming_sleep, 2))
+
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(retryable), wait=wait, sleep=sleep,
+                                     stop=tenacity.stop_after_attempt(self.retry.request_tries),
+                                     before_sleep=before_sleep, reraise=True)
+        return retrying(fn)
+
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              json: Any = None, what: str) -> httpx.Response:
+        """One API request with the bearer token; a 401 refreshes the token once and tries again."""
+
+        def attempt() -> httpx.Response:
+            token = self.tokens.token()
+            response = self._request(method, path, params, json, token, what)
+            if response.status_code == 401:
+                with self._refresh_lock:
+                    current = self.tokens.token()
+                    token = current if current != token else self.tokens.refresh(token)
+                response = self._request(method, path, params, json, token, what)
+                if response.status_code == 401:
+                    raise AuthError(f"{what}: the API refused the token (401) even after a refresh", 401)
+            return response
+
+        return self._retrying(attempt, what)
+
+    def _request(self, method: str, path: str, params: dict[str, Any] | None, json: Any, token: str,
+                 what: str) -> httpx.Response:
+        if self.stop.is_set():
+            raise Stopping("stopping")
+        try:
+            response = self.http.request(method, self.studio.api_url + path, params=params, json=json,
+                                         headers={"Authorization": f"Bearer {token}"})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            raise Unreachable(f"{what}: cannot reach {self.studio.url}: {_reason(exc)}") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: {_reason(exc)}") from None
+        if response.status_code in TRANSIENT_STATUS or response.status_code >= 500 and response.status_code != 501:
+            raise TransientError(f"{what}: HTTP {response.status_code}{_detail(response)}", response.status_code,
+                                 parse_retry_after(response.headers.get("Retry-After")))
+        return response
+
+    # -- endpoints --------------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """GET /ping must answer 200 pong."""
+        response = self._send("GET", "/ping", what="ping")
+        if response.status_code != 200 or response.text.strip().strip('"') != "pong":
+            raise StudioError(f"ping: expected 200 pong, got HTTP {response.status_code} {response.text[:60]!r}",
+                              response.status_code)
+
+    def probe(self) -> None:
+        """One /ping without retries: is the API up and our token good right now?"""
+        token = self.tokens.token()
+        response = self._request("GET", "/ping", None, None, token, "probe")
+        if response.status_code == 401:
+            raise AuthError("probe: the API refused the token (401)", 401)
+        if response.status_code != 200:
+            raise StudioError(f"probe: HTTP {response.status_code}", response.status_code)
+
+    def generate(self, collection_id: int | None, user_id: int | None) -> tuple[int, str]:
+        """Step 1: POST /media/uploads; returns (media id, upload URL)."""
+        params = {"collection_id": collection_id} if collection_id else {"user_id": user_id} if user_id else None
+        response = self._send("POST", "/media/uploads", params=params, what="generate")
+        status = response.status_code
+        if status in (200, 201):
+            upload = response.json()["upload"]
+            return int(upload["id"]), str(upload["url"])
+        target = f"collection {collection_id}" if collection_id else f"user {user_id}" if user_id else "My Uploads"
+        reasons = {403: f"not permitted to upload into {target} (403)",
+                   404: f"{target} not found (404): check collection_id/user_id",
+                   422: f"invalid target {target} (422)"}
+        raise PermanentError(f"generate: {reasons.get(status, f'HTTP {status}')}{_detail(response)}", status)
+
+    def complete(self, media_id: int, title: str, description: str, auto_caption: bool) -> dict[str, Any] | None:
+        """Step 3: returns the media object, or None when Studio says it was already completed (409)."""
+        params = {"title": title, "description": description, "auto_caption": str(auto_caption).lower()}
+        response = self._send("POST", f"/media/uploads/{media_id}/complete", params=params, what="complete")
+        status = response.status_code
+        if status in (200, 201):
+            return _media(response)
+        if status == 409:
+            return None
+        if status == 404:
+            raise MediaNotFound(f"complete: media {media_id} not found (404)", 404)
+        if status == 501:
+            raise CaptionsDisabled("complete: auto-captioning is not enabled for this account (501)", 501)
+        raise PermanentError(f"complete: HTTP {status}{_detail(response)}", status)
+
+    def get_media(self, media_id: int) -> dict[str, Any] | None:
+        response = self._send("GET", f"/media/{media_id}", what="get_media")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise PermanentError(f"get_media: HTTP {response.status_code}{_detail(response)}", response.status_code)
+        return _media(response)
+
+    # -- step 2: the PUT --------------------------------------------------------------------------------------
+
+    def put(self, url: str, path: str, identity: tuple[int, int, int],
+            progress: Callable[[int], None] | None = None) -> PutResult:
+        """Step 2: stream the file to the upload URL with a Content-Length, hashing it in the same pass.
+
+        `identity` is (inode, size, mtime_ns) as found stable; a file that differs before, during or after the
+        read raises SourceChanged. Resets and 5xx are retried from byte 0 (the file is reopened).
+        """
+        return self._retrying(lambda: self._put_once(url, path, identity, progress), "put")
+
+    def _put_once(self, url: str, path: str, identity: tuple[int, int, int],
+                  progress: Callable[[int], None] | None) -> PutResult:
+        inode, size, mtime_ns = identity
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise SourceVanished(f"file vanished: {path!r}") from None
+        except PermissionError as exc:
+            raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
+        hasher = content_hasher()
+        started = time.monotonic()
+        with f:
+            _check_same(os.fstat(f.fileno()), identity, path)
+            body = self._body(f, size, hasher, progress)
+            try:
+                response = self.http.put(url, content=body, headers={"Content-Length": str(size),
+                                                                    "Content-Type": "application/octet-stream"})
+            except (h11.LocalProtocolError, httpcore.LocalProtocolError, httpx.LocalProtocolError) as exc:
+                raise SourceChanged(f"file changed while sending {path!r}: {exc}") from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise Unreachable(f"put: cannot reach {safe_url(url)}: {_reason(exc)}") from None
+            except httpx.TransportError as exc:
+                raise TransientError(f"put: {_reason(exc)}") from None
+            _check_same(os.fstat(f.fileno()), identity, path)
+        status = response.status_code
+        if 200 <= status < 300:
+            return PutResult(size, hasher.hexdigest(), time.monotonic() - started)
+        if status in (403, 404, 410):
+            raise UploadUrlExpired(f"put: upload URL refused (HTTP {status}): it expired or was used", status)
+        if status in TRANSIENT_STATUS or status >= 500:
+            raise TransientError(f"put: HTTP {status}", status, parse_retry_after(response.headers.get("Retry-After")))
+        if status == 413:
+            raise PermanentError(f"put: file too large for Studio (413, {size} bytes)", 413)
+        raise PermanentError(f"put: HTTP {status}{_detail(response)}", status)
+
+    def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+        """Exactly `size` bytes of the file in 1 MiB chunks, hashed as they go; stops early on `stop`."""
+        sent = 0
+        last_report = 0.0
+        while sent < size:
+            if self.stop.is_set():
+                raise Stopping("stopping")
+            chunk = f.read(min(CHUNK, size - sent))
+            if not chunk:
+                raise SourceChanged(f"file shrank while sending ({sent} of {size} bytes)")
+            hasher.update(chunk)
+            sent += len(chunk)
+            yield chunk
+            if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size):
+                last_report = time.monotonic()
+                progress(sent)
+
+
+def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -> None:
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+        raise SourceChanged(f"file changed since it settled: {path!r}")
+
+
+def _media(response: httpx.Response) -> dict[str, Any]:
+    data = response.json()
+    return data.get("media", data) if isinstance(data, dict) else {}
+
+
+def _detail(response: httpx.Response) -> str:
+    """A short, safe excerpt of an error body."""
+    text = response.text.strip().replace("\n", " ")
+    return f": {text[:200]}" if text else ""
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message without any URL in it (httpx messages may carry the request URL)."""
+    text = str(exc) or type(exc).__name__
+    return text.split(" for url ")[0]

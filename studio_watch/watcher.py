@@ -1,0 +1,248 @@
+"""Finding files: watchdog observers, full scans, and the rules that say which names qualify.
+
+The watcher only reports paths (with one stat each) to a callable; deciding what a file means for the queue is
+the daemon's business. Events can be lost (inotify overflow, network filesystems), so a periodic rescan is the
+safety net and a startup scan finds what arrived while the daemon was down.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .config import FolderRule
+
+log = structlog.get_logger("studio_watch.watcher")
+
+LINK_SUFFIXES = (".url", ".webloc")
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
+                        "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
+MODIFY_DEBOUNCE = 1.0  # seconds between two reports of the same path from modify events
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str
+    stat: os.stat_result
+    rule: FolderRule
+    kind: str = "file"  # file | link (a browser link file: a URL import)
+
+
+def classify(rule: FolderRule, path: str) -> tuple[str | None, str]:
+    """Whether `path` qualifies under `rule`: (kind, why). kind is "file", "link" or None (with the reason)."""
+    try:
+        relative = Path(path).relative_to(rule.path)
+    except ValueError:
+        return None, f"outside {rule.path}"
+    parts = relative.parts
+    if not parts:
+        return None, "is the watched folder itself"
+    if len(parts) > 1 and not rule.recursive:
+        return None, f"in a subfolder of {rule.path}, which is not recursive"
+    for part in parts:
+        for pattern in rule.exclude:
+            if fnmatch.fnmatchcase(part, pattern):
+                return None, f"{part!r} matches exclude pattern {pattern!r}"
+    name = parts[-1]
+    lower = name.lower()
+    if rule.links and lower.endswith(LINK_SUFFIXES):
+        return "link", "browser link file (imported as a URL)"
+    for pattern in rule.include:
+        if fnmatch.fnmatchcase(lower, pattern.lower()):
+            return "file", f"matches include pattern {pattern!r}"
+    return None, f"{name!r} matches no include pattern (not a media type this folder uploads)"
+
+
+def rule_for(rules: Iterable[FolderRule], path: str) -> FolderRule | None:
+    """The folder rule whose folder holds `path` (the innermost one)."""
+    best: FolderRule | None = None
+    for rule in rules:
+        if Path(path).is_relative_to(rule.path) and (best is None or len(str(rule.path)) > len(str(best.path))):
+            best = rule
+    return best
+
+
+def scan(rule: FolderRule) -> Iterator[Found]:
+    """Every qualifying file under the folder (one stat each), skipping excluded subfolders."""
+    stack = [str(rule.path)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("scan_failed", folder=folder, error=str(exc))
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if rule.recursive and not any(fnmatch.fnmatchcase(entry.name, p) for p in rule.exclude):
+                        stack.append(entry.path)
+                    continue
+                kind, _ = classify(rule, entry.path)
+                if kind is not None and entry.is_file():
+                    yield Found(entry.path, entry.stat(), rule, kind)
+            except OSError:
+                continue  # vanished between listing and stat: the next event or scan will tell
+
+
+def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The filesystem type of the mount holding `path`, from /proc/self/mountinfo (None if unknown)."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount_point = fields[4].encode().decode("unicode_escape")
+        fs_type = line.split(" - ", 1)[1].split()[0]
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+            best, best_type = mount_point, fs_type
+    return best_type
+
+
+def is_network_fs(fs_type: str | None) -> bool:
+    return fs_type is not None and (fs_type in NETWORK_FS or fs_type.startswith("fuse"))
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: "Watcher", rule: FolderRule) -> None:
+        self.watcher, self.rule = watcher, rule
+        self._last: dict[str, float] = {}
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind in ("deleted", "closed_no_write", "opened"):
+            return
+        path = os.fsdecode(event.dest_path if kind == "moved" else event.src_path)
+        if event.is_directory:
+            if kind in ("created", "moved") and self.rule.recursive:
+                self.watcher.scan_folder(self.rule, path)  # files moved in with a directory make no events
+            return
+        if kind == "modified":
+            now = time.monotonic()
+            if now - self._last.get(path, 0.0) < MODIFY_DEBOUNCE:
+                return
+            self._last[path] = now
+            if len(self._last) > 10_000:
+                self._last.clear()
+        self.watcher.report_path(self.rule, path)
+
+
+class Watcher:
+    """Observers for every folder, the startup scan and the periodic rescan."""
+
+    def __init__(self, rules: Iterable[FolderRule], observer: str, rescan_seconds: float,
+                 on_found: Callable[[list[Found], bool], None], stop: threading.Event) -> None:
+        self.rules = tuple(rules)
+        self.observer_setting = observer
+        self.rescan_seconds = rescan_seconds
+        self.on_found = on_found
+        self.stop = stop
+        self.observers: dict[str, BaseObserver] = {}
+        self.kinds: dict[Path, str] = {}
+        self.last_scan: dict[Path, float] = {}
+        self._rescanner: threading.Thread | None = None
+
+    def observer_kind(self, rule: FolderRule) -> str:
+        if self.observer_setting != "auto":
+            return self.observer_setting
+        return "polling" if is_network_fs(filesystem_type(rule.path)) else "inotify"
+
+    def start(self) -> None:
+        """Start observing, then scan every folder once (files that arrived while we were down)."""
+        for rule in self.rules:
+            self._schedule(rule)
+        for observer in self.observers.values():
+            observer.start()
+        self.scan_all(full=True)
+        self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
+        self._rescanner.start()
+
+    def _schedule(self, rule: FolderRule) -> None:
+        kind = self.observer_kind(rule)
+        if kind not in self.observers:
+            self.observers[kind] = PollingObserver(timeout=1.0) if kind == "polling" else Observer()
+            self.observers[kind].daemon = True
+        self.observers[kind].schedule(_Handler(self, rule), str(rule.path), recursive=rule.recursive)
+        self.kinds[rule.path] = kind
+        log.info("folder_watched", folder=str(rule.path), observer=kind, recursive=rule.recursive,
+                 collection_id=rule.collection_id, user_id=rule.user_id)
+
+    def alive(self) -> bool:
+        return all(o.is_alive() for o in self.observers.values()) and (
+            self._rescanner is None or self._rescanner.is_alive())
+
+    def restart_dead(self) -> bool:
+        """Replace any observer thread that died, and rescan (its events are lost). True if one was restarted."""
+        dead = [kind for kind, o in self.observers.items() if not o.is_alive()]
+        for kind in dead:
+            log.error("observer_died", observer=kind)
+            del self.observers[kind]
+            for rule in self.rules:
+                if self.kinds.get(rule.path) == kind:
+                    self._schedule(rule)
+            self.observers[kind].start()
+        if dead:
+            self.scan_all(full=True)
+        return bool(dead)
+
+    def close(self) -> None:
+        for observer in self.observers.values():
+            observer.stop()
+        for observer in self.observers.values():
+            if observer.is_alive():
+                observer.join(timeout=5)
+        if self._rescanner is not None:
+            self._rescanner.join(timeout=5)
+
+    def report_path(self, rule: FolderRule, path: str) -> None:
+        kind, _ = classify(rule, path)
+        if kind is None:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if os.path.isfile(path):
+            self.on_found([Found(path, st, rule, kind)], False)
+
+    def scan_folder(self, rule: FolderRule, folder: str) -> None:
+        sub = FolderRule(**{**rule.__dict__, "path": Path(folder)})
+        found = [Found(f.path, f.stat, rule, f.kind) for f in scan(sub)]
+        if found:
+            self.on_found(found, False)
+
+    def scan_all(self, full: bool = False) -> int:
+        """Scan every folder; returns the number of qualifying files seen."""
+        total = 0
+        for rule in self.rules:
+            started = time.monotonic()
+            found = list(scan(rule))
+            self.on_found(found, True)
+            self.last_scan[rule.path] = time.time()
+            total += len(found)
+            log.debug("folder_scanned", folder=str(rule.path), files=len(found),
+                      seconds=round(time.monotonic() - started, 3))
+        return total
+
+    def _rescan_loop(self) -> None:
+        while not self.stop.wait(self.rescan_seconds):
+            try:
+                self.scan_all()
+            except Exception:  # the safety net itself must not die
+                log.exception("rescan_failed")
