@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -88,22 +89,18 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler]] = [
 
 
 class _Dropped(Exception):
-    """The connection was closed on purpose (or by the client); `status` is set if a response went out first."""
-
-    def __init__(self, status: int | None = None) -> None:
-        """Remember the status already sent, if any."""
-        super().__init__(status)
-        self.status = status
+    """The connection is to be closed: on purpose, after a closing response, or because the client went away."""
 
 
 @dataclass
 class _Outcome:
-    """What the event log records about one request."""
+    """What the event log records about one request; logged once, just before the response goes out."""
 
+    path: str
     endpoint: str | None = None
-    status: int | None = None
     media_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    logged: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -149,10 +146,8 @@ class _Server(ThreadingHTTPServer):
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet; real errors are recorded by the handler."""
@@ -180,33 +175,35 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = split.path.rstrip("/") or "/"
         query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        out = _Outcome()
+        self._out = _Outcome(path, logged=path == STATE_PATH)  # the state page is not an event
         try:
             if self.server.down:
                 self._drop()
             elif path == STATE_PATH:
                 self._read_small_body()
                 self._send(200, self.state.state_json(), "application/json")
-                return
             elif self.command == "PUT" and UPLOAD_RE.match(path):
-                self._put(path, query, out)
+                self._put(path, query)
             else:
-                self._api(path, query, out)
-        except _Dropped as dropped:
+                self._api(path, query)
+        except _Dropped:
             self.close_connection = True
-            out.status = dropped.status or out.status
         except OSError:  # the client went away (reset, timeout)
             self.close_connection = True
         except Exception:  # a sandbox bug: record it, answer 500 and close
             self.state.add_error(traceback.format_exc())
-            out.status = 500
-            try:
+            with contextlib.suppress(OSError):
                 self._json(500, {"error": "sandbox internal error"}, close=True)
-            except OSError:
-                pass
-        event = {"t": time.monotonic(), "method": self.command, "path": path, "status": out.status,
-                 "media_id": out.media_id, "endpoint": out.endpoint, **out.extra}
-        self.state.record_event(event)
+        self._log(None)
+
+    def _log(self, status: int | None) -> None:
+        """Record this request as an event (once); status None means no response was sent."""
+        out = self._out
+        if not out.logged:
+            out.logged = True
+            self.state.record_event({"t": time.monotonic(), "method": self.command, "path": out.path,
+                                     "status": status, "media_id": out.media_id, "endpoint": out.endpoint,
+                                     **out.extra})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
@@ -214,7 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, ctype: str, headers: Mapping[str, str] | None = None,
               close: bool = False) -> None:
-        """Write a whole response, always with Content-Length."""
+        """Log the event, then write a whole response, always with Content-Length."""
+        self._log(status)
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -241,6 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         """Close the connection abruptly (RST), without a response."""
+        self._log(None)
         self.close_connection = True
         try:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -260,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if not raw.strip().isdigit():
             self._json(400, {"error": "invalid Content-Length"}, close=True)
-            raise _Dropped(400)
+            raise _Dropped()
         return int(raw)
 
     def _read_small_body(self) -> bytes:
@@ -270,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked or (length or 0) > MAX_API_BODY:
             status = 411 if chunked else 413
             self._json(status, {"error": "body must have a Content-Length of at most 1 MiB"}, close=True)
-            raise _Dropped(status)
+            raise _Dropped()
         return self.rfile.read(length) if length else b""
 
     def _drain(self, length: int) -> None:
@@ -297,93 +296,85 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ----- the upload PUT ---------------------------------------------------------------------
 
-    def _put(self, path: str, query: Mapping[str, str], out: _Outcome) -> None:
+    def _put(self, path: str, query: Mapping[str, str]) -> None:
         """PUT /_upload/<id>/<token>?signature=: no auth, Content-Length required, single use."""
-        out.endpoint = "put"
+        self._out.endpoint = "put"
         match = UPLOAD_RE.match(path)
         assert match is not None
         media_id = match["id"]
-        out.media_id = int(media_id) if media_id.isdigit() else None
+        self._out.media_id = int(media_id) if media_id.isdigit() else None
         length = self._content_length()
         if length is None:
             self.state.add_violation(f"put without content-length: media {media_id}")
-            out.status = 411
             self._json(411, {"error": "Content-Length required"}, close=True)
             return
         if self.headers.get("Authorization") is not None:
             self.state.add_violation(f"put with authorization header: media {media_id}")
-            self._refuse(out, length, 400, "Authorization header not allowed on upload URL")
+            self._refuse(length, 400, "Authorization header not allowed on upload URL")
             return
         if length > self.state.faults.max_upload_bytes:
-            out.status = 413
             self._json(413, {"error": "file too large"}, close=True)
             return
         fault = self.state.fault_for("put")
         if fault is not None:
-            self._refuse(out, length, fault[0], "injected fault", fault[1])
+            self._out.extra["fault"] = "injected"
+            self._refuse(length, fault[0], "injected fault", fault[1])
             return
         try:
             url = self.state.begin_put(media_id, match["token"], query.get("signature", ""))
         except ApiError as err:
-            self._refuse(out, length, err.status, err.error, err.headers)
+            self._refuse(length, err.status, err.error, err.headers)
             return
         if self.state.roll(self.state.faults.reset_rate):
-            out.extra["fault"] = "reset"
+            self._out.extra["fault"] = "reset"
             self._receive(max(1, length // 2) if length else 0, throttle=True)
             self._drop()
         size, sha = self._receive(length, throttle=True)
         try:
             self.state.finish_put(url, size, sha)
         except ApiError as err:
-            out.status = err.status
             self._json(err.status, {"error": err.error})
             return
-        out.status = 200
         self._send(200, b"", "text/plain")
 
-    def _refuse(self, out: _Outcome, length: int, status: int, error: str,
+    def _refuse(self, length: int, status: int, error: str,
                 headers: Mapping[str, str] | None = None) -> None:
         """Drain the upload body, then answer an error (keeps HTTP/1.1 framing valid)."""
         self._drain(length)
-        out.status = status
         self._json(status, {"error": error}, headers)
 
     # ----- the API ----------------------------------------------------------------------------
 
-    def _api(self, path: str, query: dict[str, str], out: _Outcome) -> None:
+    def _api(self, path: str, query: dict[str, str]) -> None:
         """Route, authenticate, inject faults, do the work, answer."""
         body = self._read_small_body()
         route = self._route(path)
         if route is None:
-            out.status = 404
             self._json(404, {"error": f"no route for {self.command} {path}"})
             return
         endpoint, handler, groups = route
-        out.endpoint = endpoint
-        out.media_id = _media_id(groups.get("id")) if endpoint in ("complete", "media") else None
+        self._out.endpoint = endpoint
+        self._out.media_id = _media_id(groups.get("id")) if endpoint in ("complete", "media") else None
         latency = self.state.faults.latency_seconds
         if latency > 0:
             self.server.stopping.wait(latency)
         if endpoint != "oauth" and not self.state.authorize_bearer(self._bearer()):
-            out.status = 401
             self._json(401, {"error": "authorization missing or invalid"}, {"WWW-Authenticate": "Bearer"})
             return
         fault = self.state.fault_for(endpoint)
         if fault is not None:
-            out.status, out.extra["fault"] = fault[0], "injected"
+            self._out.extra["fault"] = "injected"
             self._json(fault[0], {"error": "injected fault"}, fault[1])
             return
         try:
             status, payload = handler(self.state, Request(groups, query, body, self._basic()))
         except ApiError as err:
-            out.status = err.status
             self._json(err.status, {"error": err.error}, err.headers)
             return
-        out.media_id = _media_id_of(payload) or out.media_id
+        self._out.media_id = _media_id_of(payload) or self._out.media_id
         if endpoint == "complete" and self.state.roll(self.state.faults.lose_complete_rate):
-            out.extra["fault"] = "lost_response"
+            self._out.extra["fault"] = "lost_response"
             self._drop()
-        out.status = status
         self._reply(status, payload)
 
     def _route(self, path: str) -> tuple[str, Handler, dict[str, str]] | None:
@@ -421,8 +412,9 @@ def _media_id_of(payload: Any) -> int | None:
     if isinstance(payload, dict):
         for key in ("upload", "media"):
             inner = payload.get(key)
-            if isinstance(inner, dict) and isinstance(inner.get("id"), int):
-                return inner["id"]
+            media_id = inner.get("id") if isinstance(inner, dict) else None
+            if isinstance(media_id, int):
+                return media_id
     return None
 
 
@@ -617,7 +609,7 @@ FAULT_FLAGS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--put-bytes-per-second", "put_bytes_per_second", int, "throttle PUT bodies (0 = unlimited)"),
     ("--latency", "latency_seconds", float, "seconds added before every API response"),
     ("--token-ttl", "token_ttl_seconds", float, "OAuth access token lifetime in seconds"),
-    ("--token-ttl-calls", "token_ttl_calls", int, "OAuth access tokens answer 401 after this many calls (0 = no limit)"),
+    ("--token-ttl-calls", "token_ttl_calls", int, "issued access tokens answer 401 after N calls (0 = no limit)"),
     ("--transcode-seconds", "transcode_seconds", float, "seconds a completed media stays 'processing'"),
     ("--transcode-fail", "transcode_fail", None, "transcoding ends 'failed' instead of 'completed'"),
     ("--max-upload-bytes", "max_upload_bytes", int, "PUTs with a larger Content-Length get 413"),

@@ -247,6 +247,65 @@ class StudioClient:
             raise PermanentError(f"get_media: HTTP {response.status_code}{_detail(response)}", response.status_code)
         return _media(response)
 
+    def import_url(self, url: str, title: str | None, description: str, auto_caption: bool, is_external: bool,
+                   collection_id: int | None = None, user_id: int | None = None) -> dict[str, Any]:
+        """Create media from a URL: POST /collections/{id}/media (query) or POST /media (JSON body)."""
+        fields: dict[str, Any] = {"url": url, "description": description, "auto_caption": auto_caption,
+                                  "is_external": is_external}
+        if title:
+            fields["title"] = title
+        if user_id is not None:
+            fields["user_id"] = user_id
+        if collection_id is not None:
+            params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in fields.items()}
+            response = self._send("POST", f"/collections/{collection_id}/media", params=params, what="import")
+        else:
+            response = self._send("POST", IMPORT_PATH, json=fields, what="import")
+        status = response.status_code
+        if status in (200, 201):
+            return _media(response)
+        target = f"collection {collection_id}" if collection_id else f"user {user_id}" if user_id else "My Uploads"
+        if status == 501:
+            raise CaptionsDisabled("import: auto-captioning is not enabled for this account (501)", 501)
+        reasons = {403: f"not permitted to create media in {target} (403)", 404: f"{target} not found (404)",
+                   422: f"Studio refused the request as invalid (422)"}
+        raise PermanentError(f"import: {reasons.get(status, f'HTTP {status}')}{_detail(response)}", status)
+
+    def search_media(self, query: str) -> list[dict[str, Any]]:
+        """GET /media/search?query=: media whose title matches (used to reconcile an import of unknown outcome)."""
+        response = self._send("GET", "/media/search", params={"query": query}, what="search")
+        if response.status_code != 200:
+            raise PermanentError(f"search: HTTP {response.status_code}{_detail(response)}", response.status_code)
+        data = response.json()
+        items = data.get("media", []) if isinstance(data, dict) else data
+        return [m for m in items if isinstance(m, dict)]
+
+    def collections(self) -> list[dict[str, Any]]:
+        """Every collection the token can see (all pages of GET /collections)."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            response = self._send("GET", "/collections", params={"page": page, "per_page": 50}, what="collections")
+            if response.status_code != 200:
+                raise PermanentError(f"collections: HTTP {response.status_code}{_detail(response)}",
+                                     response.status_code)
+            data = response.json()
+            found.extend(data.get("collections", []))
+            meta = data.get("meta") or {}
+            if page >= int(meta.get("last_page") or page):
+                return found
+            page += 1
+
+    def user(self, user_id: int) -> dict[str, Any] | None:
+        """GET /users/{id}: the user, or None when there is no such user."""
+        response = self._send("GET", f"/users/{user_id}", what="user")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise PermanentError(f"user: HTTP {response.status_code}{_detail(response)}", response.status_code)
+        data = response.json()
+        return data.get("user", data)
+
     # -- step 2: the PUT --------------------------------------------------------------------------------------
 
     def put(self, url: str, path: str, identity: tuple[int, int, int],

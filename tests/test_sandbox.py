@@ -46,7 +46,8 @@ def generate(api: httpx.Client, **params: Any) -> dict[str, Any]:
     """Step 1; returns {"id", "url"}."""
     response = api.post("/media/uploads", params=params)
     assert response.status_code == 201, response.text
-    return response.json()["upload"]
+    upload: dict[str, Any] = response.json()["upload"]
+    return upload
 
 
 def put(url: str, body: bytes, **kwargs: Any) -> httpx.Response:
@@ -151,6 +152,13 @@ def test_upload_url_is_single_use(sb: Sandbox, api: httpx.Client) -> None:
     assert media["content_sha256"] == hashlib.sha256(b"one").hexdigest() and media["put_count"] == 2
 
 
+def test_oversized_put_is_413(sb: Sandbox, api: httpx.Client) -> None:
+    sb.faults.max_upload_bytes = 10
+    upload = generate(api)
+    assert put(upload["url"], bytes(11)).status_code == 413
+    assert put(upload["url"], bytes(10)).status_code == 200
+
+
 def test_bad_or_expired_upload_urls_are_403(sb: Sandbox, api: httpx.Client) -> None:
     upload = generate(api)
     parts = urlsplit(upload["url"])
@@ -239,9 +247,8 @@ def test_rate_limit_and_errors_are_injected_per_endpoint(sb: Sandbox, api: httpx
 
 def test_faults_are_reproducible_with_a_seed() -> None:
     def statuses() -> list[int]:
-        with Sandbox(faults=Faults(error_rate=0.5, seed=7)) as sandbox:
-            with httpx.Client(headers=AUTH) as client:
-                return [client.get(sandbox.api_url + "/ping").status_code for _ in range(20)]
+        with Sandbox(faults=Faults(error_rate=0.5, seed=7)) as sandbox, httpx.Client(headers=AUTH) as client:
+            return [client.get(sandbox.api_url + "/ping").status_code for _ in range(20)]
 
     first = statuses()
     assert first == statuses() and 200 in first and len(set(first)) > 1
@@ -362,7 +369,8 @@ def test_access_tokens_expire_by_calls_and_by_time(sb: Sandbox) -> None:
     sb.faults.token_ttl_calls, sb.faults.token_ttl_seconds = 0, 0
     expired = token_request(sb, grant_type="authorization_code", code="sandbox-code").json()
     assert expired["expires_in"] == 0
-    assert httpx.get(sb.api_url + "/ping", headers={"Authorization": f"Bearer {expired['access_token']}"}).status_code == 401
+    dead = {"Authorization": f"Bearer {expired['access_token']}"}
+    assert httpx.get(sb.api_url + "/ping", headers=dead).status_code == 401
 
 
 def test_oauth_authorize_redirects_with_a_code(sb: Sandbox) -> None:
@@ -426,6 +434,8 @@ def test_state_endpoint_and_wait_for(sb: Sandbox, api: httpx.Client) -> None:
     assert sb.wait_for(lambda: media_by_id(sb, upload["id"])["state"] == "uploaded", timeout=5)
     waiter.join()
     assert sb.wait_for(lambda: False, timeout=0.05) is False
+    # the predicate runs without the sandbox lock, so it may itself use HTTP
+    assert sb.wait_for(lambda: httpx.get(sb.url + "/_sandbox/state").json()["events_count"] == 2, timeout=5)
     state = httpx.get(sb.url + "/_sandbox/state").json()
     assert state["events_count"] == 2 and state["violations"] == []
     assert state["media"][0]["state"] == "uploaded"

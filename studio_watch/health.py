@@ -1,0 +1,65 @@
+"""`studio-watch health`: a probe for container HEALTHCHECKs and monitoring scripts.
+
+With `metrics.listen` set it asks the daemon's own `/healthz` (watchers and workers alive); without it, it
+can only tell whether a daemon holds the state database's lock. Exit 0 healthy, 1 not (one line on stderr
+saying why), 2 for a bad config (raised as ConfigError and reported by cli.main).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+
+from . import config as cfg
+from .daemon import DaemonLock
+from .metrics import parse_listen
+
+EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
+TIMEOUT_SECONDS = 3.0
+# A wildcard listen address is reachable on loopback from inside the same host or container.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the daemon is healthy, 1 (with a one-line reason on stderr) when it is not."""
+    config = cfg.load(cfg.config_path(getattr(args, "config", None)))
+    if config.metrics.listen:
+        healthy, reason = check_http(healthz_url(config.metrics.listen))
+    else:
+        healthy, reason = check_lock(config)
+    if not healthy:
+        print(f"studio-watch: unhealthy: {reason}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return EXIT_HEALTHY
+
+
+def healthz_url(listen: str) -> str:
+    """The /healthz URL for a `metrics.listen` value (wildcard hosts become loopback)."""
+    host, port = parse_listen(listen)
+    host = _WILDCARDS.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/healthz"
+
+
+def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
+    """(True, "") on a 200 from `url`, else (False, why)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            if response.status == 200:
+                return True, ""
+            return False, f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url} answered {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", exc)
+        return False, f"{url}: {why}"
+
+
+def check_lock(config: cfg.Config) -> tuple[bool, str]:
+    """(True, "") when some daemon holds the lock on `config.state_db`, else (False, why)."""
+    if DaemonLock(config.state_db).held_by_other() is not None:
+        return True, ""
+    return False, f"no daemon holds {config.state_db} (set metrics.listen for a liveness check)"

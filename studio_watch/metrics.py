@@ -1,0 +1,214 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoints.
+
+`Metrics` owns a private `CollectorRegistry` (never the process-global one, so two daemons in one test
+process do not collide). Counters and the upload-time histogram are fed by `Metrics.on_event`, a listener
+for `daemon.Activity` events; the queue gauges are read from the state database at scrape time.
+
+Scrape-time reads go through one dedicated reader thread: `JobQueue` keeps one SQLite connection per
+thread until the queue is closed, and `ThreadingHTTPServer` starts a new thread per request, so reading the
+queue from the request thread would leave one open connection behind per scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .jobqueue import STATES, JobQueue
+
+# PUT durations: a few seconds for a short clip on a campus link, hours for a 10 GB lecture on a slow uplink.
+UPLOAD_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                  float("inf"))
+READ_TIMEOUT_SECONDS = 10.0
+
+
+class QueueCollector(Collector):
+    """Reads the job counts, the pause flag and the oldest waiting job when Prometheus scrapes."""
+
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool]) -> None:
+        """Remember where to read from; start the single reader thread lazily."""
+        self.queue, self.paused = queue, paused
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-reader")
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per gauge; every state is present (0 when no job is in it)."""
+        counts, oldest_age = self._reader.submit(self._read).result(timeout=READ_TIMEOUT_SECONDS)
+        jobs = GaugeMetricFamily("studio_watch_jobs", "Jobs in the state database, by state.", labels=["state"])
+        for state in STATES:
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily("studio_watch_queue_paused", "1 while the whole queue is paused (outage or "
+                                "refused token), else 0.", value=1.0 if self.paused() else 0.0)
+        yield GaugeMetricFamily("studio_watch_oldest_waiting_seconds", "Age of the oldest job not yet completed, "
+                                "failed or skipped (0 when none waits).", value=oldest_age)
+
+    def _read(self) -> tuple[dict[str, int], float]:
+        """Counts per state and the oldest waiting job's age (runs on the reader thread)."""
+        counts = self.queue.counts()
+        oldest = self.queue.oldest_waiting()
+        age = max(0.0, time.time() - oldest.created_at) if oldest is not None else 0.0
+        return counts, age
+
+    def close(self) -> None:
+        """Stop the reader thread."""
+        self._reader.shutdown(wait=True)
+
+
+class Metrics:
+    """Every metric studio-watch exports, in its own registry."""
+
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool]) -> None:
+        """Create the registry, the counters and histogram, and the scrape-time queue collector."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.uploaded_bytes = Counter("studio_watch_uploaded_bytes", "Bytes sent to Studio in completed PUTs.",
+                                      registry=self.registry)
+        self.upload_seconds = Histogram("studio_watch_upload_seconds", "Duration of each completed upload PUT.",
+                                        buckets=UPLOAD_BUCKETS, registry=self.registry)
+        self.failures = Counter("studio_watch_failures", "Failures, by reason (transient ones included).",
+                                ["reason"], registry=self.registry)
+        self.queue_collector = QueueCollector(queue, paused)
+        self.registry.register(self.queue_collector)
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        """An `Activity` listener: ("put_done", {"bytes", "seconds"}) or ("failure", {"reason"})."""
+        if kind == "put_done":
+            self.uploaded_bytes.inc(data["bytes"])
+            self.upload_seconds.observe(data["seconds"])
+        elif kind == "failure":
+            self.failures.labels(reason=data["reason"]).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything in the registry."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """Release the reader thread."""
+        self.queue_collector.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics, /healthz, /readyz; anything else is 404."""
+
+    server: _Server
+    timeout = 10  # a client that stalls mid-request is dropped instead of holding a thread
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
+        """Route one request."""
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/healthz":
+            self._probe(self.server.healthy)
+        elif path == "/readyz":
+            self._probe(self.server.ready)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def _metrics(self) -> None:
+        """The exposition, or 500 when the state database cannot be read right now."""
+        try:
+            body = self.server.metrics.exposition()
+        except Exception as exc:  # a locked or vanished database must not kill the server thread
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"metrics unavailable: {exc}\n".encode(),
+                       "text/plain; charset=utf-8")
+            return
+        self._send(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
+
+    def _probe(self, check: Callable[[], bool]) -> None:
+        """200 "ok" when `check()` is true, 503 otherwise (also when it raises)."""
+        try:
+            good = bool(check())
+        except Exception:
+            good = False
+        if good:
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        else:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"unavailable\n", "text/plain; charset=utf-8")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        """One complete response with a Content-Length."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the http.server signature)
+        """Scrapes every few seconds are not worth a log line."""
+
+
+class _Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries what the handler needs."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics, healthy: Callable[[], bool],
+                 ready: Callable[[], bool], family: int) -> None:
+        """Bind with the right address family (IPv6 for a host with a colon)."""
+        self.address_family = family
+        self.metrics, self.healthy, self.ready = metrics, healthy, ready
+        super().__init__(address, _Handler)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[V6HOST]:PORT" → (host, port); raises ValueError for anything else."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"port out of range in {listen!r}")
+    return host, number
+
+
+class MetricsServer:
+    """Serves `metrics` and the two probes on `listen` ("HOST:PORT", port 0 picks a free one)."""
+
+    def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
+                 ready: Callable[[], bool]) -> None:
+        """Bind now (so a taken port fails at startup); serve after start()."""
+        import socket
+
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.metrics = metrics
+        self._server = _Server((host, port), metrics, healthy, ready, family)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """http://HOST:PORT of this server."""
+        host = str(self._server.server_address[0])
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def start(self) -> MetricsServer:
+        """Serve in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="metrics-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and the metrics' reader thread."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+        self.metrics.close()
