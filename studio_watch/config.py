@@ -324,6 +324,9 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
         "duplicates": r.choice("duplicates", ("skip", "upload"), base.duplicates),
         "links": r.get("links", bool, base.links),
     }
+    own = [k for k in ("collection_id", "user_id") if r.data.get(k) is not None]
+    if len(own) == 1:  # a folder naming its target replaces the other one inherited from defaults
+        values["user_id" if own[0] == "collection_id" else "collection_id"] = None
     if values["collection_id"] is not None and values["user_id"] is not None:
         r.fail("user_id", "set collection_id or user_id, not both (neither means the token owner's My Uploads)")
     return dataclasses.replace(base, **values)

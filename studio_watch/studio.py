@@ -159,8 +159,11 @@ class StudioClient:
         return retrying(fn)
 
     def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-              json: Any = None, what: str) -> httpx.Response:
-        """One API request with the bearer token; a 401 refreshes the token once and tries again."""
+              json: Any = None, what: str, retry: bool = True) -> httpx.Response:
+        """One API request with the bearer token; a 401 refreshes the token once and tries again.
+
+        `retry=False` sends once (no tenacity): for requests that are not idempotent, whose caller reconciles.
+        """
 
         def attempt() -> httpx.Response:
             token = self.tokens.token()
@@ -174,7 +177,7 @@ class StudioClient:
                     raise AuthError(f"{what}: the API refused the token (401) even after a refresh", 401)
             return response
 
-        return self._retrying(attempt, what)
+        return self._retrying(attempt, what) if retry else attempt()
 
     def _request(self, method: str, path: str, params: dict[str, Any] | None, json: Any, token: str,
                  what: str) -> httpx.Response:
@@ -249,7 +252,11 @@ class StudioClient:
 
     def import_url(self, url: str, title: str | None, description: str, auto_caption: bool, is_external: bool,
                    collection_id: int | None = None, user_id: int | None = None) -> dict[str, Any]:
-        """Create media from a URL: POST /collections/{id}/media (query) or POST /media (JSON body)."""
+        """Create media from a URL: POST /collections/{id}/media (query) or POST /media (JSON body).
+
+        Sent once, never retried here: a create is not idempotent, so `imports.import_once` owns the retries
+        and reconciles an unknown outcome before sending again.
+        """
         fields: dict[str, Any] = {"url": url, "description": description, "auto_caption": auto_caption,
                                   "is_external": is_external}
         if title:
@@ -258,9 +265,10 @@ class StudioClient:
             fields["user_id"] = user_id
         if collection_id is not None:
             params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in fields.items()}
-            response = self._send("POST", f"/collections/{collection_id}/media", params=params, what="import")
+            response = self._send("POST", f"/collections/{collection_id}/media", params=params, what="import",
+                                  retry=False)
         else:
-            response = self._send("POST", IMPORT_PATH, json=fields, what="import")
+            response = self._send("POST", IMPORT_PATH, json=fields, what="import", retry=False)
         status = response.status_code
         if status in (200, 201):
             return _media(response)
