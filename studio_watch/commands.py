@@ -197,7 +197,7 @@ def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os
         if existing.state.value not in TERMINAL and existing.state is not State.SETTLING:
             print(f"resuming job {existing.id} ({existing.state.value})", file=sys.stderr)
             return existing.id
-    title = args.title or Path(path).stem
+    title = args.title or cfg.readable(Path(path).stem)
     return queue.add(seen, State.READY, title=title, description=args.description or "")
 
 

@@ -413,9 +413,14 @@ def _log(source: Path, data: Any) -> LogConfig:
 
 
 def render(template: str, path: Path, folder: Path, size: int, mtime: float) -> str:
-    """Fill a title or description template for one file."""
-    return template.format(stem=path.stem, name=path.name, folder=folder.name, parent=path.parent.name,
-                           mtime=datetime.fromtimestamp(mtime), size=size)
+    """Fill a title or description template for one file (undecodable name bytes become U+FFFD)."""
+    return template.format(stem=readable(path.stem), name=readable(path.name), folder=readable(folder.name),
+                           parent=readable(path.parent.name), mtime=datetime.fromtimestamp(mtime), size=size)
+
+
+def readable(text: str) -> str:
+    """A file-name string fit for Studio and humans: bytes that were not UTF-8 become U+FFFD."""
+    return os.fsencode(text).decode("utf-8", "replace")
 
 
 def read_secret_file(path: Path, key: str, source: Path) -> str:

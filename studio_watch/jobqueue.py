@@ -440,7 +440,7 @@ class JobQueue:
                 (content_hash, job.id, job.collection_id, job.user_id)).fetchone()
             if row is not None and row["state"] == State.COMPLETED.value:
                 return "duplicate", row["media_id"]
-            if row is not None and (row["state"] != State.READY.value or row["claimed_by"] is not None):
+            if row is not None:  # it recorded these bytes first and will upload them without asking again
                 return "wait", None
             conn.execute("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?",
                          (content_hash, time.time(), job.id))

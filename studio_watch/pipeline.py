@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 import structlog
 
-from .config import MAX_UPLOAD_BYTES, RetryConfig
+from .config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
                      SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
 from .jobqueue import Job, JobQueue, State
@@ -201,7 +201,7 @@ class Pipeline:
 
     def _complete(self, job: Job) -> Job:
         assert job.media_id is not None
-        title, description = job.title or Path(job.path or "media").stem, job.description or ""
+        title, description = job.title or readable(Path(job.path or "media").stem), job.description or ""
         try:
             media = self.client.complete(job.media_id, title, description, job.auto_caption and not job.captions_skipped)
         except CaptionsDisabled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def scan(rule: FolderRule) -> Iterator[Found]:
 def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The filesystem type of the mount holding `path`, from /proc/self/mountinfo (None if unknown)."""
     try:
-        lines = Path(mountinfo).read_text().splitlines()
+        lines = Path(mountinfo).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError:
         return None
     target = os.path.realpath(path)
@@ -108,7 +109,7 @@ def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str 
         fields = line.split()
         if " - " not in line or len(fields) < 5:
             continue
-        mount_point = fields[4].encode().decode("unicode_escape")
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040 is a space
         fs_type = line.split(" - ", 1)[1].split()[0]
         if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
             best, best_type = mount_point, fs_type
@@ -222,6 +223,9 @@ class Watcher:
             self.on_found([Found(path, st, rule, kind)], False)
 
     def scan_folder(self, rule: FolderRule, folder: str) -> None:
+        parts = Path(folder).relative_to(rule.path).parts if Path(folder).is_relative_to(rule.path) else ()
+        if any(fnmatch.fnmatchcase(part, p) for part in parts for p in rule.exclude):
+            return  # inside an excluded subfolder (a trash, a hidden sync folder): nothing there qualifies
         sub = FolderRule(**{**rule.__dict__, "path": Path(folder)})
         found = [Found(f.path, f.stat, rule, f.kind) for f in scan(sub)]
         if found:

@@ -1,0 +1,350 @@
+"""Media from URLs: `studio-watch import-url`, browser link files (.url, .webloc), and safe retries.
+
+Creating media from a URL is not idempotent: every successful POST makes a new media. When the outcome of a send
+is unknown (a read timeout, a reset or a 5xx after the request may have reached Studio), `import_once` does not
+send again blindly. It first reconciles: it searches Studio's media for the import's title and takes a media with
+exactly that title (and that source URL, when the media object carries one) created after the first attempt
+started as the result. Only when none is found does it send again. Failures that prove nothing was created
+(connection refused, 429, 401, 501) are simply retried.
+
+Residual risk: reconciliation can only find what Studio's search shows. If search indexing lags behind creation,
+a media created by a lost attempt may not be found yet and the retry creates a second copy. Matching is by exact
+title and by creation time (with two minutes of tolerance for clock skew between this machine and Studio), so a
+media with the same title created by someone else in that window is taken for ours and the import is not sent.
+External YouTube/Vimeo links imported without a title are searched by their URL: Studio may give such media the
+video's own title, which a search for the URL will not find, so a lost response there can still duplicate the
+link; give external imports a title (`--title`) when duplicates matter. When reconciliation itself cannot run
+(search refused or unreachable), the import fails with a message saying its outcome is unknown rather than
+risking a duplicate; `studio-watch import-url` can then be run again once Studio has been checked by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import plistlib
+import re
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import structlog
+
+from .errors import (CaptionsDisabled, ConfigError, PermanentError, SourceUnreadable, SourceVanished, Stopping,
+                     StudioError, TransientError, Unreachable)
+from .studio import MAX_CLIENT_WAIT, StudioClient
+
+log = structlog.get_logger("studio_watch.imports")
+
+URL_PATTERN = re.compile(r"^http[s]?:\/?\/")
+EXTERNAL_HOSTS = frozenset({"youtube.com", "www.youtube.com", "m.youtube.com", "youtu.be", "vimeo.com",
+                            "player.vimeo.com"})
+CLOCK_SKEW = 120.0  # seconds of tolerance when deciding a media was created after our attempt started
+SOURCE_URL_KEYS = ("source_url", "url", "media_url", "original_url")
+CAPTIONS_SKIPPED = "auto-captioning is not enabled for this account; imported without captions"
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """One create-from-URL, as it will be sent."""
+
+    url: str
+    title: str | None
+    description: str = ""
+    auto_caption: bool = False
+    is_external: bool = False
+    collection_id: int | None = None
+    user_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What reconciliation searches for: the title, or the URL for an external link without one."""
+        return self.title or self.url
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    media: dict[str, Any]
+    captions_skipped: bool = False
+    reconciled: bool = False  # found by a search after a send of unknown outcome, not from a response
+
+    @property
+    def media_id(self) -> int:
+        return int(self.media["id"])
+
+
+class AttemptStore(Protocol):
+    """Where a send of unknown outcome is remembered across processes (JobQueue.meta/set_meta fits)."""
+
+    def meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str | None) -> None: ...
+
+
+# -- checking what was asked -----------------------------------------------------------------------------------
+
+def is_external_url(url: str) -> bool:
+    """A YouTube or Vimeo URL, the only kind Studio accepts as external media."""
+    return (urlsplit(url).hostname or "").lower() in EXTERNAL_HOSTS
+
+
+def validate_import(url: str, collection: int | None, user: int | None, title: str | None,
+                    external: bool | None) -> tuple[bool, str | None]:
+    """Check an import before any request; returns (is_external, title). ConfigError names what is wrong."""
+    if not URL_PATTERN.match(url):
+        raise ConfigError(f"command line: URL: must start with http:// or https:// (got {url!r})")
+    if collection is not None and user is not None:
+        raise ConfigError("command line: --collection/--user: give one target, not both")
+    video_site = is_external_url(url)
+    if external and not video_site:
+        raise ConfigError(f"command line: --external: only YouTube and Vimeo URLs can be external "
+                          f"({', '.join(sorted(EXTERNAL_HOSTS))}); got {urlsplit(url).hostname or url!r}")
+    is_external = video_site if external is None else external
+    title = title.strip() if title and title.strip() else None
+    if title is None and not is_external:
+        raise ConfigError("command line: --title: required (only external YouTube/Vimeo links may omit it)")
+    return is_external, title
+
+
+def parse_link_file(path: str) -> str:
+    """The URL in a Windows Internet Shortcut (.url) or a macOS .webloc (XML or binary plist)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SourceVanished(f"link file vanished: {path!r}") from None
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot read link file {path!r}: {exc.strerror}") from None
+    lower = path.lower()
+    if lower.endswith(".url"):
+        url = _internet_shortcut_url(_decode(data))
+    elif lower.endswith(".webloc"):
+        url = _webloc_url(data, path)
+    else:
+        raise SourceUnreadable(f"not a link file (.url or .webloc): {path!r}")
+    if not url:
+        raise SourceUnreadable(f"malformed link file {path!r}: it holds no URL")
+    return url
+
+
+def _decode(data: bytes) -> str:
+    """Text of a .url file: UTF-16 with a BOM, UTF-8 (with or without a BOM), else Windows-1252."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", "replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _internet_shortcut_url(text: str) -> str | None:
+    """`URL=` in the `[InternetShortcut]` section (names case-insensitive, CRLF or LF)."""
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif section == "internetshortcut" and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "url":
+                return value.strip()
+    return None
+
+
+def _webloc_url(data: bytes, path: str) -> str | None:
+    try:
+        doc = plistlib.loads(data)
+    except Exception as exc:  # plistlib raises InvalidFileException, ExpatError, ValueError...
+        raise SourceUnreadable(f"malformed .webloc {path!r}: not a property list ({type(exc).__name__})") from None
+    url = doc.get("URL") if isinstance(doc, dict) else None
+    return url.strip() if isinstance(url, str) else None
+
+
+# -- reconciliation ----------------------------------------------------------------------------------------------
+
+def _created(media: dict[str, Any]) -> float | None:
+    text = media.get("created_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def matches(media: dict[str, Any], request: ImportRequest, started: float) -> bool:
+    """Is this media the one a send of unknown outcome created? Exact title (or URL), source, time, owner."""
+    if request.title is not None and media.get("title") != request.title:
+        return False
+    sources = [media[k] for k in SOURCE_URL_KEYS if isinstance(media.get(k), str) and "://" in media[k]]
+    if sources and request.url not in sources:
+        return False
+    if request.title is None and media.get("title") != request.url and request.url not in sources:
+        return False
+    owner = media.get("owner") if isinstance(media.get("owner"), dict) else {}
+    if request.user_id is not None and owner.get("id") not in (None, request.user_id):
+        return False
+    created = _created(media)
+    return created is not None and created >= started - CLOCK_SKEW
+
+
+def reconcile(client: StudioClient, request: ImportRequest, started: float) -> dict[str, Any] | None:
+    """The media an earlier send created, if Studio's search shows one."""
+    try:
+        found = [m for m in client.search_media(request.key) if matches(m, request, started)]
+    except PermanentError as exc:
+        raise PermanentError(f"import of {request.url} has an unknown outcome and Studio cannot be searched to find "
+                             f"out ({exc}); check Studio for media titled {request.key!r} before importing again",
+                             exc.status) from None
+    except TransientError as exc:
+        raise type(exc)(f"import of {request.url} has an unknown outcome, and the search that would tell failed: "
+                        f"{exc}", exc.status, exc.retry_after) from None
+    if not found:
+        return None
+    found.sort(key=lambda m: (_created(m) or 0.0, str(m.get("id"))))
+    if len(found) > 1:
+        log.warning("import_duplicates_found", url=request.url, media_ids=[m.get("id") for m in found])
+    return found[-1]
+
+
+def _attempt_key(request: ImportRequest) -> str:
+    target = f"c{request.collection_id}" if request.collection_id else f"u{request.user_id or ''}"
+    return f"import_attempt:{target}:{request.key}:{request.url}"
+
+
+def _remember(store: AttemptStore | None, request: ImportRequest, started: float) -> None:
+    if store is not None:
+        store.set_meta(_attempt_key(request), json.dumps({"started": started}))
+
+
+def _earlier_attempt(store: AttemptStore | None, request: ImportRequest) -> float | None:
+    text = store.meta(_attempt_key(request)) if store is not None else None
+    try:
+        return float(json.loads(text)["started"]) if text else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# -- the reconciling import --------------------------------------------------------------------------------------
+
+def _wait(client: StudioClient, sends: int, exc: TransientError, stop: threading.Event) -> None:
+    """Seconds-scale backoff between sends (longer outages are the queue's business)."""
+    delay = min(client.retry.max_seconds, max(client.retry.initial_seconds * 2 ** (sends - 1), exc.retry_after or 0))
+    log.info("import_retry", sends=sends, error=str(exc), wait=round(delay, 2))
+    if stop.wait(delay):
+        raise Stopping("stopping")
+
+
+def import_once(client: StudioClient, store: AttemptStore | None, request: ImportRequest,
+                stop: threading.Event | None = None) -> ImportResult:
+    """Create the media exactly once: reconcile any send of unknown outcome before sending again.
+
+    `store` (e.g. the JobQueue) remembers an unknown outcome across processes; None keeps it in memory only.
+    501 (captions not enabled) imports again without auto_caption; 403/404/422 raise PermanentError.
+    """
+    stop = stop or client.stop
+    captions_skipped = False
+    unknown_since = _earlier_attempt(store, request)
+    sends = 0
+    while True:
+        if unknown_since is not None:
+            media = reconcile(client, request, unknown_since)
+            if media is not None:
+                log.info("import_reconciled", url=request.url, media_id=media.get("id"))
+                return _done(store, request, ImportResult(media, captions_skipped, reconciled=True))
+        started = time.time()
+        _remember(store, request, unknown_since or started)
+        sends += 1
+        try:
+            media = client.import_url(request.url, request.title, request.description, request.auto_caption,
+                                      request.is_external, request.collection_id, request.user_id)
+        except CaptionsDisabled:
+            log.warning("import_captions_skipped", url=request.url, reason="auto_caption not enabled (501)")
+            request, captions_skipped = replace(request, auto_caption=False), True
+            continue
+        except TransientError as exc:
+            if not _nothing_created(exc):
+                unknown_since = unknown_since or started
+            if sends >= client.retry.request_tries or (exc.retry_after or 0.0) > MAX_CLIENT_WAIT:
+                _forget(store, request, unknown_since)
+                raise _gave_up(exc, request, unknown_since) from None
+            _wait(client, sends, exc, stop)
+            continue
+        except StudioError:
+            _forget(store, request, unknown_since)
+            raise
+        log.info("media_imported", url=request.url, media_id=media.get("id"), external=request.is_external)
+        return _done(store, request, ImportResult(media, captions_skipped))
+
+
+def _nothing_created(exc: TransientError) -> bool:
+    """Failures that prove the request was not processed: no connection, or rate limited."""
+    return isinstance(exc, Unreachable) or exc.status == 429
+
+
+def _gave_up(exc: TransientError, request: ImportRequest, unknown_since: float | None) -> TransientError:
+    if unknown_since is None:
+        return exc
+    return type(exc)(f"{exc}; the import's outcome is unknown: it will be reconciled (searched for "
+                     f"{request.key!r}) before it is sent again", exc.status, exc.retry_after)
+
+
+def _forget(store: AttemptStore | None, request: ImportRequest, unknown_since: float | None) -> None:
+    """A definite refusal: nothing of ours is pending any more (unless an earlier send may have landed)."""
+    if unknown_since is None and store is not None:
+        store.set_meta(_attempt_key(request), None)
+
+
+def _done(store: AttemptStore | None, request: ImportRequest, result: ImportResult) -> ImportResult:
+    if store is not None:
+        store.set_meta(_attempt_key(request), None)
+    return result
+
+
+def import_link(client: StudioClient, path: str, title: str, description: str, auto_caption: bool,
+                collection_id: int | None, user_id: int | None, *, store: AttemptStore | None = None,
+                stop: threading.Event | None = None) -> dict[str, Any]:
+    """Import the URL of a link file dropped in a watched folder (YouTube/Vimeo become external media).
+
+    Returns {"id", "media", "url", "is_external", "captions_skipped", "reconciled"}. A link file that is
+    malformed or holds a URL Studio cannot import raises SourceUnreadable / PermanentError (the job fails).
+    """
+    url = parse_link_file(path)
+    try:
+        is_external, checked_title = validate_import(url, collection_id, user_id, title, None)
+    except ConfigError as exc:
+        raise PermanentError(f"link file {path!r}: {str(exc).removeprefix('command line: ')}") from None
+    request = ImportRequest(url, checked_title, description, auto_caption, is_external, collection_id, user_id)
+    result = import_once(client, store, request, stop)
+    return {"id": result.media_id, "media": result.media, "url": url, "is_external": is_external,
+            "captions_skipped": result.captions_skipped, "reconciled": result.reconciled}
+
+
+def cmd_import_url(args: argparse.Namespace) -> int:
+    """`studio-watch import-url URL [--collection ID | --user ID] [--title T] ... [--external]`."""
+    import sys
+
+    from . import logs
+    from .cli import EXIT_OK, load_config
+    from .daemon import make_tokens
+
+    is_external, title = validate_import(args.url, args.collection, args.user, args.title, args.external)
+    config = load_config(args)
+    logs.setup("warning" if config.log.level == "info" else config.log.level, config.log.format)
+    request = ImportRequest(args.url, title, args.description or "", bool(args.auto_caption), is_external,
+                            args.collection, args.user)
+    client = StudioClient(config.studio, config.retry, make_tokens(config))
+    try:
+        result = import_once(client, None, request)
+    finally:
+        client.close()
+    if result.captions_skipped:
+        print(f"warning: {CAPTIONS_SKIPPED}", file=sys.stderr)
+    notes = [n for n, on in (("external", is_external), ("captions skipped", result.captions_skipped),
+                             ("found after a lost response", result.reconciled)) if on]
+    print(f"imported {args.url} as media {result.media_id}" + (f" ({', '.join(notes)})" if notes else ""))
+    return EXIT_OK

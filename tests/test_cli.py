@@ -1,0 +1,116 @@
+"""The command line as users and scripts see it: exit codes, messages, `upload`, `retry`, `jobs`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import run_cli, wait_until, write_config, write_media
+
+
+def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:
+    path = write_config(tmp_path, sandbox_url, [{"path": "in"}])
+    data = yaml.safe_load(path.read_text())
+    mutate(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda d: d.update(wrokers=3), "wrokers", "unknown key"),
+    (lambda d: d["folders"][0].update(collection_id=1, user_id=2), "folders[0].user_id", "not both"),
+    (lambda d: d["folders"][0].update(collection_id="abc"), "folders[0].collection_id", "integer"),
+    (lambda d: d["folders"][0].update(path="nope"), "folders[0].path", "does not exist"),
+    (lambda d: d["folders"][0].update(after_upload="move"), "folders[0].move_to", "required"),
+    (lambda d: d["studio"].update(token_file=None, token_env="STUDIO_WATCH_TEST_UNSET"), "studio.token_env", "not set"),
+    (lambda d: d["studio"].update(url="http://studio.example.edu"), "studio.url", "loopback"),
+    (lambda d: d.update(workers=0), "workers", "greater than zero"),
+])
+def test_bad_config_exits_2_naming_file_and_key(tmp_path, sandbox, mutate, key, words):
+    path = broken(tmp_path, sandbox.url, mutate)
+    result = run_cli("run", "-c", str(path), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert str(path) in result.stderr and key in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("studio:\n  url: http://127.0.0.1:1\nfolders: [\n  - path: x\n")
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2 and "line" in result.stderr and str(path) in result.stderr
+
+
+def test_loose_token_file_is_refused(tmp_path, sandbox):
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    (tmp_path / "token").chmod(0o644)
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2 and "chmod 600" in result.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    result = run_cli("status", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_config_from_environment_variable(tmp_path, sandbox):
+    import os
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    result = subprocess.run([sys.executable, "-m", "studio_watch", "status", "--json"], capture_output=True,
+                            text=True, env={**os.environ, "STUDIO_WATCH_CONFIG": str(path)})
+    assert result.returncode == 0 and json.loads(result.stdout)["jobs"]["completed"] == 0
+
+
+def test_upload_by_hand_without_daemon(tmp_path, sandbox):
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    f = write_media(tmp_path / "talk.mp4", 250_000, seed=1)
+    result = run_cli("upload", str(f), "--collection", "3", "--title", "Guest talk", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "as media" in result.stdout
+    [media] = sandbox.completed()
+    assert media["title"] == "Guest talk" and media["collection_id"] == 3 and media["bytes_received"] == 250_000
+    again = run_cli("upload", str(f), "--collection", "3", "-c", str(path))
+    assert again.returncode == 0 and "already uploaded" in again.stdout
+    assert len(sandbox.completed()) == 1
+    jobs = json.loads(run_cli("jobs", "--json", "--state", "completed", "-c", str(path)).stdout)
+    assert [j["media_id"] for j in jobs] == [media["id"]]
+
+
+def test_upload_by_hand_goes_through_a_running_daemon(tmp_path, sandbox, daemons):
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    daemon = daemons(path)
+    daemon.wait_ready()
+    f = write_media(tmp_path / "talk.mp4", 100_000, seed=2)
+    result = run_cli("upload", str(f), "--user", "42", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "daemon" in result.stderr
+    assert any(e.get("event") == "upload_completed" for e in daemon.events)
+    assert sandbox.completed()[0]["user_id"] == 42
+    assert daemon.stop() == 0
+
+
+def test_upload_failure_exits_1_and_retry_brings_it_back(tmp_path, sandbox):
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    f = write_media(tmp_path / "talk.mp4", 1000, seed=3)
+    result = run_cli("upload", str(f), "--collection", "999", "-c", str(path))
+    assert result.returncode == 1 and "not found" in result.stderr
+    failed = json.loads(run_cli("jobs", "--json", "--state", "failed", "-c", str(path)).stdout)
+    assert len(failed) == 1
+    retried = run_cli("retry", str(failed[0]["id"]), "-c", str(path))
+    assert retried.returncode == 0 and "requeued 1" in retried.stdout
+    assert json.loads(run_cli("status", "--json", "-c", str(path)).stdout)["jobs"]["ready"] == 1
+
+
+def test_usage_errors_exit_2(tmp_path, sandbox):
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    assert run_cli("retry", "-c", str(path)).returncode == 2
+    assert run_cli("upload", "nope.mp4", "-c", str(path)).returncode == 2
+    assert run_cli("upload", "x.mp4", "--collection", "1", "--user", "2", "-c", str(path)).returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("--help").returncode == 0

@@ -1,0 +1,418 @@
+"""Unit tests for studio_watch.jobqueue against real SQLite files and real threads."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import stat
+import threading
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from studio_watch.jobqueue import SCHEMA_VERSION, STATES, JobQueue, Seen, State, settle_clock
+
+_inodes = itertools.count(1000)
+
+
+def seen(path: str, *, inode: int | None = None, size: int = 100, mtime_ns: int = 1_700_000_000 * 10**9,
+         folder: str = "/watch", collection_id: int | None = 7, user_id: int | None = None,
+         move_to: str | None = None, **extra: Any) -> Seen:
+    return Seen(path=path, folder=folder, size=size, mtime_ns=mtime_ns, inode=next(_inodes) if inode is None else inode,
+                device=1, collection_id=collection_id, user_id=user_id, auto_caption=False, after_upload="keep",
+                move_to=move_to, duplicates="skip", settle_seconds=5.0, **extra)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "queue.db"
+
+
+@pytest.fixture
+def queue(db_path: Path) -> Iterator[JobQueue]:
+    q = JobQueue(db_path)
+    try:
+        yield q
+    finally:
+        q.close()
+
+
+def raw(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Look at (or tamper with) the database file directly, as the sqlite3 shell would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+# -- the file -------------------------------------------------------------------------------------------------
+
+def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> None:
+    queue.add(seen("/watch/a.mp4"), State.READY)
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    wal = db_path.with_name(db_path.name + "-wal")
+    if wal.exists():
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(1,)]
+
+
+def test_reopen_keeps_jobs(db_path: Path) -> None:
+    q = JobQueue(db_path)
+    job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Lecture")
+    q.close()
+    again = JobQueue(db_path)
+    try:
+        job = again.get(job_id)
+        assert job is not None and job.title == "Lecture" and job.state is State.READY
+        assert raw(db_path, "PRAGMA user_version") == [(1,)]
+    finally:
+        again.close()
+
+
+def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
+    JobQueue(db_path).close()
+    raw(db_path, "PRAGMA user_version = 2")
+    with pytest.raises(Exception, match="newer"):
+        JobQueue(db_path)
+    assert raw(db_path, "PRAGMA user_version") == [(2,)]
+
+
+# -- observe ---------------------------------------------------------------------------------------------------
+
+def test_observe_creates_once_per_identity(queue: JobQueue) -> None:
+    s = seen("/watch/a.mp4", inode=1)
+    created = queue.observe([s], now=1000.0)
+    assert [seen_ for _, seen_ in created] == [s]
+    job = queue.get(created[0][0])
+    assert job is not None
+    assert (job.state, job.path, job.folder, job.stable_since, job.created_at) == (
+        State.SETTLING, "/watch/a.mp4", "/watch", 1000.0, 1000.0)
+    assert job.identity == s.identity
+    assert queue.observe([s], now=1005.0) == []
+    assert len(queue.jobs()) == 1
+    assert queue.get(job.id).stable_since == 1000.0  # type: ignore[union-attr]
+
+
+def test_observe_changed_settling_job_restarts_its_clock(queue: JobQueue) -> None:
+    [(job_id, _)] = queue.observe([seen("/watch/a.mp4", inode=1, size=10, mtime_ns=990 * 10**9)], now=1000.0)
+    # Grew; its mtime (1004) lies between the last look (1000) and now (1010): believed.
+    assert queue.observe([seen("/watch/a.mp4", inode=1, size=20, mtime_ns=1004 * 10**9)], now=1010.0) == []
+    job = queue.get(job_id)
+    assert job is not None and (job.size, job.mtime_ns, job.stable_since) == (20, 1004 * 10**9, 1004.0)
+    # Changed again, with an mtime from before the last look (cp -p): now is used.
+    queue.observe([seen("/watch/a.mp4", inode=1, size=30, mtime_ns=500 * 10**9)], now=1020.0)
+    job = queue.get(job_id)
+    assert job is not None and (job.size, job.stable_since) == (30, 1020.0)
+    # An mtime in the future (clock skew on a share): now again.
+    queue.observe([seen("/watch/a.mp4", inode=1, size=40, mtime_ns=9999 * 10**9)], now=1030.0)
+    job = queue.get(job_id)
+    assert job is not None and (job.size, job.stable_since) == (40, 1030.0)
+    assert len(queue.jobs()) == 1
+
+
+def test_settle_clock() -> None:
+    assert settle_clock(1005 * 10**9, 1000.0, 1010.0) == 1005.0
+    assert settle_clock(999 * 10**9, 1000.0, 1010.0) == 1010.0
+    assert settle_clock(1011 * 10**9, 1000.0, 1010.0) == 1010.0
+    assert settle_clock(1000 * 10**9, 1000.0, 1010.0) == 1000.0
+
+
+@pytest.mark.parametrize("final", [State.COMPLETED, State.SKIPPED, State.FAILED])
+def test_finished_job_is_not_recreated_for_the_same_file(queue: JobQueue, final: State) -> None:
+    s = seen("/watch/a.mp4", inode=1)
+    [(job_id, _)] = queue.observe([s], now=1000.0)
+    queue.update(job_id, state=final)
+    assert queue.observe([s], now=2000.0) == []
+    # A different file at the same path (new inode, size or mtime) is a new job.
+    for changed in (seen("/watch/a.mp4", inode=2), seen("/watch/a.mp4", inode=1, size=101),
+                    seen("/watch/a.mp4", inode=1, mtime_ns=s.mtime_ns + 1)):
+        [(new_id, _)] = queue.observe([changed], now=3000.0)
+        assert new_id != job_id and queue.get(new_id).state is State.SETTLING  # type: ignore[union-attr]
+        queue.update(new_id, state=final)
+
+
+def test_in_flight_job_is_left_to_the_pipeline(queue: JobQueue) -> None:
+    [(job_id, _)] = queue.observe([seen("/watch/a.mp4", inode=1)], now=1000.0)
+    queue.update(job_id, state=State.URL_ISSUED, upload_url="https://up/1")
+    assert queue.observe([seen("/watch/a.mp4", inode=1, size=5)], now=1001.0) == []
+    job = queue.get(job_id)
+    assert job is not None and job.size == 100 and job.state is State.URL_ISSUED
+
+
+def test_observe_batch_is_one_transaction(queue: JobQueue) -> None:
+    batch = [seen(f"/watch/{i}.mp4") for i in range(50)]
+    created = queue.observe(batch, now=1.0)
+    assert sorted(s.path for _, s in created) == sorted(s.path for s in batch)
+    assert queue.counts()["settling"] == 50
+
+
+# -- claim -----------------------------------------------------------------------------------------------------
+
+def _ready_jobs(queue: JobQueue, n: int) -> list[int]:
+    created = queue.observe([seen(f"/watch/{i:03}.mp4") for i in range(n)], now=1.0)
+    ids = [job_id for job_id, _ in created]
+    for job_id in ids:
+        queue.update(job_id, state=State.READY)
+    return ids
+
+
+def test_claim_is_atomic_across_threads(queue: JobQueue) -> None:
+    ids = _ready_jobs(queue, 200)
+    workers = 8
+    barrier = threading.Barrier(workers)
+    got: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def work(owner: str) -> None:
+        mine: list[int] = []
+        try:
+            barrier.wait(timeout=10)
+            while True:
+                jobs = queue.claim(owner, limit=3)
+                if not jobs:
+                    break
+                assert all(j.claimed_by == owner for j in jobs)
+                mine.extend(j.id for j in jobs)
+        except BaseException as exc:  # reported below; a thread must not swallow it
+            errors.append(exc)
+        got[owner] = mine
+
+    threads = [threading.Thread(target=work, args=(f"worker-{i}",)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    claimed = [job_id for mine in got.values() for job_id in mine]
+    assert len(claimed) == len(set(claimed)), "a job was claimed twice"
+    assert sorted(claimed) == sorted(ids)
+    for owner, mine in got.items():
+        for job_id in mine:
+            assert queue.get(job_id).claimed_by == owner  # type: ignore[union-attr]
+    assert queue.claim("late") == []
+
+
+def test_in_flight_states_are_claimed_before_ready(queue: JobQueue) -> None:
+    ready = queue.add(seen("/watch/ready.mp4"), State.READY)
+    url_issued = queue.add(seen("/watch/put.mp4"), State.URL_ISSUED, upload_url="https://up/1", media_id=1)
+    uploaded = queue.add(seen("/watch/up.mp4"), State.UPLOADED, media_id=2)
+    completed = queue.add(seen("/watch/done.mp4"), State.COMPLETED, media_id=3)
+    finished = queue.add(seen("/watch/finished.mp4"), State.COMPLETED, media_id=4)
+    queue.update(finished, after_done=True)
+    for state in (State.SETTLING, State.FAILED, State.SKIPPED):
+        queue.add(seen(f"/watch/{state.value}.mp4"), state)
+    first = [queue.claim("w")[0].id for _ in range(3)]
+    assert sorted(first) == sorted([url_issued, uploaded, completed])
+    assert [j.id for j in queue.claim("w", limit=10)] == [ready]
+    assert queue.claim("w", limit=10) == []
+
+
+def test_future_jobs_wait_and_recover_releases_claims(queue: JobQueue) -> None:
+    now = time.time()
+    later, due = _ready_jobs(queue, 2)
+    queue.update(later, next_attempt_at=now + 100)
+    assert queue.next_due() == 0  # `due` is claimable right away
+    assert [j.id for j in queue.claim("a", limit=5, now=now)] == [due]
+    assert queue.next_due() == now + 100
+    assert queue.claim("a", limit=5, now=now + 99) == []
+    assert [j.id for j in queue.claim("b", limit=5, now=now + 100)] == [later]
+    assert queue.next_due() is None
+    assert {j.id for j in queue.in_flight()} == {due, later}
+    released = queue.recover()
+    assert {(j.id, j.claimed_by) for j in released} == {(due, "a"), (later, "b")}
+    assert queue.in_flight() == []
+    assert all(queue.get(i).claimed_by is None for i in (due, later))  # type: ignore[union-attr]
+    assert {j.id for j in queue.claim("c", limit=5, now=now + 100)} == {due, later}
+
+
+def test_claim_id_takes_only_an_unclaimed_job(queue: JobQueue) -> None:
+    [job_id] = _ready_jobs(queue, 1)
+    job = queue.claim_id(job_id, "cli")
+    assert job is not None and job.claimed_by == "cli"
+    assert queue.claim_id(job_id, "daemon") is None
+    queue.release(job_id, state=State.URL_ISSUED)
+    assert queue.get(job_id).claimed_by is None  # type: ignore[union-attr]
+
+
+# -- duplicates -------------------------------------------------------------------------------------------------
+
+def test_content_verdict(queue: JobQueue) -> None:
+    queue.add(seen("/watch/first.mp4", collection_id=7), State.COMPLETED, media_id=77, content_hash="h1")
+    copy = queue.get(queue.add(seen("/watch/copy.mp4", collection_id=7), State.READY))
+    other_target = queue.get(queue.add(seen("/watch/elsewhere.mp4", collection_id=8), State.READY))
+    assert copy is not None and other_target is not None
+    assert queue.content_verdict(copy, "h1") == ("duplicate", 77)
+    assert queue.content_verdict(other_target, "h1") == ("upload", None)
+    assert queue.get(other_target.id).content_hash == "h1"  # type: ignore[union-attr]
+    # Different bytes, same target: upload, and the hash is recorded.
+    assert queue.content_verdict(copy, "h2") == ("upload", None)
+    assert queue.get(copy.id).content_hash == "h2"  # type: ignore[union-attr]
+
+
+def test_content_verdict_my_uploads_targets_compare_null_safely(queue: JobQueue) -> None:
+    queue.add(seen("/watch/a.mp4", collection_id=None), State.COMPLETED, media_id=5, content_hash="h")
+    mine = queue.get(queue.add(seen("/watch/b.mp4", collection_id=None), State.READY))
+    users = queue.get(queue.add(seen("/watch/c.mp4", collection_id=None, user_id=42), State.READY))
+    assert mine is not None and users is not None
+    assert queue.content_verdict(mine, "h") == ("duplicate", 5)
+    assert queue.content_verdict(users, "h") == ("upload", None)
+
+
+@pytest.mark.parametrize("state", [State.URL_ISSUED, State.UPLOADED])
+def test_content_verdict_waits_for_a_copy_in_flight(queue: JobQueue, state: State) -> None:
+    queue.add(seen("/watch/a.mp4"), state, media_id=1, upload_url="https://up/1", content_hash="h")
+    b = queue.get(queue.add(seen("/watch/b.mp4"), State.READY))
+    assert b is not None
+    assert queue.content_verdict(b, "h") == ("wait", None)
+    assert queue.get(b.id).content_hash is None  # type: ignore[union-attr]
+
+
+def test_content_verdict_waits_for_a_ready_job_that_owns_the_bytes(queue: JobQueue) -> None:
+    """A job that recorded the hash and went back to ready (a transient failure, an expired URL) will upload
+    without asking again (the pipeline only asks while content_hash is NULL): a copy must wait for it."""
+    a, b, c = (queue.get(queue.add(seen(f"/watch/{n}.mp4"), State.READY)) for n in "abc")
+    assert a is not None and b is not None and c is not None
+    [claimed] = queue.claim("w1")
+    assert claimed.id == a.id and queue.content_verdict(claimed, "h") == ("upload", None)
+    queue.release(a.id, attempts=1, next_attempt_at=time.time() + 60)  # transient failure before the URL
+    assert queue.content_verdict(b, "h") == ("wait", None)
+    queue.update(a.id, state=State.URL_ISSUED)
+    assert queue.content_verdict(c, "h") == ("wait", None)
+
+
+def test_content_verdict_ignores_failed_and_skipped_copies(queue: JobQueue) -> None:
+    queue.add(seen("/watch/a.mp4"), State.FAILED, content_hash="h")
+    queue.add(seen("/watch/b.mp4"), State.SKIPPED, content_hash="h")
+    c = queue.get(queue.add(seen("/watch/c.mp4"), State.READY))
+    assert c is not None and queue.content_verdict(c, "h") == ("upload", None)
+
+
+def test_content_verdict_is_atomic_across_threads(db_path: Path) -> None:
+    """Many copies of the same bytes asking at once: exactly one may upload."""
+    q = JobQueue(db_path)
+    try:
+        ids = [q.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(12)]
+        jobs = [q.claim_id(job_id, f"worker-{job_id}") for job_id in ids]  # as the pipeline holds them
+        barrier = threading.Barrier(len(jobs))
+        verdicts: list[str] = []
+        lock = threading.Lock()
+
+        def ask(job: Any) -> None:
+            barrier.wait(timeout=10)
+            verdict, _ = q.content_verdict(job, "same")
+            with lock:
+                verdicts.append(verdict)
+
+        threads = [threading.Thread(target=ask, args=(j,)) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert sorted(verdicts) == ["upload"] + ["wait"] * (len(jobs) - 1)
+    finally:
+        q.close()
+
+
+# -- retry -------------------------------------------------------------------------------------------------------
+
+def test_retry_puts_failed_jobs_back(queue: JobQueue) -> None:
+    plain = queue.add(seen("/watch/a.mp4"), State.FAILED, attempts=12, next_attempt_at=9e9, reason="exhausted")
+    with_url = queue.add(seen("/watch/b.mp4"), State.FAILED, attempts=12, upload_url="https://up/b", media_id=3)
+    done = queue.add(seen("/watch/c.mp4"), State.COMPLETED, attempts=2, media_id=4)
+    queue.update(done, after_done=True)
+    other_failed = queue.add(seen("/watch/d.mp4"), State.FAILED, attempts=5)
+    before = time.time()
+    assert sorted(queue.retry([plain, with_url, done])) == sorted([plain, with_url])
+    a, b, c, d = (queue.get(i) for i in (plain, with_url, done, other_failed))
+    assert a is not None and b is not None and c is not None and d is not None
+    assert (a.state, a.attempts, a.reason) == (State.READY, 0, None)
+    assert before <= a.next_attempt_at <= time.time()
+    assert (b.state, b.attempts, b.upload_url, b.media_id) == (State.URL_ISSUED, 0, "https://up/b", 3)
+    assert (c.state, c.attempts) == (State.COMPLETED, 2)
+    assert (d.state, d.attempts) == (State.FAILED, 5)
+    assert queue.retry(None) == [other_failed]
+    assert queue.get(other_failed).state is State.READY  # type: ignore[union-attr]
+    assert queue.retry(None) == []
+    assert {j.id for j in queue.claim("w", limit=10)} == {plain, with_url, other_failed}
+
+
+# -- reading for status ---------------------------------------------------------------------------------------
+
+def test_counts_list_every_state(queue: JobQueue) -> None:
+    assert queue.counts() == {state: 0 for state in STATES}
+    assert set(STATES) == {"settling", "ready", "url_issued", "uploaded", "completed", "failed", "skipped"}
+    queue.add(seen("/watch/a.mp4"), State.READY)
+    queue.add(seen("/watch/b.mp4"), State.READY)
+    queue.add(seen("/watch/c.mp4"), State.FAILED)
+    counts = queue.counts()
+    assert counts == {**{state: 0 for state in STATES}, "ready": 2, "failed": 1}
+
+
+def test_oldest_waiting(queue: JobQueue) -> None:
+    assert queue.oldest_waiting() is None
+    [(old_done, _)] = queue.observe([seen("/watch/old.mp4")], now=50.0)
+    queue.update(old_done, state=State.COMPLETED)
+    [(settling, _)] = queue.observe([seen("/watch/settling.mp4")], now=100.0)
+    queue.add(seen("/watch/new.mp4"), State.READY)
+    oldest = queue.oldest_waiting()
+    assert oldest is not None and oldest.id == settling
+    queue.update(settling, state=State.SKIPPED)
+    oldest = queue.oldest_waiting()
+    assert oldest is not None and oldest.path == "/watch/new.mp4"
+
+
+def test_recent_failures_newest_first(queue: JobQueue) -> None:
+    ids = [queue.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(4)]
+    for job_id in (ids[2], ids[0], ids[3]):
+        queue.update(job_id, state=State.FAILED, last_error=f"boom {job_id}")
+    assert [j.id for j in queue.recent_failures(limit=2)] == [ids[3], ids[0]]
+    assert [j.id for j in queue.recent_failures()] == [ids[3], ids[0], ids[2]]
+    assert queue.recent_failures()[0].last_error == f"boom {ids[3]}"
+
+
+def test_latest_by_path(queue: JobQueue) -> None:
+    assert queue.latest_by_path() == {}
+    [(first, _)] = queue.observe([seen("/watch/a.mp4", inode=1, size=10, mtime_ns=5)], now=1.0)
+    queue.update(first, state=State.COMPLETED)
+    queue.observe([seen("/watch/a.mp4", inode=2, size=20, mtime_ns=6), seen("/watch/b.mp4", inode=3, size=30,
+                                                                            mtime_ns=7)], now=2.0)
+    assert queue.latest_by_path() == {b"/watch/a.mp4": ("settling", (2, 20, 6)),
+                                      b"/watch/b.mp4": ("settling", (3, 30, 7))}
+
+
+# -- paths that are not plain text -------------------------------------------------------------------------------
+
+def test_undecodable_path_round_trips(queue: JobQueue, db_path: Path) -> None:
+    path = os.fsdecode(b"/watch/caf\xe9.mp4")
+    folder = os.fsdecode(b"/watch/r\xf6om")
+    [(job_id, _)] = queue.observe([seen(path, folder=folder, move_to=folder)], now=1.0)
+    job = queue.get(job_id)
+    assert job is not None
+    assert os.fsencode(job.path) == b"/watch/caf\xe9.mp4"  # type: ignore[arg-type]
+    assert os.fsencode(job.folder) == b"/watch/r\xf6om"  # type: ignore[arg-type]
+    assert job.move_to == folder
+    assert job.display_path == "/watch/caf\\xe9.mp4"
+    assert raw(db_path, "SELECT typeof(path), path FROM jobs") == [("blob", b"/watch/caf\xe9.mp4")]
+    assert b"/watch/caf\xe9.mp4" in queue.latest_by_path()
+    assert queue.observe([seen(path, inode=job.inode, folder=folder)], now=2.0) == []  # found again by its bytes
+    queue.update(job_id, final_path=os.fsdecode(b"/done/caf\xe9.mp4"))
+    assert os.fsencode(queue.get(job_id).final_path) == b"/done/caf\xe9.mp4"  # type: ignore[union-attr, arg-type]
+
+
+def test_newline_and_nfd_paths_round_trip_unchanged(queue: JobQueue) -> None:
+    nfd = unicodedata.normalize("NFD", "/watch/Vorlesung Übung é.mp4")
+    nfc = unicodedata.normalize("NFC", nfd)
+    assert nfd != nfc
+    newline = "/watch/line one\nline two.mp4"
+    created = queue.observe([seen(nfd), seen(nfc), seen(newline)], now=1.0)
+    assert len(created) == 3  # NFD and NFC are different names on Linux: two files, two jobs
+    paths = {queue.get(job_id).path for job_id, _ in created}  # type: ignore[union-attr]
+    assert paths == {nfd, nfc, newline}
+    assert {j.display_path for j in queue.jobs()} == {nfd, nfc, newline}
