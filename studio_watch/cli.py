@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("import-url", "create media from a URL (YouTube and Vimeo become external media)")
     p.add_argument("url", metavar="URL")
     _target_args(p)
-    p.add_argument("--external", action="store_true", help="an external YouTube/Vimeo link (no title needed)")
+    p.add_argument("--external", action="store_true", default=None,  # None: YouTube/Vimeo URLs are external
+                   help="an external YouTube/Vimeo link (no title needed)")
     p.add_argument("--no-external", dest="external", action="store_false", default=None,
                    help="import a YouTube/Vimeo URL as a regular media instead of an external link")
     add("check", "validate the config, reach the API, check the token, folders and targets")

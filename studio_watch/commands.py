@@ -17,7 +17,7 @@ from .cli import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, h
 from .daemon import PAUSE_KEY, Daemon, DaemonLock, make_tokens
 from .errors import DatabaseLocked, StudioError
 from .jobqueue import STATES, TERMINAL, Job, JobQueue, Seen, State
-from .pipeline import Pipeline
+from .pipeline import NullObserver, Pipeline
 from .studio import StudioClient
 
 
@@ -25,8 +25,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     logs.setup(config.log.level, config.log.format)
     stop = threading.Event()
-    stop_on_signals(stop)
-    Daemon(config, stop).run()
+    daemon = Daemon(config, stop)
+    stop_on_signals(stop, on_hup=daemon.reload_requested.set)
+    daemon.run()
     return EXIT_OK
 
 
@@ -48,24 +49,15 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
             "pause_reason": paused["reason"] if paused else None,
             "paused_since": paused["since"] if paused else None,
             "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
-            "oldest_waiting": _job_summary(oldest) if oldest else None,
+            "oldest_waiting": oldest.summary() if oldest else None,
             "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
             "transfers": [_transfer(j) for j in queue.in_flight() if j.bytes_sent is not None],
-            "recent_failures": [_job_summary(j) for j in queue.recent_failures()],
+            "recent_failures": [j.summary() for j in queue.recent_failures()],
             "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id}
                         for f in config.folders],
         }
     finally:
         queue.close()
-
-
-def _job_summary(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "state": job.state.value, "kind": job.kind, "path": job.display_path,
-            "media_id": job.media_id, "attempts": job.attempts, "last_error": job.last_error,
-            "reason": job.reason, "collection_id": job.collection_id, "user_id": job.user_id,
-            "title": job.title, "size": job.size, "content_hash": job.content_hash,
-            "captions_skipped": job.captions_skipped, "transcoding_status": job.transcoding_status,
-            "created_at": job.created_at, "updated_at": job.updated_at}
 
 
 def _transfer(job: Job) -> dict[str, Any]:
@@ -113,7 +105,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     finally:
         queue.close()
     if args.json:
-        print_json([_job_summary(j) for j in jobs])
+        print_json([j.summary() for j in jobs])
         return EXIT_OK
     print(f"{'ID':>6}  {'STATE':<10}  {'MEDIA':>8}  {'TRIES':>5}  PATH / LAST ERROR")
     for job in jobs:
@@ -211,13 +203,7 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
     assert job is not None
     bar = ProgressBar(job.size or 0)
 
-    class _Progress:
-        def put_done(self, nbytes: int, seconds: float) -> None:
-            pass
-
-        def failure(self, reason: str) -> None:
-            pass
-
+    class _Progress(NullObserver):
         def progress(self, job_id: int, sent: int, total: int) -> None:
             bar.update(sent, "uploading")
 

@@ -91,6 +91,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    upload_hours: tuple[str, ...] = ()  # e.g. ("Mon-Fri 18:00-07:00",); empty: any time
+    max_upload_rate: int | None = None  # bytes per second across all workers
+    start_jitter_seconds: float = 0.0  # a random delay before the first upload after start
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    command: str | None = None  # run with the alert as JSON on stdin
+    webhook: str | None = None  # POSTed the same JSON
+    paused_after_seconds: float = 600.0  # alert when the queue has been paused this long
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "auto"
     level: str = "info"
@@ -108,6 +122,8 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -239,6 +255,8 @@ def parse(source: Path, data: Any) -> Config:
         retry=_retry(source, top.get("retry", dict, {})),
         metrics=_metrics(source, top.get("metrics", dict, {})),
         log=_log(source, top.get("log", dict, {})),
+        schedule=_schedule(source, top.get("schedule", dict, {})),
+        notify=_notify(source, top.get("notify", dict, {})),
         defaults=dataclasses.asdict(defaults),
     )
     top.finish()
@@ -267,14 +285,14 @@ def _studio(source: Path, data: Any) -> StudioConfig:
     return studio
 
 
-def _check_url(r: _Reader, url: str) -> None:
+def _check_url(r: _Reader, url: str, key: str = "url", allow_path: bool = False) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.fail("url", f"expected an http(s) URL, got {url!r}")
+        r.fail(key, f"expected an http(s) URL, got {url!r}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        r.fail("url", f"http:// is only allowed for loopback hosts (the sandbox); use https:// for {parts.hostname}")
-    if parts.path.rstrip("/"):
-        r.fail("url", f"give the Studio host only (e.g. https://{parts.netloc}), without a path: {url!r}")
+        r.fail(key, f"http:// is only allowed for loopback hosts; use https:// for {parts.hostname}")
+    if parts.path.rstrip("/") and not allow_path:
+        r.fail(key, f"give the Studio host only (e.g. https://{parts.netloc}), without a path: {url!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -410,6 +428,36 @@ def _log(source: Path, data: Any) -> LogConfig:
                     level=r.choice("level", ("debug", "info", "warning", "error"), "info"))
     r.finish()
     return log
+
+
+def _schedule(source: Path, data: Any) -> ScheduleConfig:
+    from .schedule import parse_window
+
+    r = _Reader(source, "schedule", data)
+    hours = r.patterns("upload_hours", ())
+    for i, line in enumerate(hours):
+        try:
+            parse_window(line)
+        except ValueError as exc:
+            r.fail(f"upload_hours[{i}]", str(exc))
+    rate = r.get("max_upload_rate", int)
+    if rate is not None and rate <= 0:
+        r.fail("max_upload_rate", f"must be a positive number of bytes per second, got {rate!r}")
+    schedule = ScheduleConfig(upload_hours=hours, max_upload_rate=rate,
+                              start_jitter_seconds=r.positive("start_jitter_seconds", 0.0, zero_ok=True))
+    r.finish()
+    return schedule
+
+
+def _notify(source: Path, data: Any) -> NotifyConfig:
+    r = _Reader(source, "notify", data)
+    webhook = r.get("webhook", str)
+    if webhook is not None:
+        _check_url(r, webhook, "webhook", allow_path=True)
+    notify = NotifyConfig(command=r.get("command", str), webhook=webhook,
+                          paused_after_seconds=r.positive("paused_after_seconds", 600.0))
+    r.finish()
+    return notify
 
 
 def render(template: str, path: Path, folder: Path, size: int, mtime: float) -> str:

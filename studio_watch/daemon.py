@@ -2,183 +2,36 @@
 
 Threads: the watcher's observers and rescanner report files; the settler promotes settled files to `ready`;
 `workers` threads claim and run jobs; the prober probes Studio while the queue is paused; the main thread
-sleeps on the stop event and keeps systemd informed. Signal handlers only set the stop event. Teardown runs
-in `finally`, in reverse order of construction.
+sleeps on the stop event, reloads the config on SIGHUP and keeps systemd informed. Signal handlers only set
+events. Teardown runs in `finally`, in reverse order of construction.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
+import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import structlog
 
 from . import config as cfg
-from .errors import AuthError, DatabaseLocked, SourceUnreadable, StudioError
-from .jobqueue import JobQueue, Seen, State, settle_clock
-from .pipeline import Observer, Pipeline, backoff
+from .alerts import Alerts
+from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, sd_notify,  # noqa: F401
+                      watchdog_interval)
+from .errors import ConfigError
+from .jobqueue import Job, JobQueue, Seen, State, settle_clock, show_path
+from .pipeline import Pipeline
+from .schedule import RateLimiter, Schedule, parse_window
 from .studio import StaticToken, StudioClient, TokenSource
 from .watcher import Found, Watcher, rule_for
 
 log = structlog.get_logger("studio_watch.daemon")
 
-PAUSE_KEY = "paused"
-
-
-class DaemonLock:
-    """An exclusive flock on `<state_db>.lock` holding the daemon's pid: one daemon per database."""
-
-    def __init__(self, db: Path) -> None:
-        self.path = Path(str(db) + ".lock")
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = self.holder(fd)
-            os.close(fd)
-            raise DatabaseLocked(str(self.path)[:-5], pid) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    @staticmethod
-    def holder(fd: int) -> int | None:
-        try:
-            text = os.pread(fd, 32, 0).decode().strip()
-            return int(text) if text else None
-        except (OSError, ValueError):
-            return None
-
-    def held_by_other(self) -> int | None:
-        """The pid of a daemon holding the lock right now (None when nobody does)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return self.holder(fd) or -1
-        finally:
-            os.close(fd)
-        return None
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class PauseSwitch:
-    """The queue-wide pause: tripped by an outage or a refused token, cleared when /ping answers again."""
-
-    def __init__(self, queue: JobQueue, client: StudioClient, retry: cfg.RetryConfig, stop: threading.Event) -> None:
-        self.queue, self.client, self.retry, self.stop = queue, client, retry, stop
-        self._lock = threading.Lock()
-        self._resumed = threading.Event()
-        self._resumed.set()
-        self._tripped = threading.Event()
-        self.reason: str | None = None
-        self.since: float | None = None
-
-    @property
-    def paused(self) -> bool:
-        return not self._resumed.is_set()
-
-    def trip(self, reason: str) -> None:
-        with self._lock:
-            if self.paused:
-                return
-            self.reason, self.since = reason, time.time()
-            self._resumed.clear()
-            self.queue.set_meta(PAUSE_KEY, json.dumps({"reason": reason, "since": self.since}))
-        log.error("queue_paused", reason=reason)
-        self._tripped.set()
-
-    def clear(self) -> None:
-        with self._lock:
-            if not self.paused:
-                return
-            paused_for = time.time() - (self.since or time.time())
-            self.reason = self.since = None
-            self.queue.set_meta(PAUSE_KEY, None)
-            self._resumed.set()
-        log.info("queue_resumed", paused_seconds=round(paused_for, 1))
-
-    def wait_resumed(self, timeout: float) -> bool:
-        return self._resumed.wait(timeout)
-
-    def probe_loop(self) -> None:
-        """While paused, ping Studio on a growing backoff; resume when it answers."""
-        tries = 0
-        while not self.stop.is_set():
-            if not self.paused:
-                tries = 0
-                self._tripped.wait(1.0)
-                self._tripped.clear()
-                continue
-            tries += 1
-            if self.stop.wait(backoff(tries, self.retry)):
-                return
-            try:
-                self.client.probe()
-            except StudioError as exc:
-                if isinstance(exc, AuthError) and self.reason != str(exc):
-                    self.reason = str(exc)
-                log.info("queue_still_paused", reason=self.reason, probe_error=str(exc), probes=tries)
-                continue
-            self.clear()
-
-
-@dataclass
-class Transfer:
-    job_id: int
-    sent: int
-    total: int
-    started: float
-
-
-class Activity(Observer):
-    """Live facts for status lines and metrics: current transfers, bytes sent, failures."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.transfers: dict[int, Transfer] = {}
-        self.uploaded_bytes = 0
-        self.put_seconds: list[float] = []
-        self.failures: dict[str, int] = {}
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
-
-    def put_done(self, nbytes: int, seconds: float) -> None:
-        with self.lock:
-            self.uploaded_bytes += nbytes
-        self._emit("put_done", {"bytes": nbytes, "seconds": seconds})
-
-    def failure(self, reason: str) -> None:
-        with self.lock:
-            self.failures[reason] = self.failures.get(reason, 0) + 1
-        self._emit("failure", {"reason": reason})
-
-    def progress(self, job_id: int, sent: int, total: int) -> None:
-        with self.lock:
-            transfer = self.transfers.setdefault(job_id, Transfer(job_id, 0, total, time.monotonic()))
-            transfer.sent = sent
-            if sent >= total:
-                del self.transfers[job_id]
-
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        for listener in self.listeners:
-            listener(kind, data)
+PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
 
 
 def make_tokens(config: cfg.Config) -> TokenSource:
@@ -190,17 +43,15 @@ def make_tokens(config: cfg.Config) -> TokenSource:
 
         tokens: TokenSource = OAuthTokens.from_config(config)
     else:
-        tokens = StaticToken(lambda: _registered(cfg.static_token(config)))
+        def read() -> str:
+            token = cfg.static_token(config)
+            assert token is not None
+            logs.register_secret(token)
+            return token
+
+        tokens = StaticToken(read)
     logs.register_secret(tokens.token())
     return tokens
-
-
-def _registered(token: str | None) -> str:
-    from . import logs
-
-    assert token is not None
-    logs.register_secret(token)
-    return token
 
 
 def to_seen(found: Found) -> Seen:
@@ -209,24 +60,11 @@ def to_seen(found: Found) -> Seen:
                 device=st.st_dev, collection_id=r.collection_id, user_id=r.user_id, auto_caption=r.auto_caption,
                 after_upload=r.after_upload, after_upload_when=r.after_upload_when,
                 move_to=str(r.move_to) if r.move_to else None, duplicates=r.duplicates,
-                settle_seconds=r.settle_seconds, kind="file" if found.kind == "file" else "link")
+                settle_seconds=r.settle_seconds, kind=found.kind)
 
 
-def sd_notify(message: str) -> bool:
-    """Send one datagram to systemd's $NOTIFY_SOCKET ('@' = abstract namespace); a no-op without it."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        return True
-    except OSError as exc:
-        log.warning("sd_notify_failed", error=str(exc))
-        return False
+def schedule_of(config: cfg.Config) -> Schedule:
+    return Schedule(tuple(parse_window(line) for line in config.schedule.upload_hours))
 
 
 class Daemon:
@@ -236,13 +74,22 @@ class Daemon:
                  tokens: TokenSource | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
+        self.reload_requested = threading.Event()
         self.tokens = tokens
         self.activity = Activity()
         self.wake = threading.Event()
         self.kick_settler = threading.Event()
-        self.threads: list[threading.Thread] = []
         self.ready = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.beats: dict[str, float] = {}
+        self.busy: dict[str, int | None] = {}
+        self.schedule = schedule_of(config)
+        self.limiter = RateLimiter(config.schedule.max_upload_rate, self.stop)
+        self.alerts = Alerts(config.notify.command, config.notify.webhook,
+                             str(config.studio.ca_bundle) if config.studio.ca_bundle else None)
         self.queue: JobQueue | None = None
+        self._not_before = 0.0
+        self._pause_alerted = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -250,31 +97,31 @@ class Daemon:
         """Run until the stop event is set. Raises DatabaseLocked, ConfigError."""
         lock = DaemonLock(self.config.state_db)
         lock.acquire()
-        client = watcher = None
+        client = watcher = server = None
         try:
             self.queue = queue = JobQueue(self.config.state_db)
             tokens = self.tokens or make_tokens(self.config)
-            recovered = queue.recover()
-            queue.set_meta(PAUSE_KEY, None)
-            log.info("daemon_started", pid=os.getpid(), state_db=str(self.config.state_db),
-                     folders=len(self.config.folders), workers=self.config.workers, recovered=len(recovered),
-                     **{f"recovered_{s.value}": sum(1 for j in recovered if j.state is s) for s in
-                        (State.URL_ISSUED, State.UPLOADED, State.COMPLETED)})
-            client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop)
+            self._recover(queue)
+            client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
             self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
-                                     processed_timeout=self._processed_timeout)
-            watcher = Watcher(self.config.folders, self.config.observer, self.config.rescan_seconds,
-                              self._on_found, self.stop)
-            self.watcher = watcher
+                                     processed_timeout=self._processed_timeout, link_importer=client)
+            self.alerts.start()
+            self.activity.listeners.append(self._alert_on_failure)
+            server = self._start_metrics(queue)
+            self.watcher = watcher = Watcher(self.config.folders, self.config.observer, self.config.rescan_seconds,
+                                             self._on_found, self.stop)
             watcher.start()
             self._start_thread("settler", self._settle_loop)
             self._start_thread("prober", self.pause.probe_loop)
+            jitter = self.config.schedule.start_jitter_seconds
+            self._not_before = time.time() + (random.uniform(0, jitter) if jitter else 0.0)
             for n in range(self.config.workers):
                 self._start_thread(f"worker-{n + 1}", self._work_loop)
             self.ready.set()
-            sd_notify("READY=1\nSTATUS=watching")
-            log.info("daemon_ready")
+            self._publish()
+            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+            log.info("daemon_ready", start_delay=round(max(0.0, self._not_before - time.time()), 1))
             self._main_loop()
         finally:
             self.stop.set()
@@ -285,12 +132,37 @@ class Daemon:
                 thread.join(timeout=30)
             if watcher is not None:
                 watcher.close()
+            if server is not None:
+                server.stop()
+            self.alerts.close()
             if client is not None:
                 client.close()
             if self.queue is not None:
+                self.queue.set_meta(STATUS_KEY, None)
                 self.queue.close()
             lock.release()
             log.info("daemon_stopped")
+
+    def _recover(self, queue: JobQueue) -> None:
+        recovered = queue.recover()
+        queue.set_meta(PAUSE_KEY, None)
+        log.info("daemon_started", pid=os.getpid(), state_db=str(self.config.state_db),
+                 folders=len(self.config.folders), workers=self.config.workers, recovered=len(recovered),
+                 **{f"recovered_{s.value}": sum(1 for j in recovered if j.state is s)
+                    for s in (State.URL_ISSUED, State.UPLOADED, State.COMPLETED)})
+
+    def _start_metrics(self, queue: JobQueue) -> Any:
+        if not self.config.metrics.listen:
+            return None
+        from .metrics import Metrics, MetricsServer
+
+        metrics = Metrics(queue, lambda: self.pause.paused)
+        self.activity.listeners.append(metrics.on_event)
+        server = MetricsServer(self.config.metrics.listen, metrics, self.healthy,
+                               lambda: self.ready.is_set() and not self.pause.paused)
+        server.start()
+        log.info("metrics_listening", listen=self.config.metrics.listen)
+        return server
 
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -299,26 +171,83 @@ class Daemon:
 
     def _main_loop(self) -> None:
         interval = watchdog_interval()
-        last_status = ""
-        while not self.stop.wait(interval or 1.0):
+        last_status, last_publish = "", 0.0
+        while not self.stop.wait(min(interval or 1.0, 1.0)):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            self.watcher.restart_dead()
             if interval and self.healthy():
                 sd_notify("WATCHDOG=1")
             status = self.status_line()
             if status != last_status:
                 sd_notify(f"STATUS={status}")
                 last_status = status
+            if time.monotonic() - last_publish >= PUBLISH_EVERY:
+                self._publish()
+                last_publish = time.monotonic()
+            self._alert_on_long_pause()
 
     def healthy(self) -> bool:
-        """Observers, rescanner and every worker thread alive."""
-        return self.watcher.alive() and all(t.is_alive() for t in self.threads)
+        """Observers and rescanner alive, every thread alive, and no worker stuck (no beat, no progress)."""
+        if not (self.watcher.alive() and all(t.is_alive() for t in self.threads)):
+            return False
+        hung_after = 3 * self.config.studio.timeout_seconds + 60
+        now = time.monotonic()
+        return all(now - beat < hung_after or self.activity.recently_progressed(self.busy.get(name), hung_after)
+                   for name, beat in list(self.beats.items()))
 
     def status_line(self) -> str:
         assert self.queue is not None
         counts = self.queue.counts()
         waiting = counts["settling"] + counts["ready"]
-        busy = len(self.activity.transfers)
+        busy = sum(1 for job in self.busy.values() if job is not None)
         paused = f"paused: {self.pause.reason}; " if self.pause.paused else ""
-        return f"{paused}uploading {busy}, {waiting} waiting, {counts['completed']} completed, {counts['failed']} failed"
+        closed = "" if self.schedule.open() else "outside upload hours; "
+        return (f"{paused}{closed}uploading {busy}, {waiting} waiting, {counts['completed']} completed, "
+                f"{counts['failed']} failed")
+
+    def _publish(self) -> None:
+        """A snapshot for `status` (another process): folders, live transfers, schedule."""
+        assert self.queue is not None
+        with self.activity.lock:
+            transfers = [{"id": t.job_id, "bytes_sent": t.sent, "size": t.total,
+                          "seconds": round(time.monotonic() - t.started, 1)} for t in self.activity.transfers.values()]
+        snapshot = {"pid": os.getpid(), "at": time.time(), "folders": self.watcher.folder_status(),
+                    "transfers": transfers, "healthy": self.healthy(), "upload_window_open": self.schedule.open(),
+                    "uploaded_bytes": self.activity.uploaded_bytes}
+        self.queue.set_meta(STATUS_KEY, json.dumps(snapshot))
+
+    # -- reload and alerts -------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: apply a new config to folders, schedule and alerts; keep the old one if the new is invalid."""
+        try:
+            new = cfg.load(self.config.source)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", error=str(exc), kept="the running configuration")
+            return
+        fixed = [key for key in ("state_db", "workers", "studio", "metrics", "observer")
+                 if getattr(new, key) != getattr(self.config, key)]
+        self.config = new
+        self.schedule = schedule_of(new)
+        self.limiter.rate = new.schedule.max_upload_rate
+        self.alerts.command, self.alerts.webhook = new.notify.command, new.notify.webhook
+        self.watcher.rescan_seconds = new.rescan_seconds
+        self.watcher.update_rules(new.folders)
+        log.info("config_reloaded", folders=len(new.folders), needs_restart=fixed or None)
+
+    def _alert_on_failure(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "job_failed":
+            self.alerts.send("job_failed", **data)
+
+    def _alert_on_long_pause(self) -> None:
+        since = self.pause.since if self.pause.paused else None
+        if since is None:
+            self._pause_alerted = False
+        elif not self._pause_alerted and time.time() - since >= self.config.notify.paused_after_seconds:
+            self._pause_alerted = True
+            self.alerts.send("queue_paused", reason=self.pause.reason, since=since)
 
     # -- finding and settling ----------------------------------------------------------------------------------
 
@@ -351,94 +280,87 @@ class Daemon:
         next_due: float | None = None
         for job in self.queue.settling():
             due = (job.stable_since or now) + job.settle_seconds
-            if due > now:
+            if due <= now:
+                due = self._settle(job, now)
+            if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
-                continue
-            assert job.path is not None
-            try:
-                st = os.stat(job.path)
-            except FileNotFoundError:
-                self.queue.update(job.id, state=State.SKIPPED, reason="vanished")
-                log.info("job_skipped", job_id=job.id, path=job.display_path, reason="vanished")
-                continue
-            except OSError as exc:
-                self.queue.update(job.id, state=State.FAILED, reason=str(SourceUnreadable(exc.strerror)),
-                                  last_error=f"cannot stat: {exc.strerror}")
-                continue
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
-                since = settle_clock(st.st_mtime_ns, job.updated_at, now)
-                self.queue.update(job.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                                  device=st.st_dev, stable_since=since)
-                due = since + job.settle_seconds
-                next_due = due if next_due is None else min(next_due, due)
-                continue
-            self._promote(job, st, now)
         return next_due
 
-    def _promote(self, job: Any, st: os.stat_result, now: float) -> None:
+    def _settle(self, job: Job, now: float) -> float | None:
+        """Look at one file whose settle time is up: promote it, or restart its clock (returns when due)."""
+        assert self.queue is not None and job.path is not None
+        try:
+            st = os.stat(job.path)
+        except FileNotFoundError:
+            self.queue.update(job.id, state=State.SKIPPED, reason="vanished")
+            log.info("job_skipped", job_id=job.id, path=job.display_path, reason="vanished")
+            return None
+        except OSError as exc:
+            why = f"cannot stat: {exc.strerror}"
+            self.queue.update(job.id, state=State.FAILED, reason=why, last_error=why)
+            return None
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+            since = settle_clock(st.st_mtime_ns, job.updated_at, now)
+            self.queue.update(job.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
+                              stable_since=since)
+            return since + job.settle_seconds
+        self._promote(job, st, now)
+        return None
+
+    def _promote(self, job: Job, st: os.stat_result, now: float) -> None:
         assert self.queue is not None and job.path is not None
         if st.st_size == 0:
             self.queue.update(job.id, state=State.SKIPPED, reason="empty")
             log.info("job_skipped", job_id=job.id, path=job.display_path, reason="empty")
             return
-        if st.st_size > cfg.MAX_UPLOAD_BYTES:
+        if st.st_size > cfg.MAX_UPLOAD_BYTES and job.kind == "file":
             why = f"file is {st.st_size:,} bytes; Studio accepts at most {cfg.MAX_UPLOAD_BYTES:,} (10 GB)"
             self.queue.update(job.id, state=State.FAILED, reason=why, last_error=why)
             self.activity.failure("too_large")
             log.error("job_failed", job_id=job.id, path=job.display_path, error=why)
             return
         rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
-        title = cfg.render(rule.title, Path(job.path), Path(job.folder or rule.path), st.st_size, st.st_mtime)
-        description = cfg.render(rule.description, Path(job.path), Path(job.folder or rule.path), st.st_size,
-                                 st.st_mtime)
+        folder = Path(job.folder or rule.path)
+        title = cfg.render(rule.title, Path(job.path), folder, st.st_size, st.st_mtime)
+        description = cfg.render(rule.description, Path(job.path), folder, st.st_size, st.st_mtime)
         self.queue.update(job.id, state=State.READY, title=title, description=description, next_attempt_at=now)
         log.info("file_ready", job_id=job.id, path=job.display_path, bytes=st.st_size, title=title)
         self.wake.set()
 
-    def _processed_timeout(self, job: Any) -> float:
+    def _processed_timeout(self, job: Job) -> float:
         rule = rule_for(self.config.folders, job.path) if job.path else None
-        return rule.processed_timeout_seconds if rule else cfg.FolderRule(path=Path("/")).processed_timeout_seconds
+        return (rule or cfg.FolderRule(path=Path("/"))).processed_timeout_seconds
 
     # -- workers ----------------------------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
         assert self.queue is not None
-        owner = f"{os.getpid()}:{threading.current_thread().name}"
+        name = threading.current_thread().name
+        owner = f"{os.getpid()}:{name}"
         while not self.stop.is_set():
+            self.beats[name], self.busy[name] = time.monotonic(), None
             if self.pause.paused:
                 self.pause.wait_resumed(1.0)
+                continue
+            closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
+            if closed_for > 0:
+                self.stop.wait(min(closed_for, 10.0))
                 continue
             jobs = self.queue.claim(owner)
             if not jobs:
                 due = self.queue.next_due()
-                timeout = 1.0 if due is None else min(1.0, max(0.01, due - time.time()))
-                self.wake.wait(timeout)
+                self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
                 self.wake.clear()
                 continue
             for job in jobs:
+                self.busy[name] = job.id
                 self.pipeline.run(job)
 
 
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), if it applies to this process."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return max(0.05, int(usec) / 2e6)
-    except ValueError:
-        return None
-
-
 def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> bool:
+    """Does a rescanned file need the queue's attention? (New, or changed since its last finished job.)"""
     if known is None:
         return True
     state, identity = known
-    return identity != (st.st_ino, st.st_size, st.st_mtime_ns) and state in (State.SETTLING.value, "completed",
-                                                                              "failed", "skipped")
-
-
-def show_path(path: str) -> str:
-    """A path for humans and logs: bytes that are not UTF-8 shown as escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return identity != (st.st_ino, st.st_size, st.st_mtime_ns) and state in (
+        State.SETTLING.value, State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)

@@ -148,9 +148,22 @@ class Job:
     @property
     def display_path(self) -> str:
         """The path for humans: undecodable bytes shown as escapes, never a crash."""
-        if self.path is None:
-            return self.source_url or ""
-        return os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        return self.source_url or "" if self.path is None else show_path(self.path)
+
+    def summary(self) -> dict[str, Any]:
+        """The job for `jobs --json`, `status --json` and alerts."""
+        return {"id": self.id, "state": self.state.value, "kind": self.kind, "path": self.display_path,
+                "media_id": self.media_id, "attempts": self.attempts, "last_error": self.last_error,
+                "reason": self.reason, "collection_id": self.collection_id, "user_id": self.user_id,
+                "title": self.title, "size": self.size, "content_hash": self.content_hash,
+                "captions_skipped": self.captions_skipped, "transcoding_status": self.transcoding_status,
+                "final_path": None if self.final_path is None else show_path(self.final_path),
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+def show_path(path: str) -> str:
+    """A path for humans and logs: bytes that are not UTF-8 shown as escapes, never a crash."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _job(row: sqlite3.Row) -> Job:

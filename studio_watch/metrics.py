@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .errors import StudioWatchError
 from .jobqueue import STATES, JobQueue
 
 # PUT durations: a few seconds for a short clip on a campus link, hours for a 10 GB lecture on a slow uplink.
@@ -177,13 +178,16 @@ class MetricsServer:
 
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
                  ready: Callable[[], bool]) -> None:
-        """Bind now (so a taken port fails at startup); serve after start()."""
+        """Bind now, so a taken port fails at startup (StudioWatchError, exit 1); serve after start()."""
         import socket
 
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.metrics = metrics
-        self._server = _Server((host, port), metrics, healthy, ready, family)
+        try:
+            self._server = _Server((host, port), metrics, healthy, ready, family)
+        except OSError as exc:
+            raise StudioWatchError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
         self._thread: threading.Thread | None = None
 
     @property

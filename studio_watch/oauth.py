@@ -96,7 +96,7 @@ class TokenStore:
     def __init__(self, path: Path, source: Path) -> None:
         self.path, self.source = path, source
 
-    def _fail(self, problem: str) -> ConfigError:
+    def error(self, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: studio.oauth.token_store: {problem}")
 
     def signature(self) -> tuple[int, int, int] | None:
@@ -112,20 +112,21 @@ class TokenStore:
         try:
             st = self.path.stat()
             if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise self._fail(f"{self.path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                raise self.error(f"{self.path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
                                  f"run: chmod 600 {self.path}")
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise self._fail(f"no token stored at {self.path}: run studio-watch auth login") from None
+            raise self.error(f"no token stored at {self.path}: run studio-watch auth login") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise self._fail(f"cannot read {self.path} ({exc}): run studio-watch auth login") from None
+            raise self.error(f"cannot read {self.path} ({exc}): run studio-watch auth login") from None
         try:
-            tokens = StoredTokens(**{k: data[k] for k in ("access_token", "refresh_token", "client_id")},
+            refreshed = data.get("refreshed_at")
+            tokens = StoredTokens(**{k: str(data[k]) for k in ("access_token", "refresh_token", "client_id")},
                                   expires_at=float(data["expires_at"]), obtained_at=float(data["obtained_at"]),
-                                  refreshed_at=None if data.get("refreshed_at") is None else float(data["refreshed_at"]),
+                                  refreshed_at=None if refreshed is None else float(refreshed),
                                   expires_in=float(data.get("expires_in") or DEFAULT_EXPIRES_IN))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._fail(f"{self.path} is damaged (missing or bad {exc}): run studio-watch auth login") from None
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise self.error(f"{self.path} is damaged (missing or bad {exc}): run studio-watch auth login") from None
         tokens.register()
         return tokens
 
@@ -220,7 +221,7 @@ class OAuthTokens:
         self._unsaved: StoredTokens | None = None
         self._early_after = 0.0
         if self._tokens.client_id != client_id:
-            raise store._fail(f"{store.path} was authorized for client {self._tokens.client_id!r}, but "
+            raise store.error(f"{store.path} was authorized for client {self._tokens.client_id!r}, but "
                               f"studio.oauth.client_id is {client_id!r}: run studio-watch auth login")
 
     @classmethod

@@ -45,6 +45,8 @@ class Observer(Protocol):
 
     def failure(self, reason: str) -> None: ...
 
+    def job_failed(self, job: Job, error: str) -> None: ...
+
     def progress(self, job_id: int, sent: int, total: int) -> None: ...
 
 
@@ -53,6 +55,9 @@ class NullObserver:
         pass
 
     def failure(self, reason: str) -> None:
+        pass
+
+    def job_failed(self, job: Job, error: str) -> None:
         pass
 
     def progress(self, job_id: int, sent: int, total: int) -> None:
@@ -79,10 +84,12 @@ def unique_destination(folder: Path, name: str) -> Path:
 class Pipeline:
     def __init__(self, queue: JobQueue, client: StudioClient, retry: RetryConfig, pause: Pause,
                  stop: threading.Event, observer: Observer | None = None,
-                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0) -> None:
+                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0,
+                 link_importer: StudioClient | None = None) -> None:
         self.queue, self.client, self.retry, self.pause, self.stop = queue, client, retry, pause, stop
         self.observer = observer or NullObserver()
         self.processed_timeout = processed_timeout
+        self.link_importer = link_importer
         self._warned_captions = False
 
     # -- the driver ----------------------------------------------------------------------------------------
@@ -117,9 +124,11 @@ class Pipeline:
     def _advance(self, job: Job) -> None:
         renewals = 0
         while True:
-            if job.kind != "file":
+            if job.kind == "link" and job.state in (State.READY, State.URL_ISSUED):
+                job = self._import_link(job)
+            elif job.kind != "file":
                 raise PermanentError(f"unknown job kind {job.kind!r}")
-            if job.state is State.READY:
+            elif job.state is State.READY:
                 job = self._generate(job)
             elif job.state is State.URL_ISSUED:
                 try:
@@ -221,6 +230,23 @@ class Pipeline:
                  title=title, already_completed=media is None, captions_skipped=job.captions_skipped)
         return job
 
+    # -- link files ---------------------------------------------------------------------------------------------
+
+    def _import_link(self, job: Job) -> Job:
+        """A .url/.webloc file: one create-from-URL request, reconciled first if an earlier send's fate is unknown."""
+        from .imports import import_link
+
+        assert job.path is not None
+        maybe_sent_at = job.url_issued_at if job.state is State.URL_ISSUED else None
+        if job.state is State.READY:  # recorded before the request goes out: a crash after it means "maybe sent"
+            job = self._commit(job, state=State.URL_ISSUED, url_issued_at=time.time())
+        media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
+                            job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at)
+        job = self._commit(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
+                           transcoding_status=media.get("transcoding_status"), last_error=None)
+        log.info("link_imported", job_id=job.id, media_id=job.media_id, path=job.display_path, title=job.title)
+        return job
+
     # -- after upload ------------------------------------------------------------------------------------------
 
     def _after_upload(self, job: Job) -> Job:
@@ -291,6 +317,7 @@ class Pipeline:
     def _fail(self, job: Job, error: str) -> None:
         self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error)
         self.observer.failure(_reason_label(error))
+        self.observer.job_failed(job, error)
         log.error("job_failed", job_id=job.id, path=job.display_path, error=error)
 
     def _reschedule(self, job: Job, exc: BaseException) -> None:

@@ -25,6 +25,7 @@ import xxhash
 
 from . import __version__
 from .config import RetryConfig, StudioConfig
+from .schedule import RateLimiter
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
                      SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
 
@@ -114,8 +115,9 @@ class StudioClient:
     """One keep-alive connection pool for the API and the upload URLs; thread-safe."""
 
     def __init__(self, studio: StudioConfig, retry: RetryConfig, tokens: TokenSource,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, limiter: RateLimiter | None = None) -> None:
         self.studio = studio
+        self.limiter = limiter
         self.retry = retry
         self.tokens = tokens
         self.stop = stop or threading.Event()
@@ -372,6 +374,8 @@ class StudioClient:
                 raise SourceChanged(f"file shrank while sending ({sent} of {size} bytes)")
             hasher.update(chunk)
             sent += len(chunk)
+            if self.limiter is not None:
+                self.limiter.take(len(chunk))
             yield chunk
             if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size):
                 last_report = time.monotonic()

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -156,6 +156,7 @@ class Watcher:
         self.stop = stop
         self.observers: dict[str, BaseObserver] = {}
         self.kinds: dict[Path, str] = {}
+        self.watches: dict[Path, Any] = {}
         self.last_scan: dict[Path, float] = {}
         self._rescanner: threading.Thread | None = None
 
@@ -179,10 +180,37 @@ class Watcher:
         if kind not in self.observers:
             self.observers[kind] = PollingObserver(timeout=1.0) if kind == "polling" else Observer()
             self.observers[kind].daemon = True
-        self.observers[kind].schedule(_Handler(self, rule), str(rule.path), recursive=rule.recursive)
+        self.watches[rule.path] = self.observers[kind].schedule(_Handler(self, rule), str(rule.path),
+                                                                recursive=rule.recursive)
         self.kinds[rule.path] = kind
+        if not self.observers[kind].is_alive() and self._rescanner is not None:
+            self.observers[kind].start()
         log.info("folder_watched", folder=str(rule.path), observer=kind, recursive=rule.recursive,
                  collection_id=rule.collection_id, user_id=rule.user_id)
+
+    def update_rules(self, rules: Iterable[FolderRule]) -> None:
+        """Apply a reloaded config: stop watching removed folders, start on new or changed ones, scan those."""
+        new = {rule.path: rule for rule in rules}
+        old = {rule.path: rule for rule in self.rules}
+        for path, rule in old.items():
+            if new.get(path) != rule:
+                kind = self.kinds.pop(path, None)
+                watch = self.watches.pop(path, None)
+                if kind is not None and watch is not None:
+                    self.observers[kind].unschedule(watch)
+                log.info("folder_unwatched", folder=str(path), reason="removed" if path not in new else "changed")
+        self.rules = tuple(new.values())
+        for path, rule in new.items():
+            if old.get(path) != rule:
+                self._schedule(rule)
+                self.scan_folder(rule, str(path), is_scan=True)
+
+    def folder_status(self) -> list[dict[str, Any]]:
+        """Per folder: observer kind, whether its observer is alive, when it was last scanned."""
+        return [{"path": str(rule.path), "observer": self.kinds.get(rule.path),
+                 "alive": bool(self.kinds.get(rule.path) in self.observers
+                               and self.observers[self.kinds[rule.path]].is_alive()),
+                 "last_scan": self.last_scan.get(rule.path)} for rule in self.rules]
 
     def alive(self) -> bool:
         return all(o.is_alive() for o in self.observers.values()) and (
@@ -196,8 +224,7 @@ class Watcher:
             del self.observers[kind]
             for rule in self.rules:
                 if self.kinds.get(rule.path) == kind:
-                    self._schedule(rule)
-            self.observers[kind].start()
+                    self._schedule(rule)  # a fresh observer, started by _schedule
         if dead:
             self.scan_all(full=True)
         return bool(dead)

@@ -1,0 +1,87 @@
+"""Alerting hooks: a command (the alert as JSON on stdin) and/or a webhook (HTTP POST of the same JSON).
+
+Alerts fire when a job fails permanently and when the queue has been paused longer than a threshold. They run
+on a background thread so a slow hook never holds up an upload; a failing hook is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shlex
+import socket
+import subprocess
+import threading
+from typing import Any
+
+import httpx
+import structlog
+
+from . import logs
+
+log = structlog.get_logger("studio_watch.alerts")
+
+HOOK_TIMEOUT = 30.0
+
+
+class Alerts:
+    def __init__(self, command: str | None, webhook: str | None, ca_bundle: str | None = None) -> None:
+        self.command, self.webhook, self.ca_bundle = command, webhook, ca_bundle
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1000)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command or self.webhook)
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=HOOK_TIMEOUT + 5)
+
+    def send(self, kind: str, **data: Any) -> None:
+        """Queue one alert; dropped (with a log line) if hooks are hopelessly behind."""
+        if not self.enabled:
+            return
+        alert = {"event": kind, "host": socket.gethostname(), **data}
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            log.warning("alert_dropped", alert=kind)
+
+    def _run(self) -> None:
+        while (alert := self._queue.get()) is not None:
+            body = json.dumps(alert, default=str)
+            if self.command:
+                self._run_command(body, alert["event"])
+            if self.webhook:
+                self._post(body, alert["event"])
+
+    def _run_command(self, body: str, kind: str) -> None:
+        try:
+            result = subprocess.run(shlex.split(self.command or ""), input=body, text=True, capture_output=True,
+                                    timeout=HOOK_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("alert_command_failed", alert=kind, error=str(exc))
+            return
+        if result.returncode != 0:
+            log.warning("alert_command_failed", alert=kind, exit_code=result.returncode,
+                        stderr=logs.redact(result.stderr[-500:]))
+        else:
+            log.info("alert_sent", alert=kind, via="command")
+
+    def _post(self, body: str, kind: str) -> None:
+        try:
+            response = httpx.post(self.webhook or "", content=body, timeout=HOOK_TIMEOUT,
+                                  headers={"Content-Type": "application/json"},
+                                  verify=self.ca_bundle or True)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("alert_webhook_failed", alert=kind, error=str(exc))
+            return
+        log.info("alert_sent", alert=kind, via="webhook")

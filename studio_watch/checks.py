@@ -1,0 +1,387 @@
+"""Operator tools: `studio-watch check` (is everything in place?) and `studio-watch explain PATH` (what would
+happen to this file?).
+
+`run_checks(config, client)` returns one `Check` per fact, so each can be tested on its own; `cmd_check` prints
+them as `ok`/`warn`/`FAIL` lines and a verdict. `explain` needs no network: it renders what the daemon would
+send from the folder rule that matches a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlencode
+
+from . import config as cfg
+from .errors import AuthError, StudioError, StudioWatchError, TransientError
+from .studio import IMPORT_PATH, StudioClient
+from .watcher import classify, filesystem_type, is_network_fs, rule_for
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: str  # ok | warn | FAIL
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.verdict:<4} {self.name}: {self.detail}"
+
+
+def _where(i: int, rule: cfg.FolderRule) -> str:
+    return f"folders[{i}] {rule.path}"
+
+
+# -- the API ------------------------------------------------------------------------------------------------------
+
+def check_api(client: StudioClient) -> list[Check]:
+    """GET /ping answers pong (reachability), and the token is accepted (ping is authenticated)."""
+    try:
+        client.ping()
+    except AuthError as exc:
+        return [Check("api", OK, f"{client.studio.api_url} answers"), Check("token", FAIL, str(exc))]
+    except TransientError as exc:
+        return [Check("api", FAIL, f"no answer from {client.studio.api_url}: {exc}"),
+                Check("token", WARN, "not checked: the API did not answer")]
+    except StudioError as exc:
+        return [Check("api", FAIL, f"{client.studio.api_url}: {exc}"),
+                Check("token", WARN, "not checked: the API did not answer pong")]
+    return [Check("api", OK, f"GET {client.studio.api_url}/ping answered pong"),
+            Check("token", OK, "accepted by the API")]
+
+
+def check_collections(config: cfg.Config, client: StudioClient) -> list[Check]:
+    """Every folder's collection_id is one the token can see (all pages of GET /collections)."""
+    wanted = {(i, r.collection_id) for i, r in enumerate(config.folders) if r.collection_id is not None}
+    if not wanted:
+        return []
+    try:
+        visible = {int(c["id"]): str(c.get("name", "")) for c in client.collections() if "id" in c}
+    except StudioError as exc:
+        return [Check("collections", FAIL, f"cannot list collections: {exc}")]
+    results = []
+    for i, cid in sorted(wanted):
+        where = _where(i, config.folders[i])
+        if cid in visible:
+            results.append(Check("collection", OK, f"{where}: collection {cid} ({visible[cid]})"))
+        else:
+            shown = ", ".join(str(c) for c in sorted(visible)[:20]) + (" ..." if len(visible) > 20 else "")
+            results.append(Check("collection", FAIL, f"{where}: collection_id {cid} is not a collection the token "
+                                 f"can see (visible: {shown or 'none'})"))
+    return results
+
+
+def check_users(config: cfg.Config, client: StudioClient) -> list[Check]:
+    """Every folder's user_id exists (GET /users/{id}; looking users up may need an admin token)."""
+    results = []
+    for i, rule in enumerate(config.folders):
+        if rule.user_id is None:
+            continue
+        where = _where(i, rule)
+        try:
+            user = client.user(rule.user_id)
+        except StudioError as exc:
+            results.append(Check("user", FAIL, f"{where}: cannot look up user {rule.user_id}: {exc}"))
+            continue
+        if user is None:
+            results.append(Check("user", FAIL, f"{where}: user_id {rule.user_id} does not exist (404)"))
+        else:
+            name = user.get("full_name") or user.get("display_name") or ""
+            results.append(Check("user", OK, f"{where}: user {rule.user_id} ({name})"))
+    return results
+
+
+# -- the machine ----------------------------------------------------------------------------------------------------
+
+def _access(path: Path, write: bool) -> str | None:
+    """None when `path` is a folder we may read (and write); else what is wrong."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"{path} is not readable"
+    if write and not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def check_folders(config: cfg.Config) -> list[Check]:
+    """Folders exist and are readable, writable where after_upload moves or deletes; move_to is writable."""
+    if not config.folders:
+        return [Check("folders", WARN, "no folders configured: only `upload` and `import-url` by hand")]
+    results = []
+    for i, rule in enumerate(config.folders):
+        where = _where(i, rule)
+        write = rule.after_upload in ("move", "delete")
+        problem = _access(rule.path, write)
+        need = "readable and writable" if write else "readable"
+        results.append(Check("folder", FAIL, f"{where}: {problem} (after_upload: {rule.after_upload})") if problem
+                       else Check("folder", OK, f"{where}: {need} (after_upload: {rule.after_upload})"))
+        if rule.after_upload == "move" and rule.move_to is not None:
+            results.append(_check_move_to(where, rule))
+    return results
+
+
+def _check_move_to(where: str, rule: cfg.FolderRule) -> Check:
+    assert rule.move_to is not None
+    problem = _access(rule.move_to, write=True)
+    if problem:
+        return Check("move_to", FAIL, f"{where}: move_to {problem}")
+    if rule.path.exists() and rule.path.stat().st_dev != rule.move_to.stat().st_dev:
+        return Check("move_to", WARN, f"{where}: move_to {rule.move_to} is on another filesystem: every move "
+                     "copies the whole file")
+    return Check("move_to", OK, f"{where}: move_to {rule.move_to} is writable")
+
+
+def count_dirs(rule: cfg.FolderRule, limit: int) -> int:
+    """Directories an inotify observer watches for this folder (stops counting past `limit`)."""
+    if not rule.recursive:
+        return 1
+    count = 0
+    for _, dirs, _ in os.walk(rule.path):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatchcase(d, p) for p in rule.exclude)]
+        count += 1
+        if count > limit:
+            break
+    return count
+
+
+def effective_observer(config: cfg.Config, rule: cfg.FolderRule, mountinfo: str = MOUNTINFO) -> str:
+    """What the watcher will use for this folder (auto polls network filesystems)."""
+    if config.observer != "auto":
+        return config.observer
+    return "polling" if is_network_fs(filesystem_type(rule.path, mountinfo)) else "inotify"
+
+
+def check_inotify(config: cfg.Config, max_watches: str = MAX_WATCHES, mountinfo: str = MOUNTINFO) -> list[Check]:
+    """The inotify watch limit covers every directory the inotify observers will watch."""
+    rules = [r for r in config.folders if r.path.is_dir() and effective_observer(config, r, mountinfo) == "inotify"]
+    if not rules:
+        return []
+    try:
+        limit = int(Path(max_watches).read_text().strip())
+    except (OSError, ValueError):
+        return [Check("inotify", WARN, f"cannot read {max_watches} (not Linux?): the watch limit is unknown")]
+    needed = sum(count_dirs(r, limit) for r in rules)
+    advice = f"raise it: sysctl fs.inotify.max_user_watches={max(2 * needed, 65536)}, or set observer: polling"
+    if needed > limit:
+        return [Check("inotify", FAIL, f"{needed} directories to watch, but max_user_watches is {limit}; {advice}")]
+    if needed > limit // 2:
+        return [Check("inotify", WARN, f"{needed} directories to watch use over half of max_user_watches "
+                      f"({limit}), which other programs share; {advice}")]
+    return [Check("inotify", OK, f"{needed} directories to watch, max_user_watches is {limit}")]
+
+
+def check_network_fs(config: cfg.Config, mountinfo: str = MOUNTINFO) -> list[Check]:
+    """Folders on network filesystems: inotify misses changes made by other machines there."""
+    results = []
+    for i, rule in enumerate(config.folders):
+        fs = filesystem_type(rule.path, mountinfo)
+        if not is_network_fs(fs):
+            continue
+        where = _where(i, rule)
+        if config.observer == "inotify":
+            results.append(Check("network_fs", WARN, f"{where} is on {fs}, a network filesystem: inotify misses "
+                                 "files written by other machines; set observer: polling (or auto)"))
+        else:
+            results.append(Check("network_fs", OK, f"{where} is on {fs}, a network filesystem: watched by polling "
+                                 f"(observer: {config.observer})"))
+    return results
+
+
+def check_state_db(config: cfg.Config) -> list[Check]:
+    """The state database's folder (and the database, if it exists) is writable."""
+    db = config.state_db
+    problem = _access(db.parent, write=True)
+    if problem is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        problem = f"{db} is not writable"
+    if problem:
+        return [Check("state_db", FAIL, f"{problem} (state_db: {db})")]
+    return [Check("state_db", OK, f"{db} can be written")]
+
+
+def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: str = MAX_WATCHES,
+               mountinfo: str = MOUNTINFO) -> list[Check]:
+    """Every check after the config and the token: API, targets, folders, inotify, network filesystems, state."""
+    results: list[Check] = []
+    if client is not None:
+        api = check_api(client)
+        results += api
+        if all(c.verdict == OK for c in api):
+            results += check_collections(config, client) + check_users(config, client)
+    results += check_folders(config)
+    results += check_inotify(config, max_watches, mountinfo)
+    results += check_network_fs(config, mountinfo)
+    results += check_state_db(config)
+    return results
+
+
+def verdict(results: Iterable[Check]) -> tuple[str, int]:
+    """The final line and the exit code: 1 if anything failed."""
+    results = list(results)
+    failed = sum(c.verdict == FAIL for c in results)
+    warned = sum(c.verdict == WARN for c in results)
+    note = f", {warned} warning(s)" if warned else ""
+    if failed:
+        return f"FAIL {failed} problem(s){note}", 1
+    return f"ok   all checks passed{note}", 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`studio-watch check`: one line per check, a verdict line; exit 1 if anything failed (2: bad config)."""
+    from . import logs
+    from .cli import load_config
+    from .daemon import make_tokens
+
+    config = load_config(args)
+    logs.setup("error", config.log.format)
+    results = [Check("config", OK, f"{config.source} is valid ({len(config.folders)} folder(s))")]
+    client = None
+    try:
+        tokens = make_tokens(config)
+        source = "OAuth token store" if config.studio.oauth else "access token"
+        results.append(Check("token", OK, f"{source} loaded"))
+        retry = dataclasses.replace(config.retry, request_tries=1)
+        client = StudioClient(config.studio, retry, tokens)
+    except StudioWatchError as exc:
+        results.append(Check("token", FAIL, f"no token: {exc}"))
+    try:
+        for check in results:
+            print(check.line(), flush=True)
+        for check in run_checks(config, client):
+            results.append(check)
+            print(check.line(), flush=True)
+    finally:
+        if client is not None:
+            client.close()
+    line, code = verdict(results)
+    print(line)
+    return code
+
+
+# -- explain ---------------------------------------------------------------------------------------------------------
+
+def _find_rule(config: cfg.Config, path: str) -> tuple[int, cfg.FolderRule, str] | None:
+    """The folder rule for `path`, trying the path as given and with symlinks resolved."""
+    for candidate, rules in ((path, config.folders),
+                             (os.path.realpath(path),
+                              [dataclasses.replace(r, path=Path(os.path.realpath(r.path))) for r in config.folders])):
+        rule = rule_for(rules, candidate)
+        if rule is not None:
+            return list(rules).index(rule), rule, candidate
+    return None
+
+
+def _target(rule: cfg.FolderRule) -> tuple[str, dict[str, int]]:
+    if rule.collection_id is not None:
+        return f"collection {rule.collection_id}", {"collection_id": rule.collection_id}
+    if rule.user_id is not None:
+        return f"user {rule.user_id}'s My Uploads (on behalf of, admin token)", {"user_id": rule.user_id}
+    return "the token owner's My Uploads", {}
+
+
+def _upload_lines(api: str, rule: cfg.FolderRule, size: int, title: str, description: str) -> list[str]:
+    _, params = _target(rule)
+    query = f"?{urlencode(params)}" if params else ""
+    complete = urlencode({"title": title, "description": description, "auto_caption": str(rule.auto_caption).lower()})
+    return ["would send:",
+            f"  1. POST {api}/media/uploads{query}",
+            f"  2. PUT <upload URL from step 1> ({size} bytes, Content-Length, no Authorization header)",
+            f"  3. POST {api}/media/uploads/{{media_id}}/complete?{complete}"]
+
+
+def _link_lines(api: str, rule: cfg.FolderRule, path: str, title: str, description: str) -> list[str]:
+    """Mirrors StudioClient.import_url: query parameters into a collection, a JSON body otherwise."""
+    from .imports import parse_link_file, validate_import
+
+    url = parse_link_file(path)
+    is_external, title_sent = validate_import(url, rule.collection_id, rule.user_id, title, None)
+    fields: dict[str, Any] = {"url": url, "description": description, "auto_caption": rule.auto_caption,
+                              "is_external": is_external}
+    if title_sent:
+        fields["title"] = title_sent
+    if rule.user_id is not None:
+        fields["user_id"] = rule.user_id
+    if rule.collection_id is not None:
+        query = urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in fields.items()})
+        request = f"POST {api}/collections/{rule.collection_id}/media?{query}"
+    else:
+        request = f"POST {api}{IMPORT_PATH} with JSON body {json.dumps(fields)}"
+    kind = "an external YouTube/Vimeo link" if is_external else "media imported from the URL"
+    return [f"link file: {url} ({kind})", "would send:", f"  POST once; if the answer is lost, search for the "
+            f"title before sending again", f"  {request}"]
+
+
+def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:
+    """What the daemon would do with `path`: the lines to print and the exit code (0 uploaded, 1 not)."""
+    found = _find_rule(config, path)
+    if found is None:
+        folders = ", ".join(str(r.path) for r in config.folders) or "none configured"
+        return [f"not uploaded: {path} is outside every watched folder (folders: {folders})"], 1
+    index, rule, matched = found
+    if os.path.isdir(matched):
+        return [f"not uploaded: {path} is a folder (files inside it are judged one by one)"], 1
+    kind, why = classify(rule, matched)
+    if kind is None:
+        return [f"folder: folders[{index}] {rule.path}", f"not uploaded: {why}"], 1
+    try:
+        st = os.stat(matched)
+        size, mtime, note = st.st_size, st.st_mtime, []
+    except OSError:
+        size, mtime = 0, time.time()
+        note = ["(the file does not exist yet: size 0 and the current time stand in for the templates)"]
+    title = cfg.render(rule.title, Path(matched), rule.path, size=size, mtime=mtime)
+    description = cfg.render(rule.description, Path(matched), rule.path, size=size, mtime=mtime)
+    target, _ = _target(rule)
+    lines = [f"folder: folders[{index}] {rule.path} ({'recursive' if rule.recursive else 'not recursive'})",
+             f"matches: {why}", *note, f"target: {target}", f"title: {title}", f"description: {description!r}"]
+    api = config.studio.api_url
+    if kind == "link":
+        try:
+            lines += _link_lines(api, rule, matched, title, description)
+        except StudioWatchError as exc:
+            return lines + [f"not uploaded: {exc}"], 1
+    else:
+        lines += _upload_lines(api, rule, size, title, description)
+        if size > cfg.MAX_UPLOAD_BYTES:
+            lines.append(f"note: {size} bytes is over Studio's 10 GB limit: the upload would fail")
+    lines += _policy_lines(rule, kind)
+    return lines, 0
+
+
+def _policy_lines(rule: cfg.FolderRule, kind: str) -> list[str]:
+    captions = "requested (auto_caption=true; if the account has it disabled (501), completed without)" \
+        if rule.auto_caption else "not requested (auto_caption=false)"
+    after = {"keep": "keep the file where it is", "delete": "delete the file",
+             "move": f"move the file to {rule.move_to}"}[rule.after_upload]
+    when = "once Studio has processed it" if rule.after_upload_when == "processed" else "once completed"
+    duplicates = "skip (the same bytes seen again are not uploaded again)" if rule.duplicates == "skip" \
+        else "upload (the same bytes seen again are uploaded again)"
+    lines = [f"captions: {captions}", f"after upload: {after}" + (f" ({when})" if rule.after_upload != "keep" else "")]
+    if kind == "file":
+        lines.append(f"duplicates: {duplicates}")
+    lines.append(f"settle: waits until size and mtime are unchanged for {rule.settle_seconds:g}s "
+                 "and no writer holds the file open")
+    return lines
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """`studio-watch explain PATH`: exit 0 when the path would be uploaded, 1 when not."""
+    from .cli import load_config
+
+    config = load_config(args)
+    lines, code = explain(config, os.path.abspath(args.path))
+    print("\n".join(lines))
+    return code

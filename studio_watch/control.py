@@ -1,0 +1,218 @@
+"""Process-level controls the daemon is built from: the database lock, the queue-wide pause, live activity
+for status and metrics, and the systemd notify protocol."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from . import config as cfg
+from .errors import AuthError, DatabaseLocked, StudioError
+from .jobqueue import Job, JobQueue
+from .pipeline import Observer, backoff
+from .studio import StudioClient
+
+log = structlog.get_logger("studio_watch.control")
+
+PAUSE_KEY = "paused"
+STATUS_KEY = "daemon"
+
+
+class DaemonLock:
+    """An exclusive flock on `<state_db>.lock` holding the daemon's pid: one daemon per database."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = Path(str(db) + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = self.holder(fd)
+            os.close(fd)
+            raise DatabaseLocked(str(self.path)[:-5], pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    @staticmethod
+    def holder(fd: int) -> int | None:
+        try:
+            text = os.pread(fd, 32, 0).decode().strip()
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    def held_by_other(self) -> int | None:
+        """The pid of a daemon holding the lock right now (None when nobody does)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.holder(fd) or -1
+        finally:
+            os.close(fd)
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class PauseSwitch:
+    """The queue-wide pause: tripped by an outage or a refused token, cleared when /ping answers again."""
+
+    def __init__(self, queue: JobQueue, client: StudioClient, retry: cfg.RetryConfig, stop: threading.Event) -> None:
+        self.queue, self.client, self.retry, self.stop = queue, client, retry, stop
+        self._lock = threading.Lock()
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._tripped = threading.Event()
+        self.reason: str | None = None
+        self.since: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def trip(self, reason: str) -> None:
+        with self._lock:
+            if self.paused:
+                return
+            self.reason, self.since = reason, time.time()
+            self._resumed.clear()
+            self.queue.set_meta(PAUSE_KEY, json.dumps({"reason": reason, "since": self.since}))
+        log.error("queue_paused", reason=reason)
+        self._tripped.set()
+
+    def clear(self) -> None:
+        with self._lock:
+            if not self.paused:
+                return
+            paused_for = time.time() - (self.since or time.time())
+            self.reason = self.since = None
+            self.queue.set_meta(PAUSE_KEY, None)
+            self._resumed.set()
+        log.info("queue_resumed", paused_seconds=round(paused_for, 1))
+
+    def wait_resumed(self, timeout: float) -> bool:
+        return self._resumed.wait(timeout)
+
+    def probe_loop(self) -> None:
+        """While paused, ping Studio on a growing backoff; resume when it answers."""
+        tries = 0
+        while not self.stop.is_set():
+            if not self.paused:
+                tries = 0
+                self._tripped.wait(1.0)
+                self._tripped.clear()
+                continue
+            tries += 1
+            if self.stop.wait(backoff(tries, self.retry)):
+                return
+            try:
+                self.client.probe()
+            except StudioError as exc:
+                if isinstance(exc, AuthError) and self.reason != str(exc):
+                    self.reason = str(exc)
+                log.info("queue_still_paused", reason=self.reason, probe_error=str(exc), probes=tries)
+                continue
+            self.clear()
+
+
+@dataclass
+class Transfer:
+    job_id: int
+    sent: int
+    total: int
+    started: float
+    last: float
+
+
+class Activity(Observer):
+    """Live facts for status lines, metrics and alerts: current transfers, bytes sent, failures.
+
+    Listeners receive ("put_done", {"bytes", "seconds"}), ("failure", {"reason"}) and
+    ("job_failed", {"job": summary}) events.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.transfers: dict[int, Transfer] = {}
+        self.uploaded_bytes = 0
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def put_done(self, nbytes: int, seconds: float) -> None:
+        with self.lock:
+            self.uploaded_bytes += nbytes
+        self._emit("put_done", {"bytes": nbytes, "seconds": seconds})
+
+    def failure(self, reason: str) -> None:
+        self._emit("failure", {"reason": reason})
+
+    def job_failed(self, job: Job, error: str) -> None:
+        self._emit("job_failed", {"job": {**job.summary(), "last_error": error}})
+
+    def progress(self, job_id: int, sent: int, total: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            transfer = self.transfers.setdefault(job_id, Transfer(job_id, 0, total, now, now))
+            transfer.sent, transfer.last = sent, now
+            if sent >= total:
+                del self.transfers[job_id]
+
+    def recently_progressed(self, job_id: int | None, within: float) -> bool:
+        with self.lock:
+            transfer = self.transfers.get(job_id) if job_id is not None else None
+            return transfer is not None and time.monotonic() - transfer.last < within
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, data)
+            except Exception:  # a metrics or alert bug must not fail an upload
+                log.exception("activity_listener_failed", kind=kind)
+
+
+def sd_notify(message: str) -> bool:
+    """Send one datagram to systemd's $NOTIFY_SOCKET ('@' = abstract namespace); a no-op without it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), if it applies to this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.05, int(usec) / 2e6)
+    except ValueError:
+        return None
