@@ -1,0 +1,1 @@
+"""studio-watch benchmarks: `python -m bench [--quick] [--only ROW,...]` (see bench/__main__.py, RESULTS.md)."""

@@ -30,6 +30,7 @@ STUDIO_WATCH = str(BIN / "studio-watch")
 TOKEN = "bench-token"
 SCRATCH_DISK = Path(tempfile.gettempdir())  # state DBs live here: on disk, not tmpfs (see scratch_is_disk)
 TMPFS = Path("/dev/shm")
+TIME = "/usr/bin/time"  # GNU time: the peak RSS of exactly the process it runs
 
 
 # -- the sink -------------------------------------------------------------------------------------------------
@@ -163,24 +164,33 @@ def _own_rchar() -> int:
 
 
 def run_child(argv: list[str], timeout: float = 600.0) -> ChildRun:
-    """Run a command to completion, reaping it with wait4 for its own rusage; rchar from /proc/self/io."""
+    """Run a command to completion under /usr/bin/time (for its peak RSS) and reap it with wait4.
+
+    Peak RSS comes from /usr/bin/time, not from wait4's ru_maxrss: a child spawned by (v)fork from this
+    big Python process inherits this process's RSS high-water mark across exec, so ru_maxrss here would report
+    the benchmark's own size. /usr/bin/time is a few hundred KiB, so its child's figure is the child's own.
+    rchar is the delta of /proc/self/io around the reap (the kernel adds a reaped child's counters to ours).
+    """
     out = tempfile.TemporaryFile()
-    before = _own_rchar()
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    seconds = time.monotonic() - started
-    rchar = _own_rchar() - before
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile(prefix="sw-bench-time-") as rss_file:
+        before = _own_rchar()
+        started = time.monotonic()
+        proc = subprocess.Popen([TIME, "-f", "%M", "-o", rss_file.name, *argv], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.monotonic() - started
+        rchar = _own_rchar() - before
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        maxrss_kib = int(Path(rss_file.name).read_text().split()[-1])
     out.seek(0)
     text = out.read().decode("utf-8", "replace")
     out.close()
-    return ChildRun(seconds, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime, rchar, proc.returncode, text)
+    return ChildRun(seconds, maxrss_kib * 1024, usage.ru_utime + usage.ru_stime, rchar, proc.returncode, text)
 
 
 def upload_argv(path: Path, config: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -14,7 +15,8 @@ from . import config as cfg
 from . import logs
 from .cli import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, human_bytes, load_config,
                   print_json, stop_on_signals)
-from .daemon import PAUSE_KEY, Daemon, DaemonLock, make_tokens
+from .control import PAUSE_KEY, STATUS_KEY, DaemonLock
+from .daemon import Daemon, make_tokens
 from .errors import DatabaseLocked, StudioError
 from .jobqueue import STATES, TERMINAL, Job, JobQueue, Seen, State
 from .pipeline import NullObserver, Pipeline
@@ -38,23 +40,26 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
     queue = JobQueue(config.state_db)
     try:
         oldest = queue.oldest_waiting()
-        pause = queue.meta(PAUSE_KEY)
+        pause = json.loads(queue.meta(PAUSE_KEY) or "null")
         pid = DaemonLock(config.state_db).held_by_other()
-        import json
-
-        paused = json.loads(pause) if pause else None
+        snapshot = json.loads(queue.meta(STATUS_KEY) or "null") if pid else None
+        watched = {f["path"]: f for f in (snapshot or {}).get("folders", [])}
         return {
             "jobs": queue.counts(),
-            "paused": paused is not None,
-            "pause_reason": paused["reason"] if paused else None,
-            "paused_since": paused["since"] if paused else None,
-            "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+            "paused": pause is not None,
+            "pause_reason": pause["reason"] if pause else None,
+            "paused_since": pause["since"] if pause else None,
+            "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
+                       "healthy": (snapshot or {}).get("healthy"),
+                       "upload_window_open": (snapshot or {}).get("upload_window_open")},
             "oldest_waiting": oldest.summary() if oldest else None,
             "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
             "transfers": [_transfer(j) for j in queue.in_flight() if j.bytes_sent is not None],
             "recent_failures": [j.summary() for j in queue.recent_failures()],
-            "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id}
-                        for f in config.folders],
+            "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id,
+                         "observer": watched.get(str(f.path), {}).get("observer"),
+                         "watching": watched.get(str(f.path), {}).get("alive"),
+                         "last_scan": watched.get(str(f.path), {}).get("last_scan")} for f in config.folders],
         }
     finally:
         queue.close()
@@ -75,7 +80,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(data)
         return EXIT_OK
     daemon = data["daemon"]
-    print(f"daemon:  {'running (pid %s)' % daemon['pid'] if daemon['running'] else 'not running'}")
+    state = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    if daemon["running"] and daemon["healthy"] is False:
+        state += ", UNHEALTHY (a watcher or worker is dead or stuck)"
+    if daemon["upload_window_open"] is False:
+        state += ", outside upload hours"
+    print(f"daemon:  {state}")
     if data["paused"]:
         print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: {data['pause_reason']}")
     else:
@@ -93,7 +103,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for f in data["folders"]:
         target = f"collection {f['collection_id']}" if f["collection_id"] else \
             f"user {f['user_id']}" if f["user_id"] else "My Uploads"
-        print(f"folder:  {f['path']} → {target}")
+        watch = "not watched (daemon not running)" if f["watching"] is None else \
+            f"{f['observer']} {'ok' if f['watching'] else 'DEAD'}" + \
+            (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "")
+        print(f"folder:  {f['path']} → {target} [{watch}]")
     return EXIT_OK
 
 

@@ -249,14 +249,17 @@ class Watcher:
         if os.path.isfile(path):
             self.on_found([Found(path, st, rule, kind)], False)
 
-    def scan_folder(self, rule: FolderRule, folder: str) -> None:
+    def scan_folder(self, rule: FolderRule, folder: str, is_scan: bool = False) -> None:
+        """Scan `folder` (the rule's folder or a subfolder of it) and report what qualifies."""
         parts = Path(folder).relative_to(rule.path).parts if Path(folder).is_relative_to(rule.path) else ()
         if any(fnmatch.fnmatchcase(part, p) for part in parts for p in rule.exclude):
             return  # inside an excluded subfolder (a trash, a hidden sync folder): nothing there qualifies
         sub = FolderRule(**{**rule.__dict__, "path": Path(folder)})
         found = [Found(f.path, f.stat, rule, f.kind) for f in scan(sub)]
-        if found:
-            self.on_found(found, False)
+        if found or is_scan:
+            self.on_found(found, is_scan)
+        if is_scan:
+            self.last_scan[rule.path] = time.time()
 
     def scan_all(self, full: bool = False) -> int:
         """Scan every folder; returns the number of qualifying files seen."""
