@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--redirect-uri", default=None, help="the redirect URI registered with the Developer Key")
     auth.add_parser("status", help="whether a token is stored and when it expires (never the token)",
                     parents=[common])
+    add("health", "exit 0 when the daemon is alive and healthy (for container and monitoring health checks)")
     p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
                        description="Serve a local Canvas Studio emulator (the API of shared/studio-api.md).")
     from .sandbox import add_sandbox_arguments

@@ -324,3 +324,9 @@ def cmd_auth(args: argparse.Namespace) -> int:
     from .oauth import cmd_auth as run
 
     return run(args)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from .health import cmd_health as run
+
+    return run(args)

@@ -240,15 +240,17 @@ def _wait(client: StudioClient, sends: int, exc: TransientError, stop: threading
 
 
 def import_once(client: StudioClient, store: AttemptStore | None, request: ImportRequest,
-                stop: threading.Event | None = None) -> ImportResult:
+                stop: threading.Event | None = None, maybe_sent_at: float | None = None) -> ImportResult:
     """Create the media exactly once: reconcile any send of unknown outcome before sending again.
 
-    `store` (e.g. the JobQueue) remembers an unknown outcome across processes; None keeps it in memory only.
-    501 (captions not enabled) imports again without auto_caption; 403/404/422 raise PermanentError.
+    `maybe_sent_at` is when an earlier attempt (e.g. a queue job's, before a crash) may have sent the request;
+    `store` (e.g. the JobQueue's meta) remembers an unknown outcome across processes; with neither, only this
+    call's own sends are reconciled. 501 (captions not enabled) imports again without auto_caption;
+    403/404/422 raise PermanentError.
     """
     stop = stop or client.stop
     captions_skipped = False
-    unknown_since = _earlier_attempt(store, request)
+    unknown_since = maybe_sent_at or _earlier_attempt(store, request)
     sends = 0
     while True:
         if unknown_since is not None:
@@ -306,12 +308,13 @@ def _done(store: AttemptStore | None, request: ImportRequest, result: ImportResu
 
 
 def import_link(client: StudioClient, path: str, title: str, description: str, auto_caption: bool,
-                collection_id: int | None, user_id: int | None, *, store: AttemptStore | None = None,
-                stop: threading.Event | None = None) -> dict[str, Any]:
+                collection_id: int | None, user_id: int | None, *, maybe_sent_at: float | None = None,
+                store: AttemptStore | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Import the URL of a link file dropped in a watched folder (YouTube/Vimeo become external media).
 
-    Returns {"id", "media", "url", "is_external", "captions_skipped", "reconciled"}. A link file that is
-    malformed or holds a URL Studio cannot import raises SourceUnreadable / PermanentError (the job fails).
+    `maybe_sent_at`: when an earlier attempt of this job may have sent the request (reconciled before sending).
+    Returns Studio's media object plus "captions_skipped", "reconciled", "is_external" and "source_url". A link
+    file that is malformed or holds a URL Studio cannot import raises SourceUnreadable / PermanentError.
     """
     url = parse_link_file(path)
     try:
@@ -319,9 +322,9 @@ def import_link(client: StudioClient, path: str, title: str, description: str, a
     except ConfigError as exc:
         raise PermanentError(f"link file {path!r}: {str(exc).removeprefix('command line: ')}") from None
     request = ImportRequest(url, checked_title, description, auto_caption, is_external, collection_id, user_id)
-    result = import_once(client, store, request, stop)
-    return {"id": result.media_id, "media": result.media, "url": url, "is_external": is_external,
-            "captions_skipped": result.captions_skipped, "reconciled": result.reconciled}
+    result = import_once(client, store, request, stop, maybe_sent_at)
+    return {**result.media, "captions_skipped": result.captions_skipped, "reconciled": result.reconciled,
+            "is_external": is_external, "source_url": url}
 
 
 def cmd_import_url(args: argparse.Namespace) -> int:

@@ -156,11 +156,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "venv" / "bin"
 
 
+def image_env() -> dict[str, str]:
+    """This environment without anything that would point Python at this checkout (or at systemd)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "NOTIFY_SOCKET")}
+
+
 def installed_cli(bin_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the installed `studio-watch` as the image would, with nothing of this checkout on the path."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "NOTIFY_SOCKET")}
     return subprocess.run([str(bin_dir / "studio-watch"), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd="/")
+                          env=image_env(), cwd="/")
 
 
 @pytest.mark.slow
@@ -168,7 +172,7 @@ def test_image_pip_step_installs_a_working_entrypoint(installed: Path) -> None:
     result = installed_cli(installed, "--help")
     assert result.returncode == 0 and "studio-watch" in result.stdout
     located = subprocess.run([str(installed / "python"), "-c", "import studio_watch; print(studio_watch.__file__)"],
-                             capture_output=True, text=True, cwd="/", check=True)
+                             capture_output=True, text=True, cwd="/", env=image_env(), check=True)
     assert str(installed.parent) in located.stdout  # the copy in the venv, not this checkout
     assert installed_cli(installed, "run", "-c", "/nonexistent/config.yaml").returncode == 2
 
@@ -179,8 +183,7 @@ def test_image_healthcheck_follows_the_daemon(installed: Path, tmp_path: Path) -
     with Sandbox() as sandbox:
         config = write_config(tmp_path, sandbox.url, [{"path": "in", "settle_seconds": 0.2}])
         assert installed_cli(installed, "health", "-c", str(config)).returncode == 1
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NOTIFY_SOCKET")}
-        daemon = subprocess.Popen([str(installed / "studio-watch"), "run", "-c", str(config)], env=env, cwd="/",
+        daemon = subprocess.Popen([str(installed / "studio-watch"), "run", "-c", str(config)], env=image_env(), cwd="/",
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert wait_until(lambda: installed_cli(installed, "health", "-c", str(config)).returncode == 0, 20, 0.2)

@@ -7,6 +7,7 @@ import plistlib
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -278,7 +279,26 @@ def test_import_link_decides_external_itself(sb: Sandbox, tmp_path: Path) -> Non
         client.close()
     [media] = sb.media()
     assert done["id"] == media["id"] and done["is_external"] and media["is_external"]
+    assert done["source_url"] == YOUTUBE and done["captions_skipped"] is False
     assert media["collection_id"] == 3 and media["title"] == "Talk"
+
+
+def test_import_link_reconciles_a_job_that_may_have_been_sent(sb: Sandbox, tmp_path: Path) -> None:
+    link = tmp_path / "Week 6.url"
+    link.write_text(f"[InternetShortcut]\r\nURL={LECTURE}\r\n")
+    client = make_client(sb, tmp_path)
+    try:
+        before_crash = time.time()
+        client.import_url(LECTURE, "Week 6", "", False, False, 1)  # sent by a process that died before recording it
+        done = import_link(client, str(link), "Week 6", "", False, 1, None, maybe_sent_at=before_crash)
+        other = tmp_path / "Week 7.url"
+        other.write_text(f"[InternetShortcut]\nURL={LECTURE}\n")
+        fresh = import_link(client, str(other), "Week 7", "", False, 1, None, maybe_sent_at=time.time())
+    finally:
+        client.close()
+    assert done["reconciled"] and done["id"] == sb.media()[0]["id"]
+    assert not fresh["reconciled"] and fresh["title"] == "Week 7"  # nothing found: sent
+    assert len(sb.media()) == 2 and len(imports_seen(sb)) == 2
 
 
 def test_youtube_and_vimeo_are_external_without_the_flag(sb: Sandbox, tmp_path: Path,

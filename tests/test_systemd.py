@@ -8,6 +8,7 @@ no_new_privs, W^X, a read-only root and a pid-only /proc).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -331,6 +332,7 @@ def syscall_set(group: str, seen: set[str] | None = None) -> set[str]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
 def _can_harden() -> str | None:
     """Why the hardened run cannot happen here (None when it can)."""
     if os.geteuid() != 0:
