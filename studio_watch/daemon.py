@@ -105,7 +105,7 @@ class Daemon:
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
             self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
-                                     processed_timeout=self._processed_timeout, link_importer=client)
+                                     processed_timeout=self._processed_timeout)
             self.alerts.start()
             self.activity.listeners.append(self._alert_on_failure)
             server = self._start_metrics(queue)

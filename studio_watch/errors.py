@@ -5,6 +5,7 @@ Every expected failure is one of these; anything else is a bug and may show a tr
     StudioWatchError
     ├── ConfigError            bad configuration or usage: exit code 2, message names file, key, problem
     ├── DatabaseLocked         another daemon holds the state database (names its pid): exit code 1
+    ├── DatabaseTooNew         the state database was written by a newer studio-watch: exit code 1
     ├── StudioError            something the Studio API (or the network to it) did
     │   ├── TransientError     worth trying again later: 429, 5xx, resets, read timeouts
     │   │   └── Unreachable    the API host cannot be reached at all: pauses the whole queue
@@ -38,6 +39,10 @@ class DatabaseLocked(StudioWatchError):
         who = f"pid {pid}" if pid else "another process"
         super().__init__(f"another studio-watch daemon ({who}) holds {db}; only one daemon may run per database")
         self.pid = pid
+
+
+class DatabaseTooNew(StudioWatchError):
+    """The state database's schema is newer than this program understands."""
 
 
 class StudioError(StudioWatchError):

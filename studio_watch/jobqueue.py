@@ -20,6 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .errors import DatabaseTooNew
+
 SCHEMA_VERSION = 1
 
 
@@ -263,7 +265,8 @@ class JobQueue:
         with self._tx() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer studio-watch (schema {version})")
+                raise DatabaseTooNew(f"{self.path} was written by a newer studio-watch (schema {version}, this one "
+                                     f"knows {SCHEMA_VERSION}); upgrade studio-watch or use another state_db")
             if version < 1:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():

@@ -8,6 +8,7 @@ moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -84,12 +85,11 @@ def unique_destination(folder: Path, name: str) -> Path:
 class Pipeline:
     def __init__(self, queue: JobQueue, client: StudioClient, retry: RetryConfig, pause: Pause,
                  stop: threading.Event, observer: Observer | None = None,
-                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0,
-                 link_importer: StudioClient | None = None) -> None:
+                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0) -> None:
         self.queue, self.client, self.retry, self.pause, self.stop = queue, client, retry, pause, stop
         self.observer = observer or NullObserver()
         self.processed_timeout = processed_timeout
-        self.link_importer = link_importer
+        self._hashes: dict[tuple[int, tuple[Any, ...]], str] = {}
         self._warned_captions = False
 
     # -- the driver ----------------------------------------------------------------------------------------
@@ -124,10 +124,13 @@ class Pipeline:
     def _advance(self, job: Job) -> None:
         renewals = 0
         while True:
-            if job.kind == "link" and job.state in (State.READY, State.URL_ISSUED):
+            if job.state is State.COMPLETED and not job.after_done:
+                job = self._after_upload(job)
+            elif job.kind == "link" and job.state in (State.READY, State.URL_ISSUED):
                 job = self._import_link(job)
-            elif job.kind != "file":
-                raise PermanentError(f"unknown job kind {job.kind!r}")
+            elif job.kind != "file" or job.state not in (State.READY, State.URL_ISSUED, State.UPLOADED):
+                self.queue.release(job.id)
+                return
             elif job.state is State.READY:
                 job = self._generate(job)
             elif job.state is State.URL_ISSUED:
@@ -139,13 +142,8 @@ class Pipeline:
                     job = self._restart(job, str(exc))
                     if renewals > URL_RENEWALS:
                         raise TransientError(f"upload URL refused {renewals} times in a row") from None
-            elif job.state is State.UPLOADED:
-                job = self._complete(job)
-            elif job.state is State.COMPLETED and not job.after_done:
-                job = self._after_upload(job)
             else:
-                self.queue.release(job.id)
-                return
+                job = self._complete(job)
             if job.claimed_by is None:  # a step released the job itself (skipped, waiting, ...)
                 return
 
@@ -156,7 +154,7 @@ class Pipeline:
         self.queue.update(job.id, **values)
         state = values.get("state", job.state)
         values["state"] = State(state)
-        return job.__class__(**{**job.__dict__, **values})
+        return dataclasses.replace(job, **values)
 
     # -- step 1 ------------------------------------------------------------------------------------------------
 
@@ -166,13 +164,17 @@ class Pipeline:
         if job.size > MAX_UPLOAD_BYTES:
             raise PermanentError(f"file is {job.size:,} bytes; Studio accepts at most {MAX_UPLOAD_BYTES:,} (10 GB)")
         if job.duplicates == "skip" and job.content_hash is None and self.queue.same_size_elsewhere(job):
-            verdict, media_id = self.queue.content_verdict(job, hash_file(job.path, self.stop))
+            key = (job.id, job.identity)
+            if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
+                self._hashes[key] = hash_file(job.path, self.stop)
+            verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
             if verdict == "duplicate":
                 return self._skip(job, "duplicate", media_id=media_id)
             if verdict == "wait":
                 self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
                 log.info("job_waiting_for_copy", job_id=job.id, path=job.display_path)
-                return job.__class__(**{**job.__dict__, "claimed_by": None})
+                return _released(job)
+            self._hashes.pop(key, None)
         media_id, url = self.client.generate(job.collection_id, job.user_id)
         job = self._commit(job, state=State.URL_ISSUED, media_id=media_id, upload_url=url, url_issued_at=time.time())
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
@@ -243,7 +245,8 @@ class Pipeline:
         media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
                             job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at)
         job = self._commit(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
-                           transcoding_status=media.get("transcoding_status"), last_error=None)
+                           transcoding_status=media.get("transcoding_status"), last_error=None,
+                           captions_skipped=bool(media.get("captions_skipped")))
         log.info("link_imported", job_id=job.id, media_id=job.media_id, path=job.display_path, title=job.title)
         return job
 
@@ -253,7 +256,7 @@ class Pipeline:
         if job.after_upload == "keep":
             return self._commit(job, after_done=True)
         if job.after_upload_when == "processed" and not self._processed(job):
-            return job.__class__(**{**job.__dict__, "claimed_by": None})
+            return _released(job)
         assert job.path is not None
         try:
             st = os.stat(job.path)
@@ -282,7 +285,7 @@ class Pipeline:
             self.observer.failure("after_upload")
             self.queue.release(job.id, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
                                next_attempt_at=time.time() + backoff(attempts, self.retry))
-            return job.__class__(**{**job.__dict__, "claimed_by": None})
+            return _released(job)
 
     def _processed(self, job: Job) -> bool:
         """For after_upload_when: processed. True once Studio finished transcoding; reschedules otherwise."""
@@ -312,7 +315,7 @@ class Pipeline:
             values["media_id"] = media_id
         self.queue.release(job.id, **values)
         log.info("job_skipped", job_id=job.id, path=job.display_path, reason=reason, media_id=media_id)
-        return job.__class__(**{**job.__dict__, "state": State.SKIPPED, "claimed_by": None})
+        return dataclasses.replace(job, state=State.SKIPPED, claimed_by=None)
 
     def _fail(self, job: Job, error: str) -> None:
         self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error)
@@ -359,6 +362,11 @@ class Pipeline:
             values.update(media_id=None, upload_url=None, url_issued_at=None)
         self.queue.release(job.id, last_error=str(exc), **values)
         log.warning("source_changed", job_id=job.id, path=job.display_path, error=str(exc))
+
+
+def _released(job: Job) -> Job:
+    """The job as it is once a step has handed it back to the queue."""
+    return dataclasses.replace(job, claimed_by=None)
 
 
 def _check_file(job: Job) -> None:
