@@ -7,6 +7,7 @@ safety net and a startup scan finds what arrived while the daemon was down.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
@@ -29,6 +30,7 @@ log = structlog.get_logger("studio_watch.watcher")
 LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
                         "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
+PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
 MODIFY_DEBOUNCE = 1.0  # seconds between two reports of the same path from modify events
 
 
@@ -130,6 +132,10 @@ class _Handler(FileSystemEventHandler):
         if kind in ("deleted", "closed_no_write", "opened"):
             return
         path = os.fsdecode(event.dest_path if kind == "moved" else event.src_path)
+        probe = self.watcher.probes.get(path)
+        if probe is not None:
+            probe.set()
+            return
         if event.is_directory:
             if kind in ("created", "moved") and self.rule.recursive:
                 self.watcher.scan_folder(self.rule, path)  # files moved in with a directory make no events
@@ -157,13 +163,18 @@ class Watcher:
         self.observers: dict[str, BaseObserver] = {}
         self.kinds: dict[Path, str] = {}
         self.watches: dict[Path, Any] = {}
+        self.probes: dict[str, threading.Event] = {}
+        self.forced_polling: set[Path] = set()
+        self.probe_seconds = PROBE_SECONDS
         self.last_scan: dict[Path, float] = {}
         self._rescanner: threading.Thread | None = None
 
     def observer_kind(self, rule: FolderRule) -> str:
         if self.observer_setting != "auto":
             return self.observer_setting
-        return "polling" if is_network_fs(filesystem_type(rule.path)) else "inotify"
+        if rule.path in self.forced_polling or is_network_fs(filesystem_type(rule.path)):
+            return "polling"
+        return "inotify"
 
     def start(self) -> None:
         """Start observing, then scan every folder once (files that arrived while we were down)."""
@@ -171,9 +182,51 @@ class Watcher:
             self._schedule(rule)
         for observer in self.observers.values():
             observer.start()
+        if self.observer_setting == "auto":
+            self._self_test([rule for rule in self.rules if self.kinds.get(rule.path) == "inotify"])
         self.scan_all(full=True)
         self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
         self._rescanner.start()
+
+    def _self_test(self, rules: list[FolderRule]) -> None:
+        """Write a hidden probe file into each inotify folder; where no event arrives, switch to polling.
+
+        inotify sees nothing of writes made by another machine or VM (network shares, some container
+        volumes) even when the filesystem type looks local; this is the proof that events arrive.
+        """
+        written: dict[Path, str] = {}
+        for rule in rules:
+            probe = os.path.join(str(rule.path), f".studio-watch-probe-{os.getpid()}")
+            self.probes[probe] = threading.Event()
+            try:
+                with open(probe, "wb") as f:
+                    f.write(b"probe")
+                written[rule.path] = probe
+            except OSError as exc:  # a read-only folder (after_upload: keep) cannot be probed
+                log.info("observer_probe_skipped", folder=str(rule.path), error=exc.strerror)
+        deadline = time.monotonic() + self.probe_seconds
+        for rule in rules:
+            probe = written.get(rule.path)
+            if probe is None:
+                continue
+            seen = self.probes[probe].wait(max(0.0, deadline - time.monotonic()))
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+            if not seen:
+                log.warning("observer_probe_failed", folder=str(rule.path), switched_to="polling",
+                            reason=f"inotify reported no event for a probe file within {self.probe_seconds} s")
+                self._switch_to_polling(rule)
+        for probe in written.values():
+            self.probes.pop(probe, None)
+
+    def _switch_to_polling(self, rule: FolderRule) -> None:
+        self._unschedule(rule.path)
+        self.forced_polling.add(rule.path)
+        self._schedule(rule)
+        if not self.observers["polling"].is_alive():
+            self.observers["polling"].start()
 
     def _schedule(self, rule: FolderRule) -> None:
         kind = self.observer_kind(rule)
@@ -188,16 +241,19 @@ class Watcher:
         log.info("folder_watched", folder=str(rule.path), observer=kind, recursive=rule.recursive,
                  collection_id=rule.collection_id, user_id=rule.user_id)
 
+    def _unschedule(self, path: Path) -> None:
+        kind, watch = self.kinds.pop(path, None), self.watches.pop(path, None)
+        if kind is not None and watch is not None:
+            with contextlib.suppress(KeyError):  # already gone with its observer
+                self.observers[kind].unschedule(watch)
+
     def update_rules(self, rules: Iterable[FolderRule]) -> None:
         """Apply a reloaded config: stop watching removed folders, start on new or changed ones, scan those."""
         new = {rule.path: rule for rule in rules}
         old = {rule.path: rule for rule in self.rules}
         for path, rule in old.items():
             if new.get(path) != rule:
-                kind = self.kinds.pop(path, None)
-                watch = self.watches.pop(path, None)
-                if kind is not None and watch is not None:
-                    self.observers[kind].unschedule(watch)
+                self._unschedule(path)
                 log.info("folder_unwatched", folder=str(path), reason="removed" if path not in new else "changed")
         self.rules = tuple(new.values())
         for path, rule in new.items():

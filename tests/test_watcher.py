@@ -275,3 +275,76 @@ def test_rescan_loop_finds_what_events_missed_and_stops(folder: Path) -> None:
         watcher.close()
     assert time.monotonic() - started < 5
     assert not watcher.alive()
+
+
+# -- self-healing: the probe that proves inotify works, and dead observers ---------------------------------------
+
+def _collecting_watcher(rule, observer: str = "auto"):
+    from studio_watch.watcher import Watcher
+
+    found: list = []
+    cond = threading.Condition()
+
+    def on_found(items, is_scan):
+        with cond:
+            found.extend(items)
+            cond.notify_all()
+
+    stop = threading.Event()
+    return Watcher([rule], observer, 3600, on_found, stop), found, cond, stop
+
+
+def _wait_for_name(found, cond, name: str, timeout: float = 10) -> bool:
+    with cond:
+        return cond.wait_for(lambda: any(os.path.basename(f.path) == name for f in found), timeout)
+
+
+def test_probe_without_an_event_switches_the_folder_to_polling(tmp_path):
+    rule = FolderRule(path=tmp_path, settle_seconds=0)
+    watcher, found, cond, stop = _collecting_watcher(rule)
+    watcher.probe_seconds = 0.3
+    try:
+        watcher._schedule(rule)
+        watcher.observers["inotify"].start()
+        watcher.observers["inotify"].unschedule(watcher.watches[rule.path])  # inotify now sees nothing here
+        watcher._self_test([rule])
+        assert watcher.kinds[rule.path] == "polling"
+        assert not list(tmp_path.iterdir()), "the probe file was left behind"
+        (tmp_path / "after.mp4").write_bytes(b"x")
+        assert _wait_for_name(found, cond, "after.mp4")
+    finally:
+        stop.set()
+        watcher.close()
+
+
+def test_probe_with_working_inotify_keeps_inotify(tmp_path):
+    rule = FolderRule(path=tmp_path, settle_seconds=0)
+    watcher, found, cond, stop = _collecting_watcher(rule)
+    try:
+        watcher.start()
+        assert watcher.kinds[rule.path] == "inotify"
+        assert not list(tmp_path.iterdir())
+        assert found == []  # the hidden probe is never reported as a file
+    finally:
+        stop.set()
+        watcher.close()
+
+
+def test_dead_observer_is_restarted_and_folder_rescanned(tmp_path):
+    rule = FolderRule(path=tmp_path, settle_seconds=0)
+    watcher, found, cond, stop = _collecting_watcher(rule, "inotify")
+    try:
+        watcher.start()
+        dead = watcher.observers["inotify"]
+        dead.stop()
+        dead.join(5)
+        (tmp_path / "while-dead.mp4").write_bytes(b"x")
+        assert not watcher.alive()
+        assert watcher.restart_dead() is True
+        assert watcher.alive() and watcher.observers["inotify"] is not dead
+        assert _wait_for_name(found, cond, "while-dead.mp4")  # found by the rescan that follows a restart
+        (tmp_path / "after.mp4").write_bytes(b"y")
+        assert _wait_for_name(found, cond, "after.mp4")  # and events flow again
+    finally:
+        stop.set()
+        watcher.close()
