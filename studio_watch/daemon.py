@@ -179,13 +179,13 @@ class Daemon:
             self.watcher.restart_dead()
             if interval and self.healthy():
                 sd_notify("WATCHDOG=1")
-            status = self.status_line()
-            if status != last_status:
-                sd_notify(f"STATUS={status}")
-                last_status = status
-            if time.monotonic() - last_publish >= PUBLISH_EVERY:
+            if time.monotonic() - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
                 self._publish()
                 last_publish = time.monotonic()
+                status = self.status_line()
+                if status != last_status:
+                    sd_notify(f"STATUS={status}")
+                    last_status = status
             self._alert_on_long_pause()
 
     def healthy(self) -> bool:
@@ -346,9 +346,9 @@ class Daemon:
             if closed_for > 0:
                 self.stop.wait(min(closed_for, 10.0))
                 continue
-            jobs = self.queue.claim(owner)
+            due = self.queue.next_due()  # a cheap read first: an idle worker never takes the write lock
+            jobs = self.queue.claim(owner) if due is not None and due <= time.time() else []
             if not jobs:
-                due = self.queue.next_due()
                 self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
                 self.wake.clear()
                 continue

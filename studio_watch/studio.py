@@ -346,15 +346,13 @@ class StudioClient:
                                                                     "Content-Type": "application/octet-stream"})
             except (h11.LocalProtocolError, httpcore.LocalProtocolError, httpx.LocalProtocolError) as exc:
                 raise SourceChanged(f"file changed while sending {path!r}: {exc}") from None
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                raise Unreachable(f"put: cannot reach {safe_url(url)}: {_reason(exc)}") from None
-            except httpx.TransportError as exc:
+            except httpx.TransportError as exc:  # the upload host may differ from the API: the queue probes /ping
                 raise TransientError(f"put: {_reason(exc)}") from None
             _check_same(os.fstat(f.fileno()), identity, path)
         status = response.status_code
         if 200 <= status < 300:
             return PutResult(size, hasher.hexdigest(), time.monotonic() - started)
-        if status in (403, 404, 410):
+        if status in (401, 403, 404, 410):
             raise UploadUrlExpired(f"put: upload URL refused (HTTP {status}): it expired or was used", status)
         if status in TRANSIENT_STATUS or status >= 500:
             raise TransientError(f"put: HTTP {status}", status, parse_retry_after(response.headers.get("Retry-After")))

@@ -318,17 +318,18 @@ class Watcher:
             self.last_scan[rule.path] = time.time()
 
     def scan_all(self, full: bool = False) -> int:
-        """Scan every folder; returns the number of qualifying files seen."""
-        total = 0
+        """Scan every folder and report everything found at once; returns the number of qualifying files."""
+        started = time.monotonic()
+        found: list[Found] = []
         for rule in self.rules:
-            started = time.monotonic()
-            found = list(scan(rule))
-            self.on_found(found, True)
-            self.last_scan[rule.path] = time.time()
-            total += len(found)
-            log.debug("folder_scanned", folder=str(rule.path), files=len(found),
-                      seconds=round(time.monotonic() - started, 3))
-        return total
+            found.extend(scan(rule))
+        self.on_found(found, True)
+        now = time.time()
+        for rule in self.rules:
+            self.last_scan[rule.path] = now
+        log.debug("folders_scanned", folders=len(self.rules), files=len(found),
+                  seconds=round(time.monotonic() - started, 3))
+        return len(found)
 
     def _rescan_loop(self) -> None:
         while not self.stop.wait(self.rescan_seconds):
