@@ -54,7 +54,7 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
                        "upload_window_open": (snapshot or {}).get("upload_window_open")},
             "oldest_waiting": oldest.summary() if oldest else None,
             "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
-            "transfers": [_transfer(j) for j in queue.in_flight() if j.bytes_sent is not None],
+            "transfers": [_transfer(j) for j in queue.in_flight() if j.state is State.URL_ISSUED],
             "recent_failures": [j.summary() for j in queue.recent_failures()],
             "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id,
                          "observer": watched.get(str(f.path), {}).get("observer"),

@@ -151,10 +151,17 @@ class Pipeline:
         return self.queue.get(job.id) or job
 
     def _commit(self, job: Job, **values: Any) -> Job:
+        """Commit a step's result; the job stays claimed for the next step."""
         self.queue.update(job.id, **values)
         state = values.get("state", job.state)
         values["state"] = State(state)
         return dataclasses.replace(job, **values)
+
+    def _finish(self, job: Job, **values: Any) -> Job:
+        """Commit the last step's result and hand the job back in the same transaction."""
+        self.queue.release(job.id, after_done=True, **values)
+        return dataclasses.replace(job, claimed_by=None, after_done=True,
+                                   **{k: State(v) if k == "state" else v for k, v in values.items()})
 
     # -- step 1 ------------------------------------------------------------------------------------------------
 
@@ -226,8 +233,8 @@ class Pipeline:
             log.warning("media_not_found", job_id=job.id, media_id=job.media_id, error=str(exc))
             return self._restart(job, str(exc))
         status = (media or {}).get("transcoding_status")
-        job = self._commit(job, state=State.COMPLETED, transcoding_status=status, last_error=None,
-                           completed_at=time.time())
+        done = self._finish if job.after_upload == "keep" else self._commit  # keep: nothing left to do
+        job = done(job, state=State.COMPLETED, transcoding_status=status, last_error=None, completed_at=time.time())
         log.info("upload_completed", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=job.size,
                  title=title, already_completed=media is None, captions_skipped=job.captions_skipped)
         return job
@@ -244,7 +251,8 @@ class Pipeline:
             job = self._commit(job, state=State.URL_ISSUED, url_issued_at=time.time())
         media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
                             job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at)
-        job = self._commit(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
+        done = self._finish if job.after_upload == "keep" else self._commit
+        job = done(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
                            transcoding_status=media.get("transcoding_status"), last_error=None,
                            captions_skipped=bool(media.get("captions_skipped")))
         log.info("link_imported", job_id=job.id, media_id=job.media_id, path=job.display_path, title=job.title)
@@ -254,7 +262,7 @@ class Pipeline:
 
     def _after_upload(self, job: Job) -> Job:
         if job.after_upload == "keep":
-            return self._commit(job, after_done=True)
+            return self._finish(job)
         if job.after_upload_when == "processed" and not self._processed(job):
             return _released(job)
         assert job.path is not None
@@ -262,22 +270,22 @@ class Pipeline:
             st = os.stat(job.path)
         except FileNotFoundError:
             log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
-            return self._commit(job, after_done=True)
+            return self._finish(job)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
             log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
                         reason="the file at this path is not the one uploaded; left in place")
-            return self._commit(job, after_done=True, reason="source replaced; not moved or deleted")
+            return self._finish(job, reason="source replaced; not moved or deleted")
         try:
             if job.after_upload == "delete":
                 os.unlink(job.path)
                 log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
-                return self._commit(job, after_done=True)
+                return self._finish(job)
             assert job.move_to is not None
             target = unique_destination(Path(job.move_to), os.path.basename(job.path))
             shutil.move(job.path, target)
             log.info("source_moved", job_id=job.id, path=job.display_path, to=os.fsencode(target).decode(
                 "utf-8", "backslashreplace"), media_id=job.media_id)
-            return self._commit(job, after_done=True, final_path=str(target))
+            return self._finish(job, final_path=str(target))
         except OSError as exc:
             # Never fatal: the media is safe in Studio; try the move/delete again later.
             attempts = job.attempts + 1
@@ -301,8 +309,7 @@ class Pipeline:
         if status in FAILED_STATES or gave_up:
             why = "Studio reports transcoding failed" if status in FAILED_STATES else "gave up waiting for processing"
             log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=why, status=status)
-            self._commit(job, after_done=True, reason=f"{why}; file kept")
-            self.queue.release(job.id)
+            self._finish(job, reason=f"{why}; file kept")
             return False
         self.queue.release(job.id, next_attempt_at=time.time() + min(60.0, self.retry.max_seconds))
         return False

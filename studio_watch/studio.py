@@ -363,7 +363,7 @@ class StudioClient:
     def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[bytes]:
         """Exactly `size` bytes of the file in 1 MiB chunks, hashed as they go; stops early on `stop`."""
         sent = 0
-        last_report = 0.0
+        last_report = time.monotonic()  # small files finish before their first report: no progress write at all
         while sent < size:
             if self.stop.is_set():
                 raise Stopping("stopping")
@@ -375,7 +375,7 @@ class StudioClient:
             if self.limiter is not None:
                 self.limiter.take(len(chunk))
             yield chunk
-            if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size):
+            if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > CHUNK):
                 last_report = time.monotonic()
                 progress(sent)
 

@@ -171,8 +171,9 @@ def test_file_that_changes_during_put_is_uploaded_again_whole(tmp_path, start):
     with Sandbox(faults=Faults(put_bytes_per_second=300_000)) as slow:
         d = InProcess(write_config(tmp_path, slow.url, [{"path": "in", "settle_seconds": 0.2}]))
         try:
-            f = write_media(tmp_path / "in" / "growing.mp4", 600_000, seed=8)
-            assert wait_until(lambda: any(j.bytes_sent for j in d.jobs()), 20)
+            f = write_media(tmp_path / "in" / "growing.mp4", 1_500_000, seed=8)
+            # url_issued is committed just before the PUT starts, and the PUT takes 5 s at this rate.
+            assert wait_until(lambda: any(j.state is State.URL_ISSUED for j in d.jobs()), 20)
             with open(f, "ab") as out:
                 out.write(os.urandom(100_000))  # the recorder was not done after all
             final_hash = sha256_of(f)
