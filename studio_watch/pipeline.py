@@ -170,22 +170,39 @@ class Pipeline:
         _check_file(job)
         if job.size > MAX_UPLOAD_BYTES:
             raise PermanentError(f"file is {job.size:,} bytes; Studio accepts at most {MAX_UPLOAD_BYTES:,} (10 GB)")
-        if job.duplicates == "skip" and job.content_hash is None and self.queue.same_size_elsewhere(job):
-            key = (job.id, job.identity)
-            if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
-                self._hashes[key] = hash_file(job.path, self.stop)
-            verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
-            if verdict == "duplicate":
-                return self._skip(job, "duplicate", media_id=media_id)
-            if verdict == "wait":
-                self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
-                log.info("job_waiting_for_copy", job_id=job.id, path=job.display_path)
-                return _released(job)
-            self._hashes.pop(key, None)
+        stopped = self._dedupe(job)
+        if stopped is not None:
+            return stopped
         media_id, url = self.client.generate(job.collection_id, job.user_id)
         job = self._commit(job, state=State.URL_ISSUED, media_id=media_id, upload_url=url, url_issued_at=time.time())
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
         return job
+
+    def _dedupe(self, job: Job) -> Job | None:
+        """Before sending: when another job may hold the same bytes, hash now and skip or wait if it does.
+
+        Returns the job handed back (skipped, or waiting for its copy to finish), or None to go ahead. Only a
+        job with a same-sized sibling pays for this read; the others are hashed in the upload pass.
+        """
+        if job.duplicates != "skip" or job.content_hash is not None or not self.queue.same_size_elsewhere(job):
+            return None
+        assert job.path is not None
+        key = (job.id, job.identity)
+        if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
+            self._hashes[key] = hash_file(job.path, self.stop)
+        verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
+        if verdict == "duplicate":
+            self._hashes.pop(key, None)
+            return self._skip(job, "duplicate", media_id=media_id)
+        if verdict == "wait":
+            return self._wait_for_copy(job)
+        self._hashes.pop(key, None)
+        return None
+
+    def _wait_for_copy(self, job: Job) -> Job:
+        self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
+        log.info("job_waiting_for_copy", job_id=job.id, path=job.display_path)
+        return _released(job)
 
     def _restart(self, job: Job, why: str) -> Job:
         """Back to step 1: the media or its upload URL is gone."""
@@ -197,6 +214,9 @@ class Pipeline:
     def _put(self, job: Job) -> Job:
         assert job.path is not None and job.upload_url is not None
         _check_file(job)
+        stopped = self._dedupe(job)  # a same-sized file may have appeared since this job's URL was issued
+        if stopped is not None:
+            return stopped
         size = job.size or 0
 
         def progress(sent: int) -> None:
@@ -210,6 +230,8 @@ class Pipeline:
             verdict, earlier = self.queue.content_verdict(job, result.content_hash)
             if verdict == "duplicate":  # a copy was completed while these bytes were on the wire
                 return self._skip(job, "duplicate", media_id=earlier)
+            if verdict == "wait":  # a copy claimed these bytes meanwhile: do not complete; look again later
+                return self._wait_for_copy(job)
         job = self._commit(job, state=State.UPLOADED, content_hash=result.content_hash)
         log.info("upload_sent", job_id=job.id, media_id=job.media_id, bytes=result.bytes,
                  seconds=round(result.seconds, 3), mb_per_s=round(result.bytes / 1e6 / max(result.seconds, 1e-6), 1))

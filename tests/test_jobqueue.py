@@ -287,6 +287,19 @@ def test_content_verdict_waits_for_a_ready_job_that_owns_the_bytes(queue: JobQue
     assert queue.content_verdict(c, "h") == ("wait", None)
 
 
+def test_ready_copy_waits_while_a_same_sized_job_is_sending_unhashed(queue: JobQueue) -> None:
+    """A job that went out before any sibling existed is hashed only in its PUT: until then, a new same-sized
+    job cannot know whether it holds the same bytes, and must wait rather than upload a possible duplicate."""
+    queue.add(seen("/watch/a.mp4", size=500), State.URL_ISSUED, media_id=1, upload_url="https://up/1")
+    b = queue.get(queue.add(seen("/watch/b.mp4", size=500), State.READY))
+    other_size = queue.get(queue.add(seen("/watch/c.mp4", size=501), State.READY))
+    assert b is not None and other_size is not None
+    assert queue.content_verdict(b, "h") == ("wait", None)
+    assert queue.content_verdict(other_size, "h2") == ("upload", None)
+    sending = queue.get(1)
+    assert sending is not None and queue.content_verdict(sending, "h") == ("upload", None)  # the sender goes on
+
+
 def test_content_verdict_ignores_failed_and_skipped_copies(queue: JobQueue) -> None:
     queue.add(seen("/watch/a.mp4"), State.FAILED, content_hash="h")
     queue.add(seen("/watch/b.mp4"), State.SKIPPED, content_hash="h")
