@@ -12,7 +12,7 @@ from . import config as cfg
 from . import logs
 from .cli import human_bytes, stop_on_signals
 from .daemon import Daemon
-from .jobqueue import JobQueue, State
+from .jobqueue import Job, JobQueue, State
 from .sandbox import Faults, Sandbox
 
 SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
@@ -55,7 +55,7 @@ def run_demo(files: int = 3, once: bool = False) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     with tempfile.TemporaryDirectory(prefix="studio-watch-demo-") as tmp, \
-            Sandbox(faults=Faults(put_bytes_per_second=4_000_000)) as sandbox:
+            Sandbox(faults=Faults(put_bytes_per_second=2_000_000)) as sandbox:
         root = Path(tmp)
         config = cfg.load(write_demo_config(root, sandbox.url, "sandbox-token"))
         logs.setup("warning", "console")
@@ -93,23 +93,32 @@ def _run_quietly(daemon: Daemon) -> None:
 def _watch(db: Path, stop: threading.Event, until_completed: int | None) -> None:
     """Print each job's state changes until `until_completed` jobs are done (or forever)."""
     queue = JobQueue(db)
-    seen: dict[int, tuple[str, int]] = {}
+    seen: dict[int, tuple[str, bool]] = {}
     try:
         while not stop.wait(0.2):
-            for job in queue.jobs():
-                sent = job.bytes_sent or 0
-                key = (job.state.value, sent // 1_000_000 if job.state is State.URL_ISSUED else 0)
+            jobs = queue.jobs()
+            for job in jobs:
+                key = (job.state.value, job.after_done)
                 if seen.get(job.id) == key:
                     continue
                 seen[job.id] = key
-                detail = ""
-                if job.state is State.URL_ISSUED and job.size:
-                    detail = f" {100 * sent // job.size:3d}% of {human_bytes(job.size)}"
-                elif job.state is State.COMPLETED:
-                    detail = f" → media {job.media_id}, title {job.title!r}"
-                print(f"  job {job.id:>3}  {job.state.value:<10}{detail}  {Path(job.display_path).name}", flush=True)
-            done = sum(1 for j in queue.jobs() if j.state is State.COMPLETED and j.after_done)
+                print(f"  job {job.id:>3}  {_describe(job)}", flush=True)
+            done = sum(1 for j in jobs if j.state is State.COMPLETED and j.after_done)
             if until_completed is not None and done >= until_completed:
                 return
     finally:
         queue.close()
+
+
+def _describe(job: Job) -> str:
+    name = Path(job.display_path).name
+    if job.state is State.URL_ISSUED:
+        return f"uploading   {name} ({human_bytes(job.size or 0)}) to media {job.media_id}"
+    if job.state is State.COMPLETED and job.after_done:
+        where = f", moved to {Path(job.final_path).parent.name}/" if job.final_path else ""
+        return f"done        {name}: Studio media {job.media_id}, titled {job.title!r}{where}"
+    if job.state is State.COMPLETED:
+        return f"completed   {name}: Studio confirmed media {job.media_id}"
+    if job.state in (State.FAILED, State.SKIPPED):
+        return f"{job.state.value:<11} {name}: {job.last_error or job.reason}"
+    return f"{job.state.value:<11} {name}"

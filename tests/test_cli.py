@@ -114,3 +114,10 @@ def test_usage_errors_exit_2(tmp_path, sandbox):
     assert run_cli("upload", "x.mp4", "--collection", "1", "--user", "2", "-c", str(path)).returncode == 2
     assert run_cli("frobnicate").returncode == 2
     assert run_cli("--help").returncode == 0
+
+
+def test_demo_once_uploads_its_samples_and_exits_0():
+    result = run_cli("demo", "--once", "--files", "2", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "now holds 2 completed media" in result.stdout
+    assert result.stdout.count("done ") == 2
