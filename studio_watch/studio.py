@@ -244,13 +244,19 @@ class StudioClient:
             raise CaptionsDisabled("complete: auto-captioning is not enabled for this account (501)", 501)
         raise PermanentError(f"complete: HTTP {status}{_detail(response)}", status)
 
-    def get_media(self, media_id: int) -> dict[str, Any] | None:
-        response = self._send("GET", f"/media/{media_id}", what="get_media")
-        if response.status_code == 404:
+    def _get(self, path: str, what: str, params: dict[str, Any] | None = None, missing_ok: bool = False) -> Any:
+        """A GET answered 200 with JSON: its body; None for 404 when `missing_ok`; otherwise PermanentError."""
+        response = self._send("GET", path, params=params, what=what)
+        if response.status_code == 404 and missing_ok:
             return None
         if response.status_code != 200:
-            raise PermanentError(f"get_media: HTTP {response.status_code}{_detail(response)}", response.status_code)
-        return _media(response)
+            raise PermanentError(f"{what}: HTTP {response.status_code}{_detail(response)}", response.status_code)
+        return response.json()
+
+    def get_media(self, media_id: int) -> dict[str, Any] | None:
+        """GET /media/{id}: the media object, or None when Studio no longer has it."""
+        data = self._get(f"/media/{media_id}", "get_media", missing_ok=True)
+        return None if data is None else data.get("media", data)
 
     def import_url(self, url: str, title: str | None, description: str, auto_caption: bool, is_external: bool,
                    collection_id: int | None = None, user_id: int | None = None) -> dict[str, Any]:
@@ -283,10 +289,7 @@ class StudioClient:
 
     def search_media(self, query: str) -> list[dict[str, Any]]:
         """GET /media/search?query=: media whose title matches (used to reconcile an import of unknown outcome)."""
-        response = self._send("GET", "/media/search", params={"query": query}, what="search")
-        if response.status_code != 200:
-            raise PermanentError(f"search: HTTP {response.status_code}{_detail(response)}", response.status_code)
-        data = response.json()
+        data = self._get("/media/search", "search", params={"query": query})
         items = data.get("media", []) if isinstance(data, dict) else data
         return [m for m in items if isinstance(m, dict)]
 
@@ -295,11 +298,7 @@ class StudioClient:
         found: list[dict[str, Any]] = []
         page = 1
         while True:
-            response = self._send("GET", "/collections", params={"page": page, "per_page": 50}, what="collections")
-            if response.status_code != 200:
-                raise PermanentError(f"collections: HTTP {response.status_code}{_detail(response)}",
-                                     response.status_code)
-            data = response.json()
+            data = self._get("/collections", "collections", params={"page": page, "per_page": 50})
             found.extend(data.get("collections", []))
             meta = data.get("meta") or {}
             if page >= int(meta.get("last_page") or page):
@@ -308,13 +307,8 @@ class StudioClient:
 
     def user(self, user_id: int) -> dict[str, Any] | None:
         """GET /users/{id}: the user, or None when there is no such user."""
-        response = self._send("GET", f"/users/{user_id}", what="user")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise PermanentError(f"user: HTTP {response.status_code}{_detail(response)}", response.status_code)
-        data = response.json()
-        return data.get("user", data)
+        data = self._get(f"/users/{user_id}", "user", missing_ok=True)
+        return None if data is None else data.get("user", data)
 
     # -- step 2: the PUT --------------------------------------------------------------------------------------
 
