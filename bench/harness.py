@@ -226,10 +226,12 @@ class Daemon:
                 self.events.append(event)
                 self.cond.notify_all()
 
-    def wait_event(self, name: str, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """The first `count` events called `name` (raises if they do not come in time or the daemon dies)."""
+    def wait_event(self, name: str | tuple[str, ...], count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The first `count` events called `name` (or any of the names); raises if they do not come in time."""
+        names = (name,) if isinstance(name, str) else name
+
         def seen() -> list[dict[str, Any]]:
-            return [e for e in self.events if e.get("event") == name]
+            return [e for e in self.events if e.get("event") in names]
 
         with self.cond:
             self.cond.wait_for(lambda: len(seen()) >= count or self.proc.poll() is not None, timeout)

@@ -31,7 +31,8 @@ from .watcher import Found, Watcher, rule_for
 
 log = structlog.get_logger("studio_watch.daemon")
 
-PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
+PUBLISH_EVERY = 5.0
+STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start  # seconds between two snapshots of the daemon's state for `status`
 
 
 def make_tokens(config: cfg.Config) -> TokenSource:
@@ -128,8 +129,9 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.wake.set()
             self.kick_settler.set()
+            deadline = time.monotonic() + STOP_WAIT  # a PUT may still be waiting for its response: bounded
             for thread in reversed(self.threads):
-                thread.join(timeout=30)
+                thread.join(timeout=max(0.1, deadline - time.monotonic()))
             if watcher is not None:
                 watcher.close()
             if server is not None:

@@ -42,25 +42,28 @@ def redact(text: str) -> str:
     return _BEARER.sub(r"\1[redacted]", text)
 
 
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, BaseException):
+        return redact(str(value))
+    if isinstance(value, dict):
+        return {k: "[redacted]" if str(k).lower() in SECRET_FIELDS and v is not None else _redact_value(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redact_value(v) for v in value]
+    return value
+
+
 def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
+        if key.startswith("_"):  # structlog's own bookkeeping (_record, _from_structlog)
+            continue
         if key.lower() in SECRET_FIELDS and value is not None:
             event[key] = "[redacted]"
-        elif isinstance(value, str):
-            event[key] = redact(value)
-        elif isinstance(value, BaseException):
-            event[key] = redact(str(value))
+        else:
+            event[key] = _redact_value(value)
     return event
-
-
-class _RedactingFilter(logging.Filter):
-    """Applied to the handler, so third-party loggers (httpx, httpcore) are cleaned too."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.getMessage())
-            record.args = None
-        return True
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -73,10 +76,10 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # the traceback becomes an "exception" string, then is redacted
         _redact_event,
     ]
     handler = logging.StreamHandler(stream)
-    handler.addFilter(_RedactingFilter())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
