@@ -203,6 +203,7 @@ def scan_rows(sink: Sink, quick: bool) -> list[Result]:
     finally:
         remove(root)
     startup, periodic = (float(s["seconds"]) for s in scans)
+    seen_files = scans[1].get("files")
     met = max(startup, periodic) < 2.0 and uploads == 0 and hwm < 200 * (1 << 20)
     return [Result(f"scan ({files:,} known files, recursive)",
                    f"startup {startup:.2f} s, rescan {periodic:.2f} s, {uploads} uploads, VmHWM {mib(hwm)}",
@@ -212,7 +213,7 @@ def scan_rows(sink: Sink, quick: bool) -> list[Result]:
                     f"completed ({prepared:.1f} s to build and seed). Seconds are the daemon's own "
                     "`folder(s)_scanned` debug events (scan + latest_by_path + filter + observe); the second is the "
                     f"periodic rescan (rescan_seconds {rescan}). Process start → daemon_ready {ready:.2f} s. "
-                    f"VmRSS after both scans {mib(rss)}."])]
+                    f"Files the rescan reported: {seen_files}. VmRSS after both scans {mib(rss)}."])]
 
 
 # -- idle ---------------------------------------------------------------------------------------------------------

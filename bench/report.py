@@ -25,10 +25,6 @@ def mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def gbps(n_bytes: float, seconds: float) -> str:
-    return f"{n_bytes / max(seconds, 1e-9) / 1e9:.2f} GB/s"
-
-
 def verdict(met: bool | None) -> str:
     return {True: "met", False: "**MISSED**", None: "info"}[met]
 

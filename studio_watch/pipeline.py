@@ -170,34 +170,34 @@ class Pipeline:
         _check_file(job)
         if job.size > MAX_UPLOAD_BYTES:
             raise PermanentError(f"file is {job.size:,} bytes; Studio accepts at most {MAX_UPLOAD_BYTES:,} (10 GB)")
-        stopped = self._dedupe(job)
-        if stopped is not None:
-            return stopped
+        job = self._dedupe(job)
+        if job.claimed_by is None:
+            return job
         media_id, url = self.client.generate(job.collection_id, job.user_id)
         job = self._commit(job, state=State.URL_ISSUED, media_id=media_id, upload_url=url, url_issued_at=time.time())
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
         return job
 
-    def _dedupe(self, job: Job) -> Job | None:
+    def _dedupe(self, job: Job) -> Job:
         """Before sending: when another job may hold the same bytes, hash now and skip or wait if it does.
 
-        Returns the job handed back (skipped, or waiting for its copy to finish), or None to go ahead. Only a
-        job with a same-sized sibling pays for this read; the others are hashed in the upload pass.
+        Returns the job to go on with (its content_hash now known), or the job handed back (skipped, or
+        waiting for its copy to finish: claimed_by is None). Only a job with a same-sized sibling pays for this
+        read; the others are hashed in the upload pass.
         """
         if job.duplicates != "skip" or job.content_hash is not None or not self.queue.same_size_elsewhere(job):
-            return None
+            return job
         assert job.path is not None
         key = (job.id, job.identity)
         if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
             self._hashes[key] = hash_file(job.path, self.stop)
         verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
-        if verdict == "duplicate":
-            self._hashes.pop(key, None)
-            return self._skip(job, "duplicate", media_id=media_id)
         if verdict == "wait":
             return self._wait_for_copy(job)
-        self._hashes.pop(key, None)
-        return None
+        digest = self._hashes.pop(key)
+        if verdict == "duplicate":
+            return self._skip(job, "duplicate", media_id=media_id)
+        return dataclasses.replace(job, content_hash=digest)
 
     def _wait_for_copy(self, job: Job) -> Job:
         self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
@@ -214,9 +214,9 @@ class Pipeline:
     def _put(self, job: Job) -> Job:
         assert job.path is not None and job.upload_url is not None
         _check_file(job)
-        stopped = self._dedupe(job)  # a same-sized file may have appeared since this job's URL was issued
-        if stopped is not None:
-            return stopped
+        job = self._dedupe(job)  # a same-sized file may have appeared since this job's URL was issued
+        if job.claimed_by is None:
+            return job
         size = job.size or 0
 
         def progress(sent: int) -> None:
@@ -226,6 +226,8 @@ class Pipeline:
         log.info("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
         result = self.client.put(job.upload_url, job.path, job.identity, progress)
         self.observer.put_done(result.bytes, result.seconds)
+        if job.content_hash is not None and result.content_hash != job.content_hash:
+            raise SourceChanged(f"the bytes sent differ from those hashed before: {job.display_path}")
         if job.duplicates == "skip" and job.content_hash is None:
             verdict, earlier = self.queue.content_verdict(job, result.content_hash)
             if verdict == "duplicate":  # a copy was completed while these bytes were on the wire
