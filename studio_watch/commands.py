@@ -227,7 +227,8 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
             claimed = queue.claim_id(job_id, f"{os.getpid()}:upload")
             if claimed is None:
                 break
-            job = pipeline.run(claimed)
+            pipeline.run(claimed)
+            job = queue.get(job_id) or claimed
             if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
                 break
             wait = max(0.0, job.next_attempt_at - time.time())

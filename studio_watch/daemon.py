@@ -348,9 +348,9 @@ class Daemon:
             if closed_for > 0:
                 self.stop.wait(min(closed_for, 10.0))
                 continue
-            due = self.queue.next_due()  # a cheap read first: an idle worker never takes the write lock
-            jobs = self.queue.claim(owner) if due is not None and due <= time.time() else []
+            jobs = self.queue.claim(owner)
             if not jobs:
+                due = self.queue.next_due()
                 self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
                 self.wake.clear()
                 continue

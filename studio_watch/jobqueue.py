@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import DatabaseTooNew
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class State(str, Enum):
@@ -89,6 +89,12 @@ CREATE INDEX jobs_hash ON jobs (content_hash);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
+# Each step brings a database from the version before it to `target`; a new database runs them all.
+_MIGRATIONS = (
+    (1, _SCHEMA),
+    (2, "CREATE INDEX jobs_size ON jobs (size)"),  # duplicate checks look for same-sized jobs
+)
+
 # Columns a caller may set through `update()`; everything else has a dedicated transition.
 _UPDATABLE = frozenset({
     "state", "title", "description", "auto_caption", "captions_skipped", "after_done", "final_path",
@@ -97,6 +103,12 @@ _UPDATABLE = frozenset({
     "bytes_sent", "progress_at", "claimed_by", "claimed_at",
 })
 _PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
+# Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
+_CLAIM_ORDER = (
+    ("'completed'", " AND after_done = 0"),
+    ("'uploaded', 'url_issued'", ""),
+    ("'ready'", ""),
+)
 
 
 @dataclass(frozen=True)
@@ -218,6 +230,7 @@ class JobQueue:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.Lock()
         self._create_file()
         self._migrate()
 
@@ -243,15 +256,30 @@ class JobQueue:
         return conn
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Threads of this process queue on a mutex first: SQLite's own busy handler
+        sleeps in steps of milliseconds, which would dominate small uploads. Other processes (an `upload`
+        beside the daemon) still wait on SQLite's lock, and correctness rests on BEGIN IMMEDIATE alone.
+
+        `durable=False` is for leases and progress only (claims are cleared at every start anyway): its commit
+        does not wait for the disk (synchronous=NORMAL, still crash-consistent in WAL mode); every state change
+        is committed with synchronous=FULL.
+        """
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer:
+            if not durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         with self._lock:
@@ -267,10 +295,11 @@ class JobQueue:
             if version > SCHEMA_VERSION:
                 raise DatabaseTooNew(f"{self.path} was written by a newer studio-watch (schema {version}, this one "
                                      f"knows {SCHEMA_VERSION}); upgrade studio-watch or use another state_db")
-            if version < 1:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+            for target, script in _MIGRATIONS:
+                if version < target:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- reading --------------------------------------------------------------------------------------------
@@ -403,22 +432,29 @@ class JobQueue:
 
     def set_progress(self, job_id: int, bytes_sent: int) -> None:
         """Record transfer progress for `status` and `upload` (not a state change)."""
-        self._conn().execute("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ?",
-                             (bytes_sent, time.time(), job_id))
+        with self._tx(durable=False) as conn:
+            conn.execute("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ?", (bytes_sent, time.time(), job_id))
 
     def claim(self, owner: str, limit: int = 1, now: float | None = None) -> list[Job]:
-        """Atomically take up to `limit` due jobs for `owner`; in-flight jobs before new ones."""
+        """Atomically take up to `limit` due jobs for `owner`; in-flight jobs before new ones.
+
+        Each UPDATE picks and marks rows in one statement, all in one transaction, so two workers never take the
+        same job; each walks the (state, next_attempt_at) index, so a claim costs the same with 10 or 100,000
+        jobs waiting.
+        """
         now = time.time() if now is None else now
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT * FROM jobs WHERE claimed_by IS NULL AND next_attempt_at <= ? AND "
-                "(state IN ('ready', 'url_issued', 'uploaded') OR (state = 'completed' AND after_done = 0)) "
-                "ORDER BY state = 'ready', next_attempt_at, id LIMIT ?", (now, limit)).fetchall()
-            if rows:
-                ids = [r["id"] for r in rows]
-                conn.execute(f"UPDATE jobs SET claimed_by = ?, claimed_at = ? WHERE id IN ({','.join('?' * len(ids))})",
-                             (owner, now, *ids))
-        return [dataclasses.replace(_job(r), claimed_by=owner, claimed_at=now) for r in rows]
+        claimed: list[Job] = []
+        with self._tx(durable=False) as conn:
+            for states, extra in _CLAIM_ORDER:
+                if len(claimed) >= limit:
+                    break
+                rows = conn.execute(
+                    f"UPDATE jobs SET claimed_by = ?, claimed_at = ? WHERE id IN (SELECT id FROM jobs INDEXED BY "
+                    f"jobs_due WHERE state IN ({states}) AND next_attempt_at <= ? AND claimed_by IS NULL{extra} "
+                    f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
+                    (owner, now, now, limit - len(claimed))).fetchall()
+                claimed.extend(sorted((_job(r) for r in rows), key=lambda j: (j.next_attempt_at, j.id)))
+        return claimed
 
     def claim_id(self, job_id: int, owner: str) -> Job | None:
         """Take one given job if nobody holds it (the `upload` command doing its own work)."""

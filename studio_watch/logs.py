@@ -66,6 +66,22 @@ def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
+class _LineWriter:
+    """A structlog logger: one line per event to a stream, and a name for the `logger` field."""
+
+    _lock = threading.Lock()  # one for every instance: lines from different modules never interleave
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self.stream, self.name = stream, name
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's logging once per process (later calls reconfigure)."""
     global _configured
@@ -88,11 +104,12 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "hpack", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Our own events skip the standard library entirely (several per uploaded file: they must be cheap);
+    # third-party loggers go through the handler above with the same processors.
     structlog.configure(
-        processors=[structlog.stdlib.add_logger_name, *shared,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[structlog.stdlib.add_logger_name, *shared, renderer],
+        logger_factory=lambda *args: _LineWriter(stream, args[0] if args else "studio_watch"),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -94,8 +94,8 @@ class Pipeline:
 
     # -- the driver ----------------------------------------------------------------------------------------
 
-    def run(self, job: Job) -> Job:
-        """Carry one claimed job as far as it goes; always leaves it unclaimed. Returns its final row."""
+    def run(self, job: Job) -> None:
+        """Carry one claimed job as far as it goes; always leaves it unclaimed."""
         log.debug("job_claimed", job_id=job.id, state=job.state.value, path=job.display_path)
         try:
             self._advance(job)
@@ -119,7 +119,6 @@ class Pipeline:
         except Exception as exc:  # a bug must not kill the worker or lose the job
             log.exception("job_crashed", job_id=job.id, path=job.display_path)
             self._reschedule(self._fresh(job), exc)
-        return self._fresh(job)
 
     def _advance(self, job: Job) -> None:
         renewals = 0

@@ -133,7 +133,19 @@ class StudioClient:
     # -- the retry layer -----------------------------------------------------------------------------------
 
     def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run `fn`, retrying TransientError a bounded number of times with jittered backoff and Retry-After."""
+        """Run `fn`, retrying TransientError a bounded number of times with jittered backoff and Retry-After.
+
+        The first try runs bare: the retry machinery is built only once a try has failed.
+        """
+        try:
+            return fn()
+        except TransientError as exc:
+            first = [exc]
+
+        def replay_then_try() -> Any:  # tenacity's first attempt is the failure that already happened
+            if first:
+                raise first.pop()
+            return fn()
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -158,7 +170,7 @@ class StudioClient:
         retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(retryable), wait=wait, sleep=sleep,
                                      stop=tenacity.stop_after_attempt(self.retry.request_tries),
                                      before_sleep=before_sleep, reraise=True)
-        return retrying(fn)
+        return retrying(replay_then_try)
 
     def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
               json: Any = None, what: str, retry: bool = True) -> httpx.Response:

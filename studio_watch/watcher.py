@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -32,7 +33,10 @@ LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
                         "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
-MODIFY_DEBOUNCE = 1.0  # seconds between two reports of the same path from modify events
+MODIFY_DEBOUNCE = 1.0
+# What the kernel is asked to report: a file appearing, being renamed in, or closed after writing. Not opens,
+# reads or every write: our own reads of each upload would otherwise flood the observer with events.
+EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, DirCreatedEvent, DirMovedEvent]  # seconds between two reports of the same path from modify events
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,7 @@ class Watcher:
             self.observers[kind] = PollingObserver(timeout=1.0) if kind == "polling" else Observer()
             self.observers[kind].daemon = True
         self.watches[rule.path] = self.observers[kind].schedule(_Handler(self, rule), str(rule.path),
-                                                                recursive=rule.recursive)
+                                                                recursive=rule.recursive, event_filter=EVENTS)
         self.kinds[rule.path] = kind
         if not self.observers[kind].is_alive() and self._rescanner is not None:
             self.observers[kind].start()

@@ -59,7 +59,22 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     if wal.exists():
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(1,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+
+
+def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
+    q = JobQueue(db_path)
+    job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Kept")
+    q.close()
+    raw(db_path, "DROP INDEX jobs_size")  # what a version-1 database looked like
+    raw(db_path, "PRAGMA user_version = 1")
+    again = JobQueue(db_path)
+    try:
+        assert raw(db_path, "PRAGMA user_version") == [(2,)]
+        assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_size'") == [("jobs_size",)]
+        assert again.get(job_id).title == "Kept"  # type: ignore[union-attr]
+    finally:
+        again.close()
 
 
 def test_reopen_keeps_jobs(db_path: Path) -> None:
@@ -70,17 +85,17 @@ def test_reopen_keeps_jobs(db_path: Path) -> None:
     try:
         job = again.get(job_id)
         assert job is not None and job.title == "Lecture" and job.state is State.READY
-        assert raw(db_path, "PRAGMA user_version") == [(1,)]
+        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     finally:
         again.close()
 
 
 def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
     JobQueue(db_path).close()
-    raw(db_path, "PRAGMA user_version = 2")
+    raw(db_path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(Exception, match="newer"):
         JobQueue(db_path)
-    assert raw(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
 
 
 # -- observe ---------------------------------------------------------------------------------------------------
