@@ -277,57 +277,55 @@ class Daemon:
             self.kick_settler.clear()
 
     def settle_once(self, now: float) -> float | None:
-        """Promote settled files to ready; returns when the next settling file is due."""
+        """Promote settled files to ready (one transaction for all); returns when the next one is due."""
         assert self.queue is not None
         next_due: float | None = None
+        changes: list[tuple[int, dict[str, Any]]] = []
+        events: list[tuple[str, dict[str, Any]]] = []
         for job in self.queue.settling():
-            due = (job.stable_since or now) + job.settle_seconds
-            if due <= now:
-                due = self._settle(job, now)
+            due: float | None = (job.stable_since or now) + job.settle_seconds
+            if due is not None and due <= now:
+                change, due, event = self._settle(job, now)
+                changes.append((job.id, change))
+                if event is not None:
+                    events.append(event)
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
+        if changes:
+            self.queue.update_many(changes)
+        for name, fields in events:
+            (log.error if name == "job_failed" else log.info)(name, **fields)
+        if any(change.get("state") is State.READY for _, change in changes):
+            self.wake.set()
         return next_due
 
-    def _settle(self, job: Job, now: float) -> float | None:
-        """Look at one file whose settle time is up: promote it, or restart its clock (returns when due)."""
-        assert self.queue is not None and job.path is not None
+    def _settle(self, job: Job, now: float) -> tuple[dict[str, Any], float | None, tuple[str, dict[str, Any]] | None]:
+        """Look at one file whose settle time is up: (the change to commit, when it is next due, what to log)."""
+        assert job.path is not None
+        about = {"job_id": job.id, "path": job.display_path}
         try:
             st = os.stat(job.path)
         except FileNotFoundError:
-            self.queue.update(job.id, state=State.SKIPPED, reason="vanished")
-            log.info("job_skipped", job_id=job.id, path=job.display_path, reason="vanished")
-            return None
+            return {"state": State.SKIPPED, "reason": "vanished"}, None, ("job_skipped", {**about, "reason": "vanished"})
         except OSError as exc:
             why = f"cannot stat: {exc.strerror}"
-            self.queue.update(job.id, state=State.FAILED, reason=why, last_error=why)
-            return None
+            return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
         if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
             since = settle_clock(st.st_mtime_ns, job.updated_at, now)
-            self.queue.update(job.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
-                              stable_since=since)
-            return since + job.settle_seconds
-        self._promote(job, st, now)
-        return None
-
-    def _promote(self, job: Job, st: os.stat_result, now: float) -> None:
-        assert self.queue is not None and job.path is not None
+            return ({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev,
+                     "stable_since": since}, since + job.settle_seconds, None)
         if st.st_size == 0:
-            self.queue.update(job.id, state=State.SKIPPED, reason="empty")
-            log.info("job_skipped", job_id=job.id, path=job.display_path, reason="empty")
-            return
+            return {"state": State.SKIPPED, "reason": "empty"}, None, ("job_skipped", {**about, "reason": "empty"})
         if st.st_size > cfg.MAX_UPLOAD_BYTES and job.kind == "file":
             why = f"file is {st.st_size:,} bytes; Studio accepts at most {cfg.MAX_UPLOAD_BYTES:,} (10 GB)"
-            self.queue.update(job.id, state=State.FAILED, reason=why, last_error=why)
             self.activity.failure("too_large")
-            log.error("job_failed", job_id=job.id, path=job.display_path, error=why)
-            return
+            return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
         rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
         folder = Path(job.folder or rule.path)
         title = cfg.render(rule.title, Path(job.path), folder, st.st_size, st.st_mtime)
         description = cfg.render(rule.description, Path(job.path), folder, st.st_size, st.st_mtime)
-        self.queue.update(job.id, state=State.READY, title=title, description=description, next_attempt_at=now)
-        log.info("file_ready", job_id=job.id, path=job.display_path, bytes=st.st_size, title=title)
-        self.wake.set()
+        return ({"state": State.READY, "title": title, "description": description, "next_attempt_at": now}, None,
+                ("file_ready", {**about, "bytes": st.st_size, "title": title}))
 
     def _processed_timeout(self, job: Job) -> float:
         rule = rule_for(self.config.folders, job.path) if job.path else None

@@ -92,7 +92,9 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 # Each step brings a database from the version before it to `target`; a new database runs them all.
 _MIGRATIONS = (
     (1, _SCHEMA),
-    (2, "CREATE INDEX jobs_size ON jobs (size)"),  # duplicate checks look for same-sized jobs
+    (2, "CREATE INDEX jobs_size ON jobs (size);"  # duplicate checks look for same-sized jobs
+        # claims look for after-upload actions still to do among (perhaps) 100,000 finished jobs
+        "CREATE INDEX jobs_after ON jobs (next_attempt_at) WHERE state = 'completed' AND after_done = 0"),
 )
 
 # Columns a caller may set through `update()`; everything else has a dedicated transition.
@@ -105,9 +107,9 @@ _UPDATABLE = frozenset({
 _PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
 # Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
 _CLAIM_ORDER = (
-    ("'completed'", " AND after_done = 0"),
-    ("'uploaded', 'url_issued'", ""),
-    ("'ready'", ""),
+    ("jobs_after", "state = 'completed' AND after_done = 0"),
+    ("jobs_due", "state IN ('uploaded', 'url_issued')"),
+    ("jobs_due", "state = 'ready'"),
 )
 
 
@@ -261,7 +263,7 @@ class JobQueue:
         sleeps in steps of milliseconds, which would dominate small uploads. Other processes (an `upload`
         beside the daemon) still wait on SQLite's lock, and correctness rests on BEGIN IMMEDIATE alone.
 
-        `durable=False` is for leases and progress only (claims are cleared at every start anyway): its commit
+        `durable=False` is for leases, caches and progress only (claims are cleared at every start): its commit
         does not wait for the disk (synchronous=NORMAL, still crash-consistent in WAL mode); every state change
         is committed with synchronous=FULL.
         """
@@ -417,18 +419,21 @@ class JobQueue:
 
     def update(self, job_id: int, **values: Any) -> None:
         """Commit a change to one job (state transitions and the facts that come with them)."""
-        bad = set(values) - _UPDATABLE
-        if bad:
-            raise ValueError(f"not updatable: {sorted(bad)}")
-        for name in _PATH_COLUMNS:
-            if name in values:
-                values[name] = _fs(values[name])
-        if isinstance(values.get("state"), State):
-            values["state"] = values["state"].value
-        values["updated_at"] = time.time()
-        sets = ", ".join(f"{k} = ?" for k in values)
+        self.update_many([(job_id, values)])
+
+    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Commit changes to several jobs in one transaction (all or none)."""
+        now = time.time()
         with self._tx() as conn:
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            for job_id, values in changes:
+                bad = set(values) - _UPDATABLE
+                if bad:
+                    raise ValueError(f"not updatable: {sorted(bad)}")
+                row = {k: _fs(v) if k in _PATH_COLUMNS else v.value if isinstance(v, State) else v
+                       for k, v in values.items()}
+                row["updated_at"] = now
+                conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
+                             (*row.values(), job_id))
 
     def set_progress(self, job_id: int, bytes_sent: int) -> None:
         """Record transfer progress for `status` and `upload` (not a state change)."""
@@ -445,12 +450,12 @@ class JobQueue:
         now = time.time() if now is None else now
         claimed: list[Job] = []
         with self._tx(durable=False) as conn:
-            for states, extra in _CLAIM_ORDER:
+            for index, which in _CLAIM_ORDER:
                 if len(claimed) >= limit:
                     break
                 rows = conn.execute(
                     f"UPDATE jobs SET claimed_by = ?, claimed_at = ? WHERE id IN (SELECT id FROM jobs INDEXED BY "
-                    f"jobs_due WHERE state IN ({states}) AND next_attempt_at <= ? AND claimed_by IS NULL{extra} "
+                    f"{index} WHERE {which} AND next_attempt_at <= ? AND claimed_by IS NULL "
                     f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
                     (owner, now, now, limit - len(claimed))).fetchall()
                 claimed.extend(sorted((_job(r) for r in rows), key=lambda j: (j.next_attempt_at, j.id)))
@@ -482,9 +487,11 @@ class JobQueue:
         """Record `content_hash` for a job about to be uploaded, unless the same bytes went to the same target.
 
         Returns ("upload", None), ("duplicate", media_id of the earlier upload) or ("wait", None) when another
-        job with the same bytes is still in flight. One transaction, so two copies never both go ahead.
+        job with the same bytes is still in flight. One transaction, so two copies never both go ahead. Its
+        commit does not wait for the disk: the job's next state change (synchronous=FULL) makes it durable
+        before any request goes out, and a hash lost in a crash is simply computed and asked about again.
         """
-        with self._tx() as conn:
+        with self._tx(durable=False) as conn:
             row = conn.execute(
                 "SELECT id, state, media_id, claimed_by FROM jobs WHERE content_hash = ? AND id != ? AND "
                 "collection_id IS ? AND user_id IS ? AND state NOT IN ('failed', 'skipped', 'settling') "

@@ -8,17 +8,19 @@ tenacity, honouring Retry-After; whatever still fails is raised for the queue, w
 from __future__ import annotations
 
 import email.utils
+import json
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
+import certifi
 import h11
 import httpcore
-import httpx
 import structlog
 import tenacity
 import xxhash
@@ -34,7 +36,8 @@ log = structlog.get_logger("studio_watch.studio")
 CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough for flat memory
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_CLIENT_WAIT = 30.0  # a Retry-After longer than this is left to the queue's own backoff
-IMPORT_PATH = "/media"  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
+IMPORT_PATH = "/media"
+USER_AGENT = f"studio-watch/{__version__}".encode()  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
 
 
 class TokenSource(Protocol):
@@ -111,24 +114,66 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/…"
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer, read whole (API answers are small; upload answers are empty)."""
+
+    status_code: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Verified TLS, always: the system's trust store via certifi, or the configured CA bundle."""
+    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else certifi.where())
+
+
 class StudioClient:
-    """One keep-alive connection pool for the API and the upload URLs; thread-safe."""
+    """One keep-alive connection pool for the API and the upload URLs; thread-safe.
+
+    It speaks through httpcore (httpx's own transport) directly: per request that costs less than half of
+    httpx's request and response models, which for thousands of small files is most of the client's time.
+    `pool` may be any object with httpcore's `request(method, url, headers=, content=, extensions=)`.
+    """
 
     def __init__(self, studio: StudioConfig, retry: RetryConfig, tokens: TokenSource,
-                 stop: threading.Event | None = None, limiter: RateLimiter | None = None) -> None:
+                 stop: threading.Event | None = None, limiter: RateLimiter | None = None,
+                 pool: Any = None) -> None:
         self.studio = studio
         self.limiter = limiter
         self.retry = retry
         self.tokens = tokens
         self.stop = stop or threading.Event()
-        verify: Any = str(studio.ca_bundle) if studio.ca_bundle else True
-        self.http = httpx.Client(timeout=httpx.Timeout(studio.timeout_seconds), verify=verify, trust_env=False,
-                                 headers={"User-Agent": f"studio-watch/{__version__}"},
-                                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self.pool = pool or httpcore.ConnectionPool(ssl_context=tls_context(studio.ca_bundle), max_connections=32,
+                                                    max_keepalive_connections=16)
+        t = studio.timeout_seconds
+        self._extensions = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
         self._refresh_lock = threading.Lock()
 
     def close(self) -> None:
-        self.http.close()
+        self.pool.close()
+
+    def _exchange(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: Any) -> Reply:
+        """One HTTP exchange; transport failures become Unreachable (no connection) or TransientError."""
+        parts = urlsplit(url)
+        headers = [(b"Host", parts.netloc.encode("ascii")), (b"User-Agent", USER_AGENT), *headers]
+        try:
+            response = self.pool.request(method, url, headers=headers, content=content, extensions=self._extensions)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.UnsupportedProtocol) as exc:
+            raise Unreachable(f"cannot reach {parts.scheme}://{parts.netloc}: {_reason(exc)}") from None
+        except (h11.LocalProtocolError, httpcore.LocalProtocolError):
+            raise
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise TransientError(_reason(exc)) from None
+        return Reply(response.status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
+                     response.content)
 
     # -- the retry layer -----------------------------------------------------------------------------------
 
@@ -173,13 +218,13 @@ class StudioClient:
         return retrying(replay_then_try)
 
     def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-              json: Any = None, what: str, retry: bool = True) -> httpx.Response:
+              json: Any = None, what: str, retry: bool = True) -> Reply:
         """One API request with the bearer token; a 401 refreshes the token once and tries again.
 
         `retry=False` sends once (no tenacity): for requests that are not idempotent, whose caller reconciles.
         """
 
-        def attempt() -> httpx.Response:
+        def attempt() -> Reply:
             token = self.tokens.token()
             response = self._request(method, path, params, json, token, what)
             if response.status_code == 401:
@@ -193,20 +238,23 @@ class StudioClient:
 
         return self._retrying(attempt, what) if retry else attempt()
 
-    def _request(self, method: str, path: str, params: dict[str, Any] | None, json: Any, token: str,
-                 what: str) -> httpx.Response:
+    def _request(self, method: str, path: str, params: dict[str, Any] | None, body: Any, token: str,
+                 what: str) -> Reply:
         if self.stop.is_set():
             raise Stopping("stopping")
+        url = self.studio.api_url + path + ("?" + urlencode(params) if params else "")
+        content = b"" if body is None else json.dumps(body).encode()
+        headers = [(b"Authorization", f"Bearer {token}".encode()), (b"Accept", b"application/json"),
+                   (b"Content-Length", str(len(content)).encode())]
+        if body is not None:
+            headers.append((b"Content-Type", b"application/json"))
         try:
-            response = self.http.request(method, self.studio.api_url + path, params=params, json=json,
-                                         headers={"Authorization": f"Bearer {token}"})
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            raise Unreachable(f"{what}: cannot reach {self.studio.url}: {_reason(exc)}") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: {_reason(exc)}") from None
+            response = self._exchange(method, url, headers, content)
+        except TransientError as exc:  # Unreachable included: say which step
+            raise type(exc)(f"{what}: {exc}") from None
         if response.status_code in TRANSIENT_STATUS or response.status_code >= 500 and response.status_code != 501:
             raise TransientError(f"{what}: HTTP {response.status_code}{_detail(response)}", response.status_code,
-                                 parse_retry_after(response.headers.get("Retry-After")))
+                                 parse_retry_after(response.headers.get("retry-after")))
         return response
 
     # -- endpoints --------------------------------------------------------------------------------------------
@@ -347,13 +395,13 @@ class StudioClient:
         with f:
             _check_same(os.fstat(f.fileno()), identity, path)
             body = self._body(f, size, hasher, progress)
+            headers = [(b"Content-Length", str(size).encode()), (b"Content-Type", b"application/octet-stream")]
             try:
-                response = self.http.put(url, content=body, headers={"Content-Length": str(size),
-                                                                    "Content-Type": "application/octet-stream"})
-            except (h11.LocalProtocolError, httpcore.LocalProtocolError, httpx.LocalProtocolError) as exc:
+                response = self._exchange("PUT", url, headers, body)
+            except (h11.LocalProtocolError, httpcore.LocalProtocolError) as exc:
                 raise SourceChanged(f"file changed while sending {path!r}: {exc}") from None
-            except httpx.TransportError as exc:  # the upload host may differ from the API: the queue probes /ping
-                raise TransientError(f"put: {_reason(exc)}") from None
+            except TransientError as exc:  # the upload host may differ from the API: the queue probes /ping
+                raise TransientError(f"put: {exc}") from None
             _check_same(os.fstat(f.fileno()), identity, path)
         status = response.status_code
         if 200 <= status < 300:
@@ -361,7 +409,7 @@ class StudioClient:
         if status in (401, 403, 404, 410):
             raise UploadUrlExpired(f"put: upload URL refused (HTTP {status}): it expired or was used", status)
         if status in TRANSIENT_STATUS or status >= 500:
-            raise TransientError(f"put: HTTP {status}", status, parse_retry_after(response.headers.get("Retry-After")))
+            raise TransientError(f"put: HTTP {status}", status, parse_retry_after(response.headers.get("retry-after")))
         if status == 413:
             raise PermanentError(f"put: file too large for Studio (413, {size} bytes)", 413)
         raise PermanentError(f"put: HTTP {status}{_detail(response)}", status)
@@ -391,18 +439,18 @@ def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -
         raise SourceChanged(f"file changed since it settled: {path!r}")
 
 
-def _media(response: httpx.Response) -> dict[str, Any]:
+def _media(response: Reply) -> dict[str, Any]:
     data = response.json()
     return data.get("media", data) if isinstance(data, dict) else {}
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Reply) -> str:
     """A short, safe excerpt of an error body."""
     text = response.text.strip().replace("\n", " ")
     return f": {text[:200]}" if text else ""
 
 
 def _reason(exc: BaseException) -> str:
-    """An exception's message without any URL in it (httpx messages may carry the request URL)."""
+    """An exception's message without any URL in it (transport messages may carry the request URL)."""
     text = str(exc) or type(exc).__name__
     return text.split(" for url ")[0]

@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Iterator
 
-import httpx
+import httpcore
 import pytest
 import yaml
 
@@ -150,34 +151,33 @@ def test_unknown_collection_fails_with_a_clear_message(sb: Sandbox, tmp_path: Pa
 
 # -- exactly once -----------------------------------------------------------------------------------------------------
 
-class LoseImportResponses(httpx.BaseTransport):
-    """Forwards every request; for the first `lose` imports, Studio does the work but the answer never arrives."""
+class LoseImportResponses:
+    """Wraps the client's real connection pool; for the first `lose` imports, Studio does the work but the answer
+    never arrives (or, with forward=False, the request never reaches it)."""
 
     def __init__(self, lose: int, forward: bool = True, search_down: bool = False) -> None:
-        self.inner = httpx.HTTPTransport()
+        self.inner = httpcore.ConnectionPool()
         self.lose, self.forward, self.search_down = lose, forward, search_down
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self.search_down and request.url.path.endswith("/media/search"):
-            raise httpx.ConnectError("connection refused", request=request)
-        is_import = request.method == "POST" and request.url.path.endswith("/media")
-        if is_import and self.lose > 0:
+    def request(self, method: str, url: str, **kwargs: object) -> httpcore.Response:
+        path = urlsplit(url).path
+        if self.search_down and path.endswith("/media/search"):
+            raise httpcore.ConnectError("connection refused")
+        if method == "POST" and path.endswith("/media") and self.lose > 0:
             self.lose -= 1
             if self.forward:
-                response = self.inner.handle_request(request)
-                response.read()
-                response.close()
-            raise httpx.ReadTimeout("timed out waiting for the answer", request=request)
-        return self.inner.handle_request(request)
+                self.inner.request(method, url, **kwargs)  # type: ignore[arg-type]
+            raise httpcore.ReadTimeout("timed out waiting for the answer")
+        return self.inner.request(method, url, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.inner.close()
 
 
-def lossy_client(sb: Sandbox, tmp_path: Path, transport: httpx.BaseTransport) -> StudioClient:
+def lossy_client(sb: Sandbox, tmp_path: Path, pool: LoseImportResponses) -> StudioClient:
     client = make_client(sb, tmp_path)
-    client.http.close()
-    client.http = httpx.Client(transport=transport, timeout=5)
+    client.pool.close()
+    client.pool = pool
     return client
 
 

@@ -67,6 +67,7 @@ def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
     job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Kept")
     q.close()
     raw(db_path, "DROP INDEX jobs_size")  # what a version-1 database looked like
+    raw(db_path, "DROP INDEX jobs_after")
     raw(db_path, "PRAGMA user_version = 1")
     again = JobQueue(db_path)
     try:

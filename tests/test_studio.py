@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpcore
 import httpx
 import pytest
 
@@ -568,20 +569,33 @@ def test_hash_file_is_the_put_hash_and_depends_on_content(tmp_path: Path) -> Non
     assert len(hash_file(a)) == 32  # XXH3-128 hex
 
 
-def test_mock_transport_odd_status_is_permanent(tmp_path: Path) -> None:
+class FakePool:
+    """Stands in for the client's httpcore pool (an instance attribute, not a module global)."""
+
+    def __init__(self, status: int, body: bytes = b"") -> None:
+        self.status, self.body = status, body
+        self.calls: list[tuple[str, str, dict[bytes, bytes], bytes]] = []
+
+    def request(self, method: str, url: str, *, headers: list, content: object, extensions: dict) -> object:
+        sent = content if isinstance(content, bytes) else b"".join(content)  # type: ignore[arg-type]
+        self.calls.append((method, url, dict(headers), sent))
+        response = httpcore.Response(self.status, content=self.body)
+        response.read()  # as ConnectionPool.request returns it: read whole
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def test_odd_status_on_the_upload_url_is_permanent(tmp_path: Path) -> None:
     """A status the sandbox never sends on the upload URL (418) is permanent, not retried."""
-    calls: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        return httpx.Response(418, text="teapot")
-
     with Sandbox() as sb:
         c = make_client(sb)
-        # the instance's clients, not module globals; `upload_http` is where a PUT-only client would live
-        c.http = c.upload_http = httpx.Client(transport=httpx.MockTransport(handler))  # type: ignore[attr-defined]
+        c.pool = pool = FakePool(418, b"teapot")
         path, identity = media_file(tmp_path / "a.mp4", 100)
         with pytest.raises(PermanentError) as exc:
-            c.put("https://upload.example/x?sig=1", path, identity)
-        assert exc.value.status == 418 and len(calls) == 1
-        assert calls[0].headers["Content-Length"] == "100" and "Authorization" not in calls[0].headers
+            c.put("https://upload.invalid/x?sig=1", path, identity)
+        assert exc.value.status == 418 and len(pool.calls) == 1
+        method, _, headers, body = pool.calls[0]
+        assert method == "PUT" and headers[b"Content-Length"] == b"100" and b"Authorization" not in headers
+        assert len(body) == 100
