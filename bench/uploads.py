@@ -54,10 +54,10 @@ def studio_watch_put(sink: Sink, path: Path, check_hash: bool = False) -> tuple[
 
 
 def _check_hash(db: Path, path: Path) -> None:
-    """The job's stored content hash must be the file's xxh3_128 (computed during the upload pass)."""
+    """The job's stored content hash must be the file's xxh3_64 (computed during the upload pass)."""
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT content_hash FROM jobs ORDER BY id DESC LIMIT 1").fetchone()[0]
-    hasher = xxhash.xxh3_128()
+    hasher = xxhash.xxh3_64()
     with open(path, "rb") as f:
         while chunk := f.read(8 * MIB):
             hasher.update(chunk)
@@ -142,7 +142,7 @@ def _goodput_result(sw: list[float], curl: list[float], sw_walls: list[float], c
          f"Whole command wall time (process start, generate, PUT, complete, SQLite): studio-watch "
          f"{median(sw_walls):.2f} s vs curl {median(curl_walls):.2f} s (PUT only) = "
          f"{2 * GIB / median(sw_walls) / 1e9:.2f} vs {2 * GIB / median(curl_walls) / 1e9:.2f} GB/s end to end. "
-         "The stored content_hash was checked equal to the file's xxh3_128 (one pass: see disk reads)."])
+         "The stored content_hash was checked equal to the file's xxh3_64 (one pass: see disk reads)."])
 
 
 def _memory_result(big: list[int], small: list[int]) -> Result:

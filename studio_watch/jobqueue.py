@@ -417,14 +417,14 @@ class JobQueue:
             (_fs(seen.path), seen.inode, seen.size, seen.mtime_ns)).fetchone()
         return _job(row) if row else None
 
-    def update(self, job_id: int, **values: Any) -> None:
+    def update(self, job_id: int, durable: bool = True, **values: Any) -> None:
         """Commit a change to one job (state transitions and the facts that come with them)."""
-        self.update_many([(job_id, values)])
+        self.update_many([(job_id, values)], durable)
 
-    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """Commit changes to several jobs in one transaction (all or none)."""
+    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]], durable: bool = True) -> None:
+        """Commit changes to several jobs in one transaction (all or none); see `_tx` for `durable`."""
         now = time.time()
-        with self._tx() as conn:
+        with self._tx(durable) as conn:
             for job_id, values in changes:
                 bad = set(values) - _UPDATABLE
                 if bad:
@@ -471,9 +471,9 @@ class JobQueue:
                 return None
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def release(self, job_id: int, **values: Any) -> None:
+    def release(self, job_id: int, durable: bool = True, **values: Any) -> None:
         """Give a claimed job back, with whatever else changed."""
-        self.update(job_id, claimed_by=None, claimed_at=None, bytes_sent=None, progress_at=None, **values)
+        self.update(job_id, durable, claimed_by=None, claimed_at=None, bytes_sent=None, progress_at=None, **values)
 
     def recover(self) -> list[Job]:
         """At daemon start: release every claim left by a process that died. Returns the jobs released."""

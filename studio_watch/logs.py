@@ -19,27 +19,30 @@ SECRET_FIELDS = frozenset({"token", "access_token", "refresh_token", "client_sec
                            "password", "upload_url", "secret", "auth_code"})
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # longest first; replaced whole on registration, read without a lock
 _secrets_lock = threading.Lock()
 _configured = False
 
 
 def register_secret(value: str | None) -> None:
     """Never let this value appear in a log line (tokens, client secrets)."""
+    global _secrets
     if value and len(value) >= 4:
         with _secrets_lock:
-            _secrets.add(value)
+            if value not in _secrets:
+                _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """Remove registered secrets, URL query strings and bearer tokens from a string."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
-    text = _URL_QUERY.sub(r"\1?[redacted]", text)
-    return _BEARER.sub(r"\1[redacted]", text)
+    if "?" in text and "://" in text:
+        text = _URL_QUERY.sub(r"\1?[redacted]", text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(r"\1[redacted]", text)
+    return text
 
 
 def _redact_value(value: Any) -> Any:

@@ -94,7 +94,7 @@ def test_sigterm_stops_cleanly_and_leaves_upload_resumable(tmp_path, daemons):
         write_media(tmp_path / "in" / "big.mp4", 2_000_000, seed=3)
         daemon = daemons(config)
         daemon.wait_ready()
-        assert daemon.wait_event("upload_started", 20), daemon.output()
+        assert daemon.wait_event("upload_url_issued", 20), daemon.output()  # the PUT starts right after
         started = time.monotonic()
         assert daemon.stop() == 0
         assert time.monotonic() - started < 10
