@@ -74,13 +74,17 @@ class _LineWriter:
 
     _lock = threading.Lock()  # one for every instance: lines from different modules never interleave
 
-    def __init__(self, stream: TextIO, name: str) -> None:
-        self.stream, self.name = stream, name
+    def __init__(self, stream: TextIO | None, name: str) -> None:
+        self.stream, self.name = stream, name  # None: whatever sys.stderr is when a line is written
 
     def msg(self, message: str) -> None:
+        stream = self.stream or sys.stderr
         with self._lock:
-            self.stream.write(message + "\n")
-            self.stream.flush()
+            try:
+                stream.write(message + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream must never take an upload down with it
+                pass
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -88,8 +92,7 @@ class _LineWriter:
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's logging once per process (later calls reconfigure)."""
     global _configured
-    stream = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    use_json = fmt == "json" or (fmt == "auto" and not (stream or sys.stderr).isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -98,7 +101,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
         structlog.processors.format_exc_info,  # the traceback becomes an "exception" string, then is redacted
         _redact_event,
     ]
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream)  # None: sys.stderr
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
