@@ -233,12 +233,12 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
                 break
             wait = max(0.0, job.next_attempt_at - time.time())
             if pause.reason:
-                print(f"\nStudio unavailable: {pause.reason}; trying again in {wait:.0f}s "
+                wait = max(wait, config.retry.initial_seconds)
+                print(f"\nStudio unavailable: {pause.reason}; trying again in {wait:.1f}s "
                       "(Ctrl-C to stop; the job stays queued)", file=sys.stderr)
                 pause.reason = None
-                wait = max(wait, config.retry.initial_seconds)
             elif wait:
-                print(f"\n{job.last_error}; retrying in {wait:.0f}s", file=sys.stderr)
+                print(f"\n{job.last_error}; retrying in {wait:.1f}s", file=sys.stderr)
             stop.wait(wait)
     finally:
         client.close()
