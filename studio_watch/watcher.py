@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import logging
 import os
 import re
 import threading
@@ -309,11 +310,18 @@ class Watcher:
         return bool(dead)
 
     def close(self) -> None:
-        for observer in self.observers.values():
-            observer.stop()
-        for observer in self.observers.values():
-            if observer.is_alive():
-                observer.join(timeout=5)
+        # watchdog's emitter threads may log a spurious error while they are being stopped: not ours to show.
+        quiet = logging.getLogger("watchdog")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            for observer in self.observers.values():
+                observer.stop()
+            for observer in self.observers.values():
+                if observer.is_alive():
+                    observer.join(timeout=5)
+        finally:
+            quiet.setLevel(level)
         if self._rescanner is not None:
             self._rescanner.join(timeout=5)
 
