@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .jobqueue import Job, JobQueue, Seen, State, settle_clock, show_path
 from .pipeline import Pipeline
 from .schedule import RateLimiter, Schedule, parse_window
-from .studio import StaticToken, StudioClient, TokenSource
+from .studio import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
 from .watcher import Found, Watcher, rule_for
 
 log = structlog.get_logger("studio_watch.daemon")
@@ -106,7 +106,7 @@ class Daemon:
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
             self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
-                                     processed_timeout=self._processed_timeout)
+                                     processed_timeout=self._processed_timeout, heartbeat=self._beat)
             self.alerts.start()
             self.activity.listeners.append(self._alert_on_failure)
             server = self._start_metrics(queue)
@@ -194,7 +194,9 @@ class Daemon:
         """Observers and rescanner alive, every thread alive, and no worker stuck (no beat, no progress)."""
         if not (self.watcher.alive() and all(t.is_alive() for t in self.threads)):
             return False
-        hung_after = 3 * self.config.studio.timeout_seconds + 60
+        # A worker shows life at every step and every progress report; silent for longer than one request with
+        # all its client-side retries can take, it is stuck.
+        hung_after = self.config.retry.request_tries * (self.config.studio.timeout_seconds + MAX_CLIENT_WAIT) + 60
         now = time.monotonic()
         return all(now - beat < hung_after or self.activity.recently_progressed(self.busy.get(name), hung_after)
                    for name, beat in list(self.beats.items()))
@@ -281,21 +283,23 @@ class Daemon:
         assert self.queue is not None
         next_due: float | None = None
         changes: list[tuple[int, dict[str, Any]]] = []
-        events: list[tuple[str, dict[str, Any]]] = []
+        seen_as: dict[int, tuple[Any, ...]] = {}
+        events: dict[int, tuple[str, dict[str, Any]]] = {}
         for job in self.queue.settling():
             due: float | None = (job.stable_since or now) + job.settle_seconds
             if due is not None and due <= now:
                 change, due, event = self._settle(job, now)
                 changes.append((job.id, change))
+                seen_as[job.id] = job.identity  # a watcher event may change the row meanwhile: then not this
                 if event is not None:
-                    events.append(event)
+                    events[job.id] = event
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
-        if changes:
-            self.queue.update_many(changes)
-        for name, fields in events:
+        changed = self.queue.update_many(changes, if_settling_as=seen_as) if changes else set()
+        for job_id in changed & set(events):
+            name, fields = events[job_id]
             (log.error if name == "job_failed" else log.info)(name, **fields)
-        if any(change.get("state") is State.READY for _, change in changes):
+        if any(change.get("state") is State.READY for job_id, change in changes if job_id in changed):
             self.wake.set()
         return next_due
 
@@ -333,28 +337,39 @@ class Daemon:
 
     # -- workers ----------------------------------------------------------------------------------------------
 
+    def _beat(self) -> None:
+        self.beats[threading.current_thread().name] = time.monotonic()
+
     def _work_loop(self) -> None:
         assert self.queue is not None
         name = threading.current_thread().name
         owner = f"{os.getpid()}:{name}"
         while not self.stop.is_set():
             self.beats[name], self.busy[name] = time.monotonic(), None
-            if self.pause.paused:
-                self.pause.wait_resumed(1.0)
-                continue
-            closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
-            if closed_for > 0:
-                self.stop.wait(min(closed_for, 10.0))
-                continue
-            jobs = self.queue.claim(owner)
-            if not jobs:
-                due = self.queue.next_due()
-                self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
-                self.wake.clear()
-                continue
-            for job in jobs:
-                self.busy[name] = job.id
-                self.pipeline.run(job)
+            try:
+                self._work_once(owner, name)
+            except Exception:  # the database or a bug: log, breathe, go on; the job stays claimed until restart
+                log.exception("worker_error", worker=name)
+                self.stop.wait(1.0)
+
+    def _work_once(self, owner: str, name: str) -> None:
+        assert self.queue is not None
+        if self.pause.paused:
+            self.pause.wait_resumed(1.0)
+            return
+        closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
+        if closed_for > 0:
+            self.stop.wait(min(closed_for, 10.0))
+            return
+        jobs = self.queue.claim(owner)
+        if not jobs:
+            due = self.queue.next_due()
+            self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
+            self.wake.clear()
+            return
+        for job in jobs:
+            self.busy[name] = job.id
+            self.pipeline.run(job)
 
 
 def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> bool:

@@ -276,10 +276,11 @@ class JobQueue:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # also when COMMIT itself failed (disk full): never leave it open
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
             finally:
                 if not durable:
                     conn.execute("PRAGMA synchronous = FULL")
@@ -416,9 +417,16 @@ class JobQueue:
         """Commit a change to one job (state transitions and the facts that come with them)."""
         self.update_many([(job_id, values)], durable)
 
-    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]], durable: bool = True) -> None:
-        """Commit changes to several jobs in one transaction (all or none); see `_tx` for `durable`."""
+    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]], durable: bool = True,
+                    if_settling_as: dict[int, tuple[Any, ...]] | None = None) -> set[int]:
+        """Commit changes to several jobs in one transaction (all or none); see `_tx` for `durable`.
+
+        `if_settling_as` maps job ids to the identity (inode, size, mtime_ns) a decision was based on: those
+        rows change only if they are still settling with exactly that identity. Returns the ids changed.
+        """
         now = time.time()
+        changed: set[int] = set()
+        guards = if_settling_as or {}
         with self._tx(durable) as conn:
             for job_id, values in changes:
                 bad = set(values) - _UPDATABLE
@@ -427,8 +435,14 @@ class JobQueue:
                 row = {k: _fs(v) if k in _PATH_COLUMNS else v.value if isinstance(v, State) else v
                        for k, v in values.items()}
                 row["updated_at"] = now
-                conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
-                             (*row.values(), job_id))
+                sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?"
+                args: tuple[Any, ...] = (*row.values(), job_id)
+                if job_id in guards:
+                    sql += " AND state = 'settling' AND inode IS ? AND size IS ? AND mtime_ns IS ?"
+                    args += tuple(guards[job_id])
+                if conn.execute(sql, args).rowcount:
+                    changed.add(job_id)
+        return changed
 
     def set_progress(self, job_id: int, bytes_sent: int) -> None:
         """Record transfer progress for `status` and `upload` (not a state change)."""
@@ -527,7 +541,8 @@ class JobQueue:
             for row in rows:
                 state = State.URL_ISSUED if row["upload_url"] else State.READY
                 conn.execute("UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, reason = NULL, "
-                             "updated_at = ? WHERE id = ?", (state.value, now, now, row["id"]))
+                             "content_hash = NULL, updated_at = ? WHERE id = ?",  # asked about duplicates again
+                             (state.value, now, now, row["id"]))
         return [r["id"] for r in rows]
 
 

@@ -72,23 +72,28 @@ def backoff(attempts: int, retry: RetryConfig, hint: float | None = None) -> flo
 
 
 def unique_destination(folder: Path, name: str) -> Path:
-    """A path in `folder` for `name` that does not exist yet: name, name (1), name (2), ..."""
-    candidate = folder / name
+    """Reserve a new path in `folder` for `name`: name, name (1), name (2), ... created empty and exclusively,
+    so two workers moving same-named files never pick the same one (the move then replaces the placeholder)."""
     stem, suffix = os.path.splitext(name)
-    n = 1
-    while os.path.lexists(candidate):
-        candidate = folder / f"{stem} ({n}){suffix}"
-        n += 1
-    return candidate
+    n = 0
+    while True:
+        candidate = folder / (name if n == 0 else f"{stem} ({n}){suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 class Pipeline:
     def __init__(self, queue: JobQueue, client: StudioClient, retry: RetryConfig, pause: Pause,
                  stop: threading.Event, observer: Observer | None = None,
-                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0) -> None:
+                 processed_timeout: Callable[[Job], float] = lambda job: 86400.0,
+                 heartbeat: Callable[[], None] = lambda: None) -> None:
         self.queue, self.client, self.retry, self.pause, self.stop = queue, client, retry, pause, stop
         self.observer = observer or NullObserver()
         self.processed_timeout = processed_timeout
+        self.heartbeat = heartbeat  # "this worker is alive": at every step and progress report
         self._hashes: dict[tuple[int, tuple[Any, ...]], str] = {}
         self._warned_captions = False
 
@@ -109,7 +114,11 @@ class Pipeline:
             else:
                 self._reschedule(self._fresh(job), exc)
         except (PermanentError, SourceUnreadable) as exc:
-            self._fail(job, str(exc))
+            if job.state is State.COMPLETED:  # the media is safe in Studio: never call this upload failed
+                self._finish(job, reason=f"after-upload step abandoned, file kept: {exc}")
+                log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=str(exc))
+            else:
+                self._fail(job, str(exc))
         except SourceVanished:
             self._skip(job, "vanished")
         except SourceChanged as exc:
@@ -152,6 +161,7 @@ class Pipeline:
     def _commit(self, job: Job, **values: Any) -> Job:
         """Commit a step's result; the job stays claimed for the next step."""
         self.queue.update(job.id, **values)
+        self.heartbeat()
         state = values.get("state", job.state)
         values["state"] = State(state)
         return dataclasses.replace(job, **values)
@@ -218,6 +228,7 @@ class Pipeline:
         size = job.size or 0
 
         def progress(sent: int) -> None:
+            self.heartbeat()
             self.queue.set_progress(job.id, sent)
             self.observer.progress(job.id, sent, size)
 
@@ -295,15 +306,15 @@ class Pipeline:
             return _released(job)
         assert job.path is not None
         try:
-            st = os.stat(job.path)
-        except FileNotFoundError:
-            log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
-            return self._finish(job)
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
-            log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
-                        reason="the file at this path is not the one uploaded; left in place")
-            return self._finish(job, reason="source replaced; not moved or deleted")
-        try:
+            try:
+                st = os.stat(job.path)
+            except FileNotFoundError:
+                log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
+                return self._finish(job)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+                log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
+                            reason="the file at this path is not the one uploaded; left in place")
+                return self._finish(job, reason="source replaced; not moved or deleted")
             if job.after_upload == "delete":
                 os.unlink(job.path)
                 log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
@@ -359,8 +370,9 @@ class Pipeline:
         log.error("job_failed", job_id=job.id, path=job.display_path, error=error)
 
     def _reschedule(self, job: Job, exc: BaseException) -> None:
+        """Try again later; after max_attempts, fail — except a completed job, whose upload cannot fail any more."""
         attempts = job.attempts + 1
-        if attempts >= self.retry.max_attempts:
+        if attempts >= self.retry.max_attempts and job.state is not State.COMPLETED:
             self._fail(job, f"gave up after {attempts} attempts: {exc}")
             return
         delay = backoff(attempts, self.retry, getattr(exc, "retry_after", None))

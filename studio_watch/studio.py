@@ -268,11 +268,8 @@ class StudioClient:
                               response.status_code)
 
     def probe(self) -> None:
-        """One /ping without retries: is the API up and our token good right now?"""
-        token = self.tokens.token()
-        response = self._request("GET", "/ping", None, None, token, "probe")
-        if response.status_code == 401:
-            raise AuthError("probe: the API refused the token (401)", 401)
+        """One /ping without retries (a refused token is refreshed once): is the API up and our token good?"""
+        response = self._send("GET", "/ping", what="probe", retry=False)
         if response.status_code != 200:
             raise StudioError(f"probe: HTTP {response.status_code}", response.status_code)
 
