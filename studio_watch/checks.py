@@ -320,8 +320,8 @@ def _link_lines(api: str, rule: cfg.FolderRule, path: str, title: str, descripti
     else:
         request = f"POST {api}{IMPORT_PATH} with JSON body {json.dumps(fields)}"
     kind = "an external YouTube/Vimeo link" if is_external else "media imported from the URL"
-    return [f"link file: {url} ({kind})", "would send:", f"  POST once; if the answer is lost, search for the "
-            f"title before sending again", f"  {request}"]
+    return [f"link file: {url} ({kind})", "would send:", "  POST once; if the answer is lost, search for the "
+            "title before sending again", f"  {request}"]
 
 
 def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:

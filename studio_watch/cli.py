@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, logs
+from . import __version__
 from . import config as cfg
 from .errors import ConfigError, StudioWatchError
 

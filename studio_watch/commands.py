@@ -17,7 +17,7 @@ from .cli import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, h
                   print_json, stop_on_signals)
 from .control import PAUSE_KEY, STATUS_KEY, DaemonLock
 from .daemon import Daemon, make_tokens
-from .errors import DatabaseLocked, StudioError
+from .errors import DatabaseLocked
 from .jobqueue import STATES, TERMINAL, Job, JobQueue, Seen, State
 from .pipeline import NullObserver, Pipeline
 from .studio import StudioClient

@@ -176,11 +176,6 @@ class Activity(Observer):
             if sent >= total:
                 del self.transfers[job_id]
 
-    def recently_progressed(self, job_id: int | None, within: float) -> bool:
-        with self.lock:
-            transfer = self.transfers.get(job_id) if job_id is not None else None
-            return transfer is not None and time.monotonic() - transfer.last < within
-
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         for listener in self.listeners:
             try:

@@ -191,15 +191,14 @@ class Daemon:
             self._alert_on_long_pause()
 
     def healthy(self) -> bool:
-        """Observers and rescanner alive, every thread alive, and no worker stuck (no beat, no progress)."""
+        """Observers and rescanner alive, every thread alive, and no worker stuck (no heartbeat for too long)."""
         if not (self.watcher.alive() and all(t.is_alive() for t in self.threads)):
             return False
         # A worker shows life at every step and every progress report; silent for longer than one request with
         # all its client-side retries can take, it is stuck.
         hung_after = self.config.retry.request_tries * (self.config.studio.timeout_seconds + MAX_CLIENT_WAIT) + 60
         now = time.monotonic()
-        return all(now - beat < hung_after or self.activity.recently_progressed(self.busy.get(name), hung_after)
-                   for name, beat in list(self.beats.items()))
+        return all(now - beat < hung_after for beat in list(self.beats.values()))
 
     def status_line(self) -> str:
         assert self.queue is not None

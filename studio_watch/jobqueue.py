@@ -10,7 +10,6 @@ nobody else holds them). Rows become `Job` dataclasses in exactly one function, 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sqlite3
 import threading

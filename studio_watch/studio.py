@@ -82,17 +82,22 @@ def content_hasher() -> Any:
 def hash_file(path: str, stop: threading.Event | None = None) -> str:
     """Hash a whole file (only used when a duplicate is likely and must be known before uploading)."""
     hasher = content_hasher()
+    with open_source(path) as f:
+        while chunk := f.read(CHUNK):
+            if stop is not None and stop.is_set():
+                raise Stopping("stopping")
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def open_source(path: str) -> Any:
+    """Open a recording for reading, unbuffered; a missing or unreadable file becomes a SourceError."""
     try:
-        with open(path, "rb", buffering=0) as f:
-            while chunk := f.read(CHUNK):
-                if stop is not None and stop.is_set():
-                    raise Stopping("stopping")
-                hasher.update(chunk)
+        return open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise SourceVanished(f"file vanished: {path!r}") from None
     except PermissionError as exc:
         raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
-    return hasher.hexdigest()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -342,7 +347,7 @@ class StudioClient:
         if status == 501:
             raise CaptionsDisabled("import: auto-captioning is not enabled for this account (501)", 501)
         reasons = {403: f"not permitted to create media in {target} (403)", 404: f"{target} not found (404)",
-                   422: f"Studio refused the request as invalid (422)"}
+                   422: "Studio refused the request as invalid (422)"}
         raise PermanentError(f"import: {reasons.get(status, f'HTTP {status}')}{_detail(response)}", status)
 
     def search_media(self, query: str) -> list[dict[str, Any]]:
@@ -382,12 +387,7 @@ class StudioClient:
     def _put_once(self, url: str, path: str, identity: tuple[int, int, int],
                   progress: Callable[[int], None] | None) -> PutResult:
         inode, size, mtime_ns = identity
-        try:
-            f = open(path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise SourceVanished(f"file vanished: {path!r}") from None
-        except PermissionError as exc:
-            raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
+        f = open_source(path)
         hasher = content_hasher()
         started = time.monotonic()
         with f:

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
                         "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
-MODIFY_DEBOUNCE = 1.0
 # What the kernel is asked to report: a file appearing, being renamed in, or closed after writing. Not opens,
 # reads or every write: our own reads of each upload would otherwise flood the observer with events.
 EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, DirCreatedEvent, DirMovedEvent]  # seconds between two reports of the same path from modify events
@@ -149,7 +149,6 @@ def is_network_fs(fs_type: str | None) -> bool:
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: "Watcher", rule: FolderRule) -> None:
         self.watcher, self.rule = watcher, rule
-        self._last: dict[str, float] = {}
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
@@ -164,13 +163,6 @@ class _Handler(FileSystemEventHandler):
             if kind in ("created", "moved") and self.rule.recursive:
                 self.watcher.scan_folder(self.rule, path)  # files moved in with a directory make no events
             return
-        if kind == "modified":
-            now = time.monotonic()
-            if now - self._last.get(path, 0.0) < MODIFY_DEBOUNCE:
-                return
-            self._last[path] = now
-            if len(self._last) > 10_000:
-                self._last.clear()
         self.watcher.report_path(self.rule, path)
 
 
@@ -333,7 +325,7 @@ class Watcher:
             st = os.stat(path)
         except OSError:
             return
-        if os.path.isfile(path):
+        if stat.S_ISREG(st.st_mode):
             self.on_found([Found(path, st, rule, kind)], False)
 
     def scan_folder(self, rule: FolderRule, folder: str, is_scan: bool = False) -> None:

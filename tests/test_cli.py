@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import run_cli, wait_until, write_config, write_media
+from .conftest import run_cli, write_config, write_media
 
 
 def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:

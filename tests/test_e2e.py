@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from studio_watch.sandbox import Faults
 
-from .conftest import DaemonProcess, run_cli, sha256_of, wait_until, write_config, write_media
+from .conftest import run_cli, sha256_of, wait_until, write_config, write_media
 
 
 def completed_by_hash(sandbox) -> Counter:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpcore
-import httpx
 import pytest
 
 from studio_watch.config import RetryConfig, StudioConfig
