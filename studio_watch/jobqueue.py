@@ -509,11 +509,12 @@ class JobQueue:
                 return "duplicate", row["media_id"]
             if row is not None:  # it recorded these bytes first and will upload them without asking again
                 return "wait", None
-            sending = conn.execute(  # a same-sized job already sending, its hash not known until its PUT ends
-                "SELECT 1 FROM jobs WHERE size = ? AND id != ? AND content_hash IS NULL AND kind = 'file' AND "
-                "collection_id IS ? AND user_id IS ? AND state IN ('url_issued', 'uploaded') LIMIT 1",
-                (job.size, job.id, job.collection_id, job.user_id)).fetchone()
-            if sending is not None and job.state is State.READY:
+            # A same-sized job already sending (its hash is not known until its PUT ends). By state: the jobs in
+            # flight are few, while one batch of same-sized clips can be thousands.
+            if job.state is State.READY and conn.execute(
+                    "SELECT 1 FROM jobs INDEXED BY jobs_due WHERE state IN ('url_issued', 'uploaded') AND size = ? "
+                    "AND id != ? AND content_hash IS NULL AND kind = 'file' AND collection_id IS ? AND user_id IS ? "
+                    "LIMIT 1", (job.size, job.id, job.collection_id, job.user_id)).fetchone() is not None:
                 return "wait", None
             conn.execute("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?",
                          (content_hash, time.time(), job.id))

@@ -19,25 +19,25 @@ from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import certifi
-import h11
-import httpcore
 import structlog
 import tenacity
 import xxhash
 
 from . import __version__
 from .config import RetryConfig, StudioConfig
-from .schedule import RateLimiter
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
-                     SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
+                     SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
+from .schedule import RateLimiter
+from .transport import Pool, Reply
 
 log = structlog.get_logger("studio_watch.studio")
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough to stay in cache between read, hash and send
+SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_CLIENT_WAIT = 30.0  # a Retry-After longer than this is left to the queue's own backoff
-IMPORT_PATH = "/media"
-USER_AGENT = f"studio-watch/{__version__}".encode()  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
+IMPORT_PATH = "/media"  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
+USER_AGENT = f"studio-watch/{__version__}"
 
 
 class TokenSource(Protocol):
@@ -120,22 +120,6 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/…"
 
 
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer, read whole (API answers are small; upload answers are empty)."""
-
-    status_code: int
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
     """Verified TLS, always: the system's trust store via certifi, or the configured CA bundle."""
     return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else certifi.where())
@@ -144,9 +128,8 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
 class StudioClient:
     """One keep-alive connection pool for the API and the upload URLs; thread-safe.
 
-    It speaks through httpcore (httpx's own transport) directly: per request that costs less than half of
-    httpx's request and response models, which for thousands of small files is most of the client's time.
-    `pool` may be any object with httpcore's `request(method, url, headers=, content=, extensions=)`.
+    `pool` may be any object with `transport.Pool`'s `request(method, url, headers, body) -> Reply` that raises
+    Unreachable or TransientError for transport failures (tests pass stand-ins).
     """
 
     def __init__(self, studio: StudioConfig, retry: RetryConfig, tokens: TokenSource,
@@ -157,29 +140,11 @@ class StudioClient:
         self.retry = retry
         self.tokens = tokens
         self.stop = stop or threading.Event()
-        self.pool = pool or httpcore.ConnectionPool(ssl_context=tls_context(studio.ca_bundle), max_connections=32,
-                                                    max_keepalive_connections=16)
-        t = studio.timeout_seconds
-        self._extensions = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
+        self.pool = pool or Pool(tls_context(studio.ca_bundle), studio.timeout_seconds)
         self._refresh_lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.close()
-
-    def _exchange(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: Any) -> Reply:
-        """One HTTP exchange; transport failures become Unreachable (no connection) or TransientError."""
-        parts = urlsplit(url)
-        headers = [(b"Host", parts.netloc.encode("ascii")), (b"User-Agent", USER_AGENT), *headers]
-        try:
-            response = self.pool.request(method, url, headers=headers, content=content, extensions=self._extensions)
-        except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.UnsupportedProtocol) as exc:
-            raise Unreachable(f"cannot reach {parts.scheme}://{parts.netloc}: {_reason(exc)}") from None
-        except (h11.LocalProtocolError, httpcore.LocalProtocolError):
-            raise
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise TransientError(_reason(exc)) from None
-        return Reply(response.status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
-                     response.content)
 
     # -- the retry layer -----------------------------------------------------------------------------------
 
@@ -250,12 +215,12 @@ class StudioClient:
             raise Stopping("stopping")
         url = self.studio.api_url + path + ("?" + urlencode(params) if params else "")
         content = b"" if body is None else json.dumps(body).encode()
-        headers = [(b"Authorization", f"Bearer {token}".encode()), (b"Accept", b"application/json"),
-                   (b"Content-Length", str(len(content)).encode())]
+        headers = [("User-Agent", USER_AGENT), ("Authorization", f"Bearer {token}"), ("Accept", "application/json"),
+                   ("Content-Length", str(len(content)))]
         if body is not None:
-            headers.append((b"Content-Type", b"application/json"))
+            headers.append(("Content-Type", "application/json"))
         try:
-            response = self._exchange(method, url, headers, content)
+            response = self.pool.request(method, url, headers, content)
         except TransientError as exc:  # Unreachable included: say which step
             raise type(exc)(f"{what}: {exc}") from None
         if response.status_code in TRANSIENT_STATUS or response.status_code >= 500 and response.status_code != 501:
@@ -392,14 +357,13 @@ class StudioClient:
         started = time.monotonic()
         with f:
             _check_same(os.fstat(f.fileno()), identity, path)
-            body = self._body(f, size, hasher, progress)
-            headers = [(b"Content-Length", str(size).encode()), (b"Content-Type", b"application/octet-stream")]
+            body = self._small_body(f, size, hasher) if size <= SMALL_BODY else self._body(f, size, hasher, progress)
+            headers = [("User-Agent", USER_AGENT), ("Content-Length", str(size)),
+                       ("Content-Type", "application/octet-stream")]
             try:
-                response = self._exchange("PUT", url, headers, body)
-            except (h11.LocalProtocolError, httpcore.LocalProtocolError) as exc:
-                raise SourceChanged(f"file changed while sending {path!r}: {exc}") from None
+                response = self.pool.request("PUT", url, headers, body)
             except TransientError as exc:  # the upload host may differ from the API: the queue probes /ping
-                raise TransientError(f"put: {exc}") from None
+                raise type(exc)(f"put: {exc}") from None
             _check_same(os.fstat(f.fileno()), identity, path)
         status = response.status_code
         if 200 <= status < 300:
@@ -412,20 +376,33 @@ class StudioClient:
             raise PermanentError(f"put: file too large for Studio (413, {size} bytes)", 413)
         raise PermanentError(f"put: HTTP {status}{_detail(response)}", status)
 
-    def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[bytes]:
-        """Exactly `size` bytes of the file in 1 MiB chunks, hashed as they go; stops early on `stop`."""
+    def _small_body(self, f: Any, size: int, hasher: Any) -> bytes:
+        """A small file whole: it then goes out with the request headers in one send."""
+        data = f.read(size)
+        if len(data) != size:
+            raise SourceChanged(f"file shrank before sending ({len(data)} of {size} bytes)")
+        hasher.update(data)
+        if self.limiter is not None:
+            self.limiter.take(size)
+        return data
+
+    def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[memoryview]:
+        """Exactly `size` bytes of the file, read into one reused 1 MiB buffer, hashed, and handed on to be sent
+        before the next read (no allocation or copy per chunk); stops early on `stop`."""
+        view = memoryview(bytearray(CHUNK))
         sent = 0
-        last_report = time.monotonic()  # small files finish before their first report: no progress write at all
+        last_report = time.monotonic()  # files under 1 MiB finish before their first report: no progress write
         while sent < size:
             if self.stop.is_set():
                 raise Stopping("stopping")
-            chunk = f.read(min(CHUNK, size - sent))
-            if not chunk:
+            n = f.readinto(view[:min(CHUNK, size - sent)])
+            if not n:
                 raise SourceChanged(f"file shrank while sending ({sent} of {size} bytes)")
+            chunk = view[:n]
             hasher.update(chunk)
-            sent += len(chunk)
+            sent += n
             if self.limiter is not None:
-                self.limiter.take(len(chunk))
+                self.limiter.take(n)
             yield chunk
             if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > CHUNK):
                 last_report = time.monotonic()
@@ -446,9 +423,3 @@ def _detail(response: Reply) -> str:
     """A short, safe excerpt of an error body."""
     text = response.text.strip().replace("\n", " ")
     return f": {text[:200]}" if text else ""
-
-
-def _reason(exc: BaseException) -> str:
-    """An exception's message without any URL in it (transport messages may carry the request URL)."""
-    text = str(exc) or type(exc).__name__
-    return text.split(" for url ")[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import plistlib
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,18 +13,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Iterator
 
-import httpcore
 import pytest
 import yaml
 
 from studio_watch import config as cfg
 from studio_watch.cli import main
-from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError
+from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError, Unreachable
 from studio_watch.imports import (ImportRequest, cmd_import_url, import_link, import_once, matches, parse_link_file,
                                   validate_import)
 from studio_watch.jobqueue import JobQueue
 from studio_watch.sandbox import Faults, Sandbox
 from studio_watch.studio import StaticToken, StudioClient
+from studio_watch.transport import Pool, Reply
 
 YOUTUBE = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 LECTURE = "https://media.example.edu/lectures/week1.mp4"
@@ -156,19 +157,19 @@ class LoseImportResponses:
     never arrives (or, with forward=False, the request never reaches it)."""
 
     def __init__(self, lose: int, forward: bool = True, search_down: bool = False) -> None:
-        self.inner = httpcore.ConnectionPool()
+        self.inner = Pool(ssl.create_default_context(), 5.0)
         self.lose, self.forward, self.search_down = lose, forward, search_down
 
-    def request(self, method: str, url: str, **kwargs: object) -> httpcore.Response:
+    def request(self, method: str, url: str, headers: list, body: object = b"") -> Reply:
         path = urlsplit(url).path
         if self.search_down and path.endswith("/media/search"):
-            raise httpcore.ConnectError("connection refused")
+            raise Unreachable("cannot reach the API: connection refused")
         if method == "POST" and path.endswith("/media") and self.lose > 0:
             self.lose -= 1
             if self.forward:
-                self.inner.request(method, url, **kwargs)  # type: ignore[arg-type]
-            raise httpcore.ReadTimeout("timed out waiting for the answer")
-        return self.inner.request(method, url, **kwargs)  # type: ignore[arg-type]
+                self.inner.request(method, url, headers, body)
+            raise TransientError("timed out")
+        return self.inner.request(method, url, headers, body)
 
     def close(self) -> None:
         self.inner.close()

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpcore
 import pytest
 
 from studio_watch.config import RetryConfig, StudioConfig
@@ -19,6 +18,7 @@ from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, Per
                                  SourceVanished, Stopping, TransientError, Unreachable, UploadUrlExpired)
 from studio_watch.sandbox import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
+from studio_watch.transport import Reply
 from studio_watch.studio import (MAX_CLIENT_WAIT, StaticToken, StudioClient, hash_file, parse_retry_after,
                                  safe_url)
 
@@ -569,18 +569,16 @@ def test_hash_file_is_the_put_hash_and_depends_on_content(tmp_path: Path) -> Non
 
 
 class FakePool:
-    """Stands in for the client's httpcore pool (an instance attribute, not a module global)."""
+    """Stands in for the client's connection pool (an instance attribute, not a module global)."""
 
     def __init__(self, status: int, body: bytes = b"") -> None:
         self.status, self.body = status, body
-        self.calls: list[tuple[str, str, dict[bytes, bytes], bytes]] = []
+        self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
 
-    def request(self, method: str, url: str, *, headers: list, content: object, extensions: dict) -> object:
-        sent = content if isinstance(content, bytes) else b"".join(content)  # type: ignore[arg-type]
+    def request(self, method: str, url: str, headers: list, body: object = b"") -> Reply:
+        sent = body if isinstance(body, bytes) else b"".join(bytes(c) for c in body)  # type: ignore[attr-defined]
         self.calls.append((method, url, dict(headers), sent))
-        response = httpcore.Response(self.status, content=self.body)
-        response.read()  # as ConnectionPool.request returns it: read whole
-        return response
+        return Reply(self.status, {}, self.body)
 
     def close(self) -> None:
         pass
@@ -596,5 +594,5 @@ def test_odd_status_on_the_upload_url_is_permanent(tmp_path: Path) -> None:
             c.put("https://upload.invalid/x?sig=1", path, identity)
         assert exc.value.status == 418 and len(pool.calls) == 1
         method, _, headers, body = pool.calls[0]
-        assert method == "PUT" and headers[b"Content-Length"] == b"100" and b"Authorization" not in headers
+        assert method == "PUT" and headers["Content-Length"] == "100" and "Authorization" not in headers
         assert len(body) == 100
