@@ -1,5 +1,5 @@
-"""Process-level controls the daemon is built from: the database lock, the queue-wide pause, live activity
-for status and metrics, and the systemd notify protocol."""
+"""Process-level controls the daemon is built from: the database lock, the queue-wide pause, the workers' turn
+taking, live activity for status and metrics, and the systemd notify protocol."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ log = structlog.get_logger("studio_watch.control")
 
 PAUSE_KEY = "paused"
 STATUS_KEY = "daemon"
+JOIN_AFTER = 0.02  # seconds a job must have been running before another worker starts one beside it
 
 
 class DaemonLock:
@@ -133,6 +134,39 @@ class PauseSwitch:
                 log.info("queue_still_paused", reason=self.reason, probe_error=str(exc), probes=tries)
                 continue
             self.clear()
+
+
+class TurnTaking:
+    """Workers start a job beside another only once that one has run for `join_after` seconds.
+
+    All workers share one interpreter. When jobs are CPU-bound (small clips, a fast server), two threads
+    running at once only trade the interpreter lock between cores: measured with 1,000 small files, a second
+    worker cost ~40 % more CPU and wall time for nothing. When jobs wait (a long PUT, a distant or slow server,
+    a Retry-After), the others are worth running and do: each job then outlives `join_after` (20 ms), so every
+    worker is soon busy, and a ramp of a few tens of milliseconds is the whole cost.
+    """
+
+    def __init__(self, join_after: float = JOIN_AFTER) -> None:
+        self.join_after = join_after
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}  # worker → when its current job started
+
+    def begin(self, worker: str, stop: threading.Event) -> bool:
+        """Wait until `worker` may start a job; False if `stop` was set meanwhile. Pair with `end`."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                youngest = max((t for w, t in self._started.items() if w != worker), default=None)
+                if youngest is None or now - youngest >= self.join_after:
+                    self._started[worker] = now
+                    return True
+                wait = self.join_after - (now - youngest)
+            if stop.wait(wait):
+                return False
+
+    def end(self, worker: str) -> None:
+        with self._lock:
+            self._started.pop(worker, None)
 
 
 @dataclass

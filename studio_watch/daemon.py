@@ -20,8 +20,8 @@ import structlog
 
 from . import config as cfg
 from .alerts import Alerts
-from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, sd_notify,  # noqa: F401
-                      watchdog_interval)
+from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
+                      sd_notify, watchdog_interval)
 from .errors import ConfigError
 from .jobqueue import Job, JobQueue, Seen, State, settle_clock, show_path
 from .pipeline import Pipeline
@@ -78,6 +78,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.tokens = tokens
         self.activity = Activity()
+        self.turns = TurnTaking()
         self.wake = threading.Event()
         self.kick_settler = threading.Event()
         self.ready = threading.Event()
@@ -360,15 +361,19 @@ class Daemon:
         if closed_for > 0:
             self.stop.wait(min(closed_for, 10.0))
             return
-        jobs = self.queue.claim(owner)
+        if not self.turns.begin(name, self.stop):
+            return
+        try:
+            jobs = self.queue.claim(owner)
+            for job in jobs:
+                self.busy[name] = job.id
+                self.pipeline.run(job)
+        finally:
+            self.turns.end(name)
         if not jobs:
             due = self.queue.next_due()
             self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
             self.wake.clear()
-            return
-        for job in jobs:
-            self.busy[name] = job.id
-            self.pipeline.run(job)
 
 
 def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> bool:

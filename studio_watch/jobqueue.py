@@ -240,7 +240,7 @@ class JobQueue:
         self._db.row_factory = sqlite3.Row
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # FULL is set around each durable commit: see _tx
         self._migrate()
 
     # -- connections and transactions ---------------------------------------------------------------------
@@ -263,14 +263,15 @@ class JobQueue:
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE), holding the connection's lock from BEGIN to COMMIT.
 
-        `durable=False` is for leases, caches and progress only (claims are cleared at every start): its commit
-        does not wait for the disk (synchronous=NORMAL, still crash-consistent in WAL mode); every state change
-        is committed with synchronous=FULL.
+        A durable commit waits for the disk (synchronous=FULL). `durable=False` does not (synchronous=NORMAL: in
+        WAL mode still atomic, and it survives the process being killed; only a power cut can lose it, together
+        with everything after it). It is for leases, caches and progress, and for the state changes whose loss
+        only repeats a step that is safe to repeat (the pipeline says which, where it commits them).
         """
         conn = self._db
         with self._mutex:
-            if not durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -281,8 +282,8 @@ class JobQueue:
                         conn.execute("ROLLBACK")
                     raise
             finally:
-                if not durable:
-                    conn.execute("PRAGMA synchronous = FULL")
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
 
     def close(self) -> None:
         with self._mutex, contextlib.suppress(sqlite3.Error):

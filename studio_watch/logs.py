@@ -58,13 +58,18 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+_PLAIN = frozenset({int, float, bool})  # values that cannot carry a secret's text (the common case: ids, sizes)
+
+
 def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event.items()):
-        if key.startswith("_"):  # structlog's own bookkeeping (_record, _from_structlog)
+    for key, value in event.items():  # values are replaced, keys never added or removed: safe while iterating
+        if value is None or key.startswith("_"):  # structlog's own bookkeeping (_record, _from_structlog)
             continue
-        if key.lower() in SECRET_FIELDS and value is not None:
+        if key.lower() in SECRET_FIELDS:
             event[key] = "[redacted]"
-        else:
+        elif type(value) is str:
+            event[key] = redact(value)
+        elif type(value) not in _PLAIN:
             event[key] = _redact_value(value)
     return event
 

@@ -158,9 +158,9 @@ class Pipeline:
     def _fresh(self, job: Job) -> Job:
         return self.queue.get(job.id) or job
 
-    def _commit(self, job: Job, **values: Any) -> Job:
+    def _commit(self, job: Job, durable: bool = True, **values: Any) -> Job:
         """Commit a step's result; the job stays claimed for the next step."""
-        self.queue.update(job.id, **values)
+        self.queue.update(job.id, durable, **values)
         self.heartbeat()
         state = values.get("state", job.state)
         values["state"] = State(state)
@@ -183,7 +183,11 @@ class Pipeline:
         if job.claimed_by is None:
             return job
         media_id, url = self.client.generate(job.collection_id, job.user_id)
-        job = self._commit(job, state=State.URL_ISSUED, media_id=media_id, upload_url=url, url_issued_at=time.time())
+        # Committed before the PUT, but without waiting for the disk: only a power cut can lose it, and then
+        # nothing after it was durable either (the `uploaded` commit, which waits, flushes it), so at worst an
+        # empty upload is left pending in Studio and the file is sent again under a new media id: never twice.
+        job = self._commit(job, False, state=State.URL_ISSUED, media_id=media_id, upload_url=url,
+                           url_issued_at=time.time())
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
         return job
 

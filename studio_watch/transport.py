@@ -18,7 +18,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 
@@ -27,6 +27,7 @@ from .errors import TransientError, Unreachable
 log = structlog.get_logger("studio_watch.transport")
 
 MAX_IDLE = 16  # kept-alive connections across all hosts; more are closed when handed back
+TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # what may stay as it is in a request target; anything else is %-encoded
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ class Pool:
             raise Unreachable(f"cannot reach {scheme}://{parts.netloc}: bad port") from None
         key = (scheme, host, port)
         origin = f"{scheme}://{parts.netloc.rpartition('@')[2]}"  # never a path or query: upload URLs carry secrets
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Spaces, control characters and non-ASCII would be refused by http.client (with the query, which may be
+        # a signature, in its message): they are percent-encoded, as a browser or httpx would.
+        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
         conn = self._take(key)
         reused = conn is not None
         conn = conn or self._connect(key, origin)
@@ -114,8 +117,9 @@ class Pool:
                 surplus = [conn]
             else:
                 self._idle.append((key, conn))
-                surplus = [old for _, old in self._idle[:-self.max_idle]]
-                del self._idle[:-self.max_idle]
+                excess = max(0, len(self._idle) - self.max_idle)
+                surplus = [old for _, old in self._idle[:excess]]
+                del self._idle[:excess]
         for old in surplus:
             old.close()
 
@@ -142,22 +146,26 @@ def _exchange(conn: http.client.HTTPConnection, method: str, target: str, header
         conn.putrequest(method, target, skip_accept_encoding=True)
         for name, value in headers:
             conn.putheader(name, value)
+        whole = True
         if isinstance(body, (bytes, bytearray)):
             conn.endheaders(bytes(body) or None)  # headers and a small body leave in one segment
         else:
             conn.endheaders()
-            _send_body(conn, body)
+            whole = _send_body(conn, body)
         response = conn.getresponse()
         data = response.read()
     except (OSError, http.client.HTTPException) as exc:
         raise TransientError(reason(exc)) from None
     reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-    return reply, not response.will_close
+    return reply, whole and not response.will_close  # after a half-sent body the stream is out of step
 
 
-def _send_body(conn: http.client.HTTPConnection, body: Iterable[Any]) -> None:
-    """Send each buffer as it comes. If the server stops reading (it answered early, e.g. a refused upload URL,
-    and closed), the send fails: the answer it sent, if any, is what the caller gets, not the send error."""
+def _send_body(conn: http.client.HTTPConnection, body: Iterable[Any]) -> bool:
+    """Send each buffer as it comes; True if all of them went.
+
+    If the server stops reading (it answered early, e.g. a refused upload URL), the send fails: the answer it
+    sent, if any, is what the caller gets, not the send error, and the connection is not used again.
+    """
     sock = conn.sock
     assert sock is not None
     try:
@@ -166,7 +174,8 @@ def _send_body(conn: http.client.HTTPConnection, body: Iterable[Any]) -> None:
     except OSError:
         if not _readable(sock):
             raise
-        # falls through to getresponse(), which reads the early answer (or raises, mapped by the caller)
+        return False  # getresponse() reads the early answer (or raises, mapped by the caller)
+    return True
 
 
 def _readable(sock: Any) -> bool:
