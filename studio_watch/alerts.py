@@ -12,12 +12,15 @@ import shlex
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 
 from . import logs
+from .errors import StudioWatchError
+from .studio import tls_context
+from .transport import Pool
 
 log = structlog.get_logger("studio_watch.alerts")
 
@@ -25,7 +28,7 @@ HOOK_TIMEOUT = 30.0
 
 
 class Alerts:
-    def __init__(self, command: str | None, webhook: str | None, ca_bundle: str | None = None) -> None:
+    def __init__(self, command: str | None, webhook: str | None, ca_bundle: Path | None = None) -> None:
         self.command, self.webhook, self.ca_bundle = command, webhook, ca_bundle
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1000)
         self._thread: threading.Thread | None = None
@@ -76,12 +79,17 @@ class Alerts:
             log.info("alert_sent", alert=kind, via="command")
 
     def _post(self, body: str, kind: str) -> None:
+        data = body.encode()
+        pool = Pool(tls_context(self.ca_bundle), HOOK_TIMEOUT, max_idle=0)
         try:
-            response = httpx.post(self.webhook or "", content=body, timeout=HOOK_TIMEOUT,
-                                  headers={"Content-Type": "application/json"},
-                                  verify=self.ca_bundle or True)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
+            response = pool.request("POST", self.webhook or "", [("Content-Type", "application/json"),
+                                                                 ("Content-Length", str(len(data)))], data)
+        except StudioWatchError as exc:
             log.warning("alert_webhook_failed", alert=kind, error=str(exc))
+            return
+        finally:
+            pool.close()
+        if response.status_code >= 400:
+            log.warning("alert_webhook_failed", alert=kind, error=f"HTTP {response.status_code}")
             return
         log.info("alert_sent", alert=kind, via="webhook")

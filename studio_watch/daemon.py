@@ -87,8 +87,7 @@ class Daemon:
         self.busy: dict[str, int | None] = {}
         self.schedule = schedule_of(config)
         self.limiter = RateLimiter(config.schedule.max_upload_rate, self.stop)
-        self.alerts = Alerts(config.notify.command, config.notify.webhook,
-                             str(config.studio.ca_bundle) if config.studio.ca_bundle else None)
+        self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio.ca_bundle)
         self.queue: JobQueue | None = None
         self._not_before = 0.0
         self._pause_alerted = False
@@ -325,9 +324,9 @@ class Daemon:
             self.activity.failure("too_large")
             return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
         rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
-        folder = Path(job.folder or rule.path)
-        title = cfg.render(rule.title, Path(job.path), folder, st.st_size, st.st_mtime)
-        description = cfg.render(rule.description, Path(job.path), folder, st.st_size, st.st_mtime)
+        folder, path = Path(job.folder or rule.path), Path(job.path)
+        title = cfg.render(rule.title, path, folder, st.st_size, st.st_mtime)
+        description = cfg.render(rule.description, path, folder, st.st_size, st.st_mtime)
         return ({"state": State.READY, "title": title, "description": description, "next_attempt_at": now}, None,
                 ("file_ready", {**about, "bytes": st.st_size, "title": title}))
 

@@ -160,6 +160,13 @@ class Job:
     def identity(self) -> tuple[int | None, int | None, int | None]:
         return (self.inode, self.size, self.mtime_ns)
 
+    def evolve(self, **changes: Any) -> Job:
+        """A copy with `changes`: dataclasses.replace without re-running __init__ over forty fields (the pipeline
+        makes several copies per file, and replace() was the costliest Python in a small file's path)."""
+        job = object.__new__(Job)
+        job.__dict__.update(self.__dict__, **changes)
+        return job
+
     @property
     def display_path(self) -> str:
         """The path for humans: undecodable bytes shown as escapes, never a crash."""

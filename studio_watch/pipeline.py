@@ -8,7 +8,6 @@ moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploa
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import shutil
@@ -164,12 +163,12 @@ class Pipeline:
         self.heartbeat()
         state = values.get("state", job.state)
         values["state"] = State(state)
-        return dataclasses.replace(job, **values)
+        return job.evolve(**values)
 
     def _finish(self, job: Job, durable: bool = True, **values: Any) -> Job:
         """Commit the last step's result and hand the job back in the same transaction."""
         self.queue.release(job.id, durable, after_done=True, **values)
-        return dataclasses.replace(job, claimed_by=None, after_done=True,
+        return job.evolve(claimed_by=None, after_done=True,
                                    **{k: State(v) if k == "state" else v for k, v in values.items()})
 
     # -- step 1 ------------------------------------------------------------------------------------------------
@@ -210,7 +209,7 @@ class Pipeline:
         digest = self._hashes.pop(key)
         if verdict == "duplicate":
             return self._skip(job, "duplicate", media_id=media_id)
-        return dataclasses.replace(job, content_hash=digest)
+        return job.evolve(content_hash=digest)
 
     def _wait_for_copy(self, job: Job) -> Job:
         self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
@@ -365,7 +364,7 @@ class Pipeline:
             values["media_id"] = media_id
         self.queue.release(job.id, **values)
         log.info("job_skipped", job_id=job.id, path=job.display_path, reason=reason, media_id=media_id)
-        return dataclasses.replace(job, state=State.SKIPPED, claimed_by=None)
+        return job.evolve(state=State.SKIPPED, claimed_by=None)
 
     def _fail(self, job: Job, error: str) -> None:
         self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error)
@@ -417,7 +416,7 @@ class Pipeline:
 
 def _released(job: Job) -> Job:
     """The job as it is once a step has handed it back to the queue."""
-    return dataclasses.replace(job, claimed_by=None)
+    return job.evolve(claimed_by=None)
 
 
 def _check_file(job: Job) -> None:

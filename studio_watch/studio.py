@@ -20,7 +20,6 @@ from urllib.parse import urlencode, urlsplit
 
 import certifi
 import structlog
-import tenacity
 import xxhash
 
 from . import __version__
@@ -157,6 +156,8 @@ class StudioClient:
             return fn()
         except TransientError as exc:
             first = [exc]
+        import tenacity  # here, not at the top: most runs never need it, and every run would pay its import
+
 
         def replay_then_try() -> Any:  # tenacity's first attempt is the failure that already happened
             if first:

@@ -76,9 +76,12 @@ def classify(rule: FolderRule, path: str) -> tuple[str | None, str]:
 def rule_for(rules: Iterable[FolderRule], path: str) -> FolderRule | None:
     """The folder rule whose folder holds `path` (the innermost one)."""
     best: FolderRule | None = None
+    best_root = ""
     for rule in rules:
-        if Path(path).is_relative_to(rule.path) and (best is None or len(str(rule.path)) > len(str(best.path))):
-            best = rule
+        root = str(rule.path)  # absolute and normalised, as are the paths the watcher reports
+        inside = path == root or path.startswith(root if root.endswith("/") else root + "/")
+        if inside and (best is None or len(root) > len(best_root)):
+            best, best_root = rule, root
     return best
 
 

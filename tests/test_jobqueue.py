@@ -101,6 +101,19 @@ def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
 
 # -- observe ---------------------------------------------------------------------------------------------------
 
+def test_evolve_is_replace_without_touching_the_original(queue: JobQueue) -> None:
+    import dataclasses
+
+    job_id = queue.add(seen("/watch/a.mp4"), State.READY)
+    job = queue.get(job_id)
+    assert job is not None
+    changed = job.evolve(state=State.URL_ISSUED, media_id=5, claimed_by=None)
+    assert changed == dataclasses.replace(job, state=State.URL_ISSUED, media_id=5, claimed_by=None)
+    assert job.state is State.READY and job.media_id is None  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.media_id = 6  # type: ignore[misc]
+
+
 def test_observe_creates_once_per_identity(queue: JobQueue) -> None:
     s = seen("/watch/a.mp4", inode=1)
     created = queue.observe([s], now=1000.0)

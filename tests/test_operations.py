@@ -126,6 +126,45 @@ def test_permanent_failure_runs_the_command_and_the_webhook(tmp_path, sandbox, d
         server.shutdown()
 
 
+class _Refusing(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_failing_webhook_is_logged_never_fatal(tmp_path):
+    import io
+
+    from studio_watch import logs
+    from studio_watch.alerts import Alerts
+
+    stream = io.StringIO()
+    logs.setup("info", "json", stream=stream)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    closed_port = closed.server_port
+    closed.server_close()  # nothing listens there any more
+    try:
+        for url in (f"http://127.0.0.1:{server.server_port}/hook", f"http://127.0.0.1:{closed_port}/hook?key=s3cret"):
+            alerts = Alerts(None, url)
+            alerts.start()
+            alerts.send("job_failed", job={"id": 1})
+            alerts.close()
+    finally:
+        server.shutdown()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failures = [e for e in events if e["event"] == "alert_webhook_failed"]
+    assert [f["error"] for f in failures][0] == "HTTP 500"
+    assert "cannot reach" in failures[1]["error"] and "s3cret" not in stream.getvalue()
+    assert not any(e["event"] == "alert_sent" for e in events)
+
+
 def test_status_shows_folder_health_and_transfers(tmp_path, daemons):
     from studio_watch.sandbox import Faults, Sandbox
 

@@ -82,6 +82,10 @@ def test_rule_for_picks_the_innermost_folder(tmp_path: Path) -> None:
     assert rule_for([outer, inner], str(tmp_path / "a" / "b" / "x.mp4")) is inner
     assert rule_for([inner, outer], str(tmp_path / "a" / "x.mp4")) is outer
     assert rule_for([inner, outer], str(tmp_path / "ab" / "x.mp4")) is None
+    assert rule_for([inner, outer], str(tmp_path / "a")) is outer  # the folder itself
+    root = FolderRule(path=Path("/"))
+    assert rule_for([root, outer], str(tmp_path / "a" / "x.mp4")) is outer
+    assert rule_for([root, outer], "/elsewhere/x.mp4") is root
 
 
 # -- scan ---------------------------------------------------------------------------------------------------------
