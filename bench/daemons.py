@@ -59,17 +59,17 @@ def _daemon_batch(sink: Sink, folder: Path, count: int, workers: int, timeout: f
 
 def overhead_rows(sink: Sink, quick: bool) -> list[Result]:
     """1,000 small files at startup: studio-watch (workers 1, 2, 4) against the bare loop, interleaved."""
-    count, reps = 1000, 1 if quick else 3
+    count, reps, main_reps = 1000, 1 if quick else 3, 3 if quick else 5  # the default (2 workers) gets more runs
     root = scratch("files")
     bare: list[tuple[float, float]] = []
     runs: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 4: []}
     try:
         folder = root / "in"
         write_small_files(folder, count, SMALL)
-        for rep in range(3):
+        for rep in range(main_reps):
             bare.append(_bare_loop(sink, folder, count))
             for workers in runs:
-                if rep < reps or (workers == 2 and rep < 3):
+                if rep < reps or workers == 2:
                     runs[workers].append(_daemon_batch(sink, folder, count, workers, 300))
     finally:
         remove(root)

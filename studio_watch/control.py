@@ -207,8 +207,10 @@ class Activity(Observer):
         with self.lock:
             transfer = self.transfers.setdefault(job_id, Transfer(job_id, 0, total, now, now))
             transfer.sent, transfer.last = sent, now
-            if sent >= total:
-                del self.transfers[job_id]
+
+    def transfer_ended(self, job_id: int) -> None:
+        with self.lock:
+            self.transfers.pop(job_id, None)
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         for listener in self.listeners:

@@ -49,6 +49,8 @@ class Observer(Protocol):
 
     def progress(self, job_id: int, sent: int, total: int) -> None: ...
 
+    def transfer_ended(self, job_id: int) -> None: ...
+
 
 class NullObserver:
     def put_done(self, nbytes: int, seconds: float) -> None:
@@ -61,6 +63,9 @@ class NullObserver:
         pass
 
     def progress(self, job_id: int, sent: int, total: int) -> None:
+        pass
+
+    def transfer_ended(self, job_id: int) -> None:
         pass
 
 
@@ -236,7 +241,10 @@ class Pipeline:
             self.observer.progress(job.id, sent, size)
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
-        result = self.client.put(job.upload_url, job.path, job.identity, progress)
+        try:
+            result = self.client.put(job.upload_url, job.path, job.identity, progress)
+        finally:  # sent, failed or stopped: it is no longer a live transfer
+            self.observer.transfer_ended(job.id)
         self.observer.put_done(result.bytes, result.seconds)
         if job.content_hash is not None and result.content_hash != job.content_hash:
             raise SourceChanged(f"the bytes sent differ from those hashed before: {job.display_path}")

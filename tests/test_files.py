@@ -197,3 +197,43 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
     title = sandbox.completed()[0]["title"]
     assert title and "\udce9" not in title
     assert title.encode("utf-8")  # a valid string Studio can store
+
+
+class _PutFailsMidway:
+    """A Studio client whose PUT reports progress, then fails for good (the upload URL was refused)."""
+
+    def generate(self, collection_id, user_id):
+        return 1, "https://upload.invalid/1?sig=x"
+
+    def put(self, url, path, identity, progress):
+        progress(1024 * 1024)
+        from studio_watch.errors import PermanentError
+        raise PermanentError("put: HTTP 418", 418)
+
+
+def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
+    from studio_watch.config import RetryConfig
+    from studio_watch.control import Activity
+    from studio_watch.jobqueue import Seen
+    from studio_watch.pipeline import Pipeline
+
+    path = write_media(tmp_path / "a.mp4", 2000)
+    st = os.stat(path)
+    queue = JobQueue(tmp_path / "state.db")
+    try:
+        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
+                                auto_caption=False, after_upload="keep", move_to=None, duplicates="upload",
+                                settle_seconds=0), State.READY)
+        activity = Activity()
+        seen_live = []
+        original = activity.progress
+        activity.progress = lambda *args: (original(*args), seen_live.append(dict(activity.transfers)))
+        pipeline = Pipeline(queue, _PutFailsMidway(), RetryConfig(), None, threading.Event(), activity)
+        [job] = queue.claim("test")
+        pipeline.run(job)
+        assert seen_live and job_id in seen_live[0]  # it was a live transfer (the test is not vacuous)...
+        assert activity.transfers == {}  # ...and is not any more
+        assert queue.get(job_id).state is State.FAILED
+    finally:
+        queue.close()
