@@ -177,15 +177,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
         if job_id is None:
             return EXIT_OK
         lock = DaemonLock(config.state_db)
-        try:
-            lock.acquire()
-        except DatabaseLocked as exc:
-            print(f"a daemon (pid {exc.pid}) holds the queue; its workers will upload job {job_id}", file=sys.stderr)
-            return _follow(queue, job_id, None)
-        try:
-            return _upload_alone(config, queue, job_id)
-        finally:
-            lock.release()
+        while True:
+            try:
+                lock.acquire()
+            except DatabaseLocked as exc:
+                # A daemon uploads the job; another `upload` working alone does not, but lets go when it is done.
+                print(f"pid {exc.pid} holds the queue: job {job_id} is uploaded there if it is a daemon, "
+                      f"or here once the queue is free", file=sys.stderr)
+                code = _follow(queue, job_id, lock)
+                if code is not None:
+                    return code
+                continue
+            try:
+                return _upload_alone(config, queue, job_id)
+            finally:
+                lock.release()
     finally:
         queue.close()
 
@@ -246,8 +252,10 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
     return _report(queue.get(job_id))
 
 
-def _follow(queue: JobQueue, job_id: int, bar: ProgressBar | None) -> int:
-    """A daemon does the work: watch the job's row until it ends."""
+def _follow(queue: JobQueue, job_id: int, lock: DaemonLock) -> int | None:
+    """Another process holds the queue: watch the job's row until it ends (the exit code), or until nobody holds
+    the `lock` any more with the job unfinished (None: do it here)."""
+    bar: ProgressBar | None = None
     while True:
         job = queue.get(job_id)
         assert job is not None
@@ -258,6 +266,8 @@ def _follow(queue: JobQueue, job_id: int, bar: ProgressBar | None) -> int:
                 bar.update(job.size or 0, job.state.value)
                 bar.done()
             return _report(job)
+        if lock.held_by_other() is None:  # nobody works on the queue (a claim left by a dead process is stale)
+            return None
         if bar:
             sent = job.bytes_sent or (job.size if job.state is State.UPLOADED else 0) or 0
             bar.update(sent, job.state.value)

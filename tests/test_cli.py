@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import run_cli, write_config, write_media
+from .conftest import run_cli, wait_until, write_config, write_media
 
 
 def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:
@@ -93,6 +93,34 @@ def test_upload_by_hand_goes_through_a_running_daemon(tmp_path, sandbox, daemons
     assert any(e.get("event") == "upload_completed" for e in daemon.events)
     assert sandbox.completed()[0]["user_id"] == 42
     assert daemon.stop() == 0
+
+
+def test_two_uploads_by_hand_at_once_both_finish(tmp_path):
+    """The second waits for the first to let go of the queue, then uploads its own file (it used to wait for
+    the first to upload it, as a daemon would, for ever)."""
+    import subprocess
+    import sys
+
+    from studio_watch.control import DaemonLock
+    from studio_watch.sandbox import Faults, Sandbox
+
+    with Sandbox(faults=Faults(put_bytes_per_second=1_000_000)) as slow:
+        path = write_config(tmp_path, slow.url, [{"path": "in"}])
+        first = write_media(tmp_path / "first.mp4", 1_500_000, seed=4)
+        second = write_media(tmp_path / "second.mp4", 2000, seed=5)
+        busy = subprocess.Popen([sys.executable, "-m", "studio_watch", "upload", str(first), "-c", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_until(lambda: DaemonLock(tmp_path / "state.db").held_by_other() is not None, 20)
+            result = run_cli("upload", str(second), "-c", str(path), timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert "holds the queue" in result.stderr and "as media" in result.stdout
+            assert busy.wait(timeout=30) == 0
+        finally:
+            if busy.poll() is None:
+                busy.kill()
+            busy.communicate()
+        assert sorted(m["bytes_received"] for m in slow.completed()) == [2000, 1_500_000]
 
 
 def test_upload_failure_exits_1_and_retry_brings_it_back(tmp_path, sandbox):
