@@ -20,7 +20,7 @@ import structlog
 
 from .config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
-                     SourceVanished, Stopping, StudioError, TransientError, Unreachable, UploadUrlExpired)
+                     SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
 from .jobqueue import Job, JobQueue, State
 from .studio import StudioClient, hash_file
 
@@ -110,9 +110,9 @@ class Pipeline:
             self._advance(job)
         except Stopping:
             self.queue.release(job.id)
-        except (Unreachable, AuthError) as exc:
+        except AuthError as exc:
             self._outage(job, exc)
-        except TransientError as exc:
+        except TransientError as exc:  # Unreachable too: the upload host may be down while the API is up
             if self._studio_down():
                 self._outage(job, exc)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import unicodedata
 from pathlib import Path
 from typing import Iterator
@@ -237,3 +238,54 @@ def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
         assert queue.get(job_id).state is State.FAILED
     finally:
         queue.close()
+
+
+class _Pauses:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def trip(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_path, sandbox):
+    """The PUT cannot connect, /ping answers: this job waits its backoff (the queue is not paused, which used to
+    flap: pause, /ping fine, resume, the same PUT fails again, pause...)."""
+    import socket
+
+    from studio_watch.config import RetryConfig, StudioConfig
+    from studio_watch.jobqueue import Seen
+    from studio_watch.pipeline import Pipeline
+    from studio_watch.studio import StaticToken, StudioClient
+
+    with socket.socket() as s:  # a port nobody listens on: the "upload host"
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+
+    class DeadUploadHost(StudioClient):
+        def generate(self, collection_id, user_id):
+            media_id, url = super().generate(collection_id, user_id)
+            return media_id, url.replace(f":{sandbox.url.rsplit(':', 1)[1]}/", f":{dead}/", 1)
+
+    retry = RetryConfig(initial_seconds=30, max_seconds=60, max_attempts=5, request_tries=1)
+    client = DeadUploadHost(StudioConfig(url=sandbox.url, token_file=None, token_env="X", timeout_seconds=5), retry,
+                            StaticToken(lambda: "sandbox-token"))
+    path = write_media(tmp_path / "a.mp4", 2000)
+    st = os.stat(path)
+    queue = JobQueue(tmp_path / "state.db")
+    try:
+        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
+                                auto_caption=False, after_upload="keep", move_to=None, duplicates="upload",
+                                settle_seconds=0), State.READY)
+        pauses = _Pauses()
+        [job] = queue.claim("test")
+        Pipeline(queue, client, retry, pauses, threading.Event()).run(job)
+        after = queue.get(job_id)
+        assert pauses.reasons == []
+        assert after.state is State.URL_ISSUED and after.attempts == 1 and after.claimed_by is None
+        assert after.next_attempt_at > time.time() + 10 and "cannot reach" in after.last_error
+        assert [e["endpoint"] for e in sandbox.events()] == ["generate", "ping"]  # the API was asked, and is up
+    finally:
+        queue.close()
+        client.close()
