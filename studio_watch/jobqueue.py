@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import DatabaseTooNew
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class State(str, Enum):
@@ -94,6 +94,7 @@ _MIGRATIONS = (
     (2, "CREATE INDEX jobs_size ON jobs (size);"  # duplicate checks look for same-sized jobs
         # claims look for after-upload actions still to do among (perhaps) 100,000 finished jobs
         "CREATE INDEX jobs_after ON jobs (next_attempt_at) WHERE state = 'completed' AND after_done = 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN failed_state TEXT"),  # the step a failed job failed at: `retry` resumes there
 )
 
 # Columns a caller may set through `update()`; everything else has a dedicated transition.
@@ -101,7 +102,7 @@ _UPDATABLE = frozenset({
     "state", "title", "description", "auto_caption", "captions_skipped", "after_done", "final_path",
     "size", "mtime_ns", "inode", "device", "stable_since", "content_hash", "media_id", "upload_url",
     "url_issued_at", "transcoding_status", "completed_at", "attempts", "next_attempt_at", "last_error", "reason",
-    "bytes_sent", "progress_at", "claimed_by", "claimed_at",
+    "bytes_sent", "progress_at", "claimed_by", "claimed_at", "failed_state",
 })
 _PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
 # Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
@@ -155,6 +156,7 @@ class Job:
     progress_at: float | None
     created_at: float
     updated_at: float
+    failed_state: str | None  # the state a failed job was in when it failed
 
     @property
     def identity(self) -> tuple[int | None, int | None, int | None]:
@@ -537,20 +539,27 @@ class JobQueue:
         return row is not None
 
     def retry(self, ids: Sequence[int] | None) -> list[int]:
-        """Put failed jobs (the given ones, or all with None) back in the queue; returns the ids moved."""
+        """Put failed jobs (the given ones, or all with None) back in the queue; returns the ids moved.
+
+        Each resumes at the step it failed at: a job whose bytes Studio already has (it failed completing) only
+        completes, one with an upload URL PUTs again, any other starts over. Resumed before the upload, a job is
+        asked about duplicates again.
+        """
         with self._tx() as conn:
+            sql = "SELECT id, upload_url, media_id, failed_state FROM jobs WHERE state = 'failed'"
             if ids is None:
-                rows = conn.execute("SELECT id, media_id, upload_url FROM jobs WHERE state = 'failed'").fetchall()
+                rows = conn.execute(sql).fetchall()
             else:
-                marks = ",".join("?" * len(ids))
-                rows = conn.execute(f"SELECT id, media_id, upload_url FROM jobs WHERE state = 'failed' AND id IN ({marks})",
-                                    tuple(ids)).fetchall()
+                rows = conn.execute(f"{sql} AND id IN ({','.join('?' * len(ids))})", tuple(ids)).fetchall()
             now = time.time()
             for row in rows:
-                state = State.URL_ISSUED if row["upload_url"] else State.READY
+                if row["failed_state"] == State.UPLOADED.value and row["media_id"] is not None:
+                    state, forget_hash = State.UPLOADED, False
+                else:
+                    state, forget_hash = State.URL_ISSUED if row["upload_url"] else State.READY, True
                 conn.execute("UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, reason = NULL, "
-                             "content_hash = NULL, updated_at = ? WHERE id = ?",  # asked about duplicates again
-                             (state.value, now, now, row["id"]))
+                             "failed_state = NULL, content_hash = CASE WHEN ? THEN NULL ELSE content_hash END, "
+                             "updated_at = ? WHERE id = ?", (state.value, now, forget_hash, now, row["id"]))
         return [r["id"] for r in rows]
 
 

@@ -375,7 +375,7 @@ class Pipeline:
         return job.evolve(state=State.SKIPPED, claimed_by=None)
 
     def _fail(self, job: Job, error: str) -> None:
-        self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error)
+        self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error, failed_state=job.state.value)
         self.observer.failure(_reason_label(error))
         self.observer.job_failed(job, error)
         log.error("job_failed", job_id=job.id, path=job.display_path, error=error)

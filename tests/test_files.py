@@ -200,6 +200,16 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
     assert title.encode("utf-8")  # a valid string Studio can store
 
 
+def ready_job(queue: JobQueue, path: Path) -> int:
+    """A job for `path`, ready to upload (as the settler leaves it), in `queue`."""
+    from studio_watch.jobqueue import Seen
+
+    st = os.stat(path)
+    return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                          inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None, auto_caption=False,
+                          after_upload="keep", move_to=None, duplicates="upload", settle_seconds=0), State.READY)
+
+
 class _PutFailsMidway:
     """A Studio client whose PUT reports progress, then fails for good (the upload URL was refused)."""
 
@@ -215,17 +225,12 @@ class _PutFailsMidway:
 def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
     from studio_watch.config import RetryConfig
     from studio_watch.control import Activity
-    from studio_watch.jobqueue import Seen
     from studio_watch.pipeline import Pipeline
 
     path = write_media(tmp_path / "a.mp4", 2000)
-    st = os.stat(path)
     queue = JobQueue(tmp_path / "state.db")
     try:
-        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
-                                auto_caption=False, after_upload="keep", move_to=None, duplicates="upload",
-                                settle_seconds=0), State.READY)
+        job_id = ready_job(queue, path)
         activity = Activity()
         seen_live = []
         original = activity.progress
@@ -254,7 +259,6 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
     import socket
 
     from studio_watch.config import RetryConfig, StudioConfig
-    from studio_watch.jobqueue import Seen
     from studio_watch.pipeline import Pipeline
     from studio_watch.studio import StaticToken, StudioClient
 
@@ -271,13 +275,9 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
     client = DeadUploadHost(StudioConfig(url=sandbox.url, token_file=None, token_env="X", timeout_seconds=5), retry,
                             StaticToken(lambda: "sandbox-token"))
     path = write_media(tmp_path / "a.mp4", 2000)
-    st = os.stat(path)
     queue = JobQueue(tmp_path / "state.db")
     try:
-        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
-                                auto_caption=False, after_upload="keep", move_to=None, duplicates="upload",
-                                settle_seconds=0), State.READY)
+        job_id = ready_job(queue, path)
         pauses = _Pauses()
         [job] = queue.claim("test")
         Pipeline(queue, client, retry, pauses, threading.Event()).run(job)
@@ -289,3 +289,33 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
     finally:
         queue.close()
         client.close()
+
+
+def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
+    from studio_watch.config import RetryConfig, StudioConfig
+    from studio_watch.pipeline import Pipeline
+    from studio_watch.studio import StaticToken, StudioClient
+
+    retry = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=1, request_tries=1)
+    with Sandbox(faults=Faults(error_rate=1.0, error_endpoints=frozenset({"complete"}))) as sb:
+        client = StudioClient(StudioConfig(url=sb.url, token_file=None, token_env="X", timeout_seconds=5), retry,
+                              StaticToken(lambda: "sandbox-token"))
+        queue = JobQueue(tmp_path / "state.db")
+        try:
+            job_id = ready_job(queue, write_media(tmp_path / "a.mp4", 300_000))
+            pipeline = Pipeline(queue, client, retry, _Pauses(), threading.Event())
+            [job] = queue.claim("test")
+            pipeline.run(job)
+            failed = queue.get(job_id)
+            assert failed.state is State.FAILED and failed.failed_state == "uploaded"
+            sb.faults.error_rate = 0.0
+            assert queue.retry([job_id]) == [job_id]
+            [job] = queue.claim("test")
+            assert job.state is State.UPLOADED
+            pipeline.run(job)
+            assert queue.get(job_id).state is State.COMPLETED
+            puts = [e for e in sb.events() if e["endpoint"] == "put"]
+            assert len(puts) == 1 and [m["bytes_received"] for m in sb.completed()] == [300_000]
+        finally:
+            queue.close()
+            client.close()

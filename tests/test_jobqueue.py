@@ -59,7 +59,7 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     if wal.exists():
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
 
 
 def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
@@ -68,12 +68,29 @@ def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
     q.close()
     raw(db_path, "DROP INDEX jobs_size")  # what a version-1 database looked like
     raw(db_path, "DROP INDEX jobs_after")
+    raw(db_path, "ALTER TABLE jobs DROP COLUMN failed_state")
     raw(db_path, "PRAGMA user_version = 1")
     again = JobQueue(db_path)
     try:
-        assert raw(db_path, "PRAGMA user_version") == [(2,)]
+        assert raw(db_path, "PRAGMA user_version") == [(3,)]
         assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_size'") == [("jobs_size",)]
-        assert again.get(job_id).title == "Kept"  # type: ignore[union-attr]
+        job = again.get(job_id)
+        assert job is not None and job.title == "Kept" and job.failed_state is None
+    finally:
+        again.close()
+
+
+def test_version_2_database_gains_failed_state(db_path: Path) -> None:
+    q = JobQueue(db_path)
+    job_id = q.add(seen("/watch/a.mp4"), State.FAILED, title="Kept")
+    q.close()
+    raw(db_path, "ALTER TABLE jobs DROP COLUMN failed_state")  # what a version-2 database looked like
+    raw(db_path, "PRAGMA user_version = 2")
+    again = JobQueue(db_path)
+    try:
+        assert raw(db_path, "PRAGMA user_version") == [(3,)]
+        job = again.get(job_id)
+        assert job is not None and job.title == "Kept" and job.state is State.FAILED and job.failed_state is None
     finally:
         again.close()
 
@@ -383,6 +400,21 @@ def test_retry_puts_failed_jobs_back(queue: JobQueue) -> None:
     assert queue.get(other_failed).state is State.READY  # type: ignore[union-attr]
     assert queue.retry(None) == []
     assert {j.id for j in queue.claim("w", limit=10)} == {plain, with_url, other_failed}
+
+
+def test_retry_resumes_at_the_step_the_job_failed_at(queue: JobQueue) -> None:
+    """Failed while completing: Studio has the bytes, so only complete again (no second PUT of a big file)."""
+    at_complete = queue.add(seen("/watch/a.mp4"), State.FAILED, upload_url="https://up/a", media_id=3,
+                            content_hash="h1", failed_state="uploaded")
+    at_put = queue.add(seen("/watch/b.mp4"), State.FAILED, upload_url="https://up/b", media_id=4,
+                       content_hash="h2", failed_state="url_issued")
+    at_generate = queue.add(seen("/watch/c.mp4"), State.FAILED, content_hash="h3", failed_state="ready")
+    assert sorted(queue.retry(None)) == sorted([at_complete, at_put, at_generate])
+    a, b, c = (queue.get(i) for i in (at_complete, at_put, at_generate))
+    assert a is not None and b is not None and c is not None
+    assert (a.state, a.media_id, a.content_hash, a.failed_state) == (State.UPLOADED, 3, "h1", None)
+    assert (b.state, b.media_id, b.content_hash) == (State.URL_ISSUED, 4, None)  # asked about duplicates again
+    assert (c.state, c.content_hash) == (State.READY, None)
 
 
 # -- reading for status ---------------------------------------------------------------------------------------
