@@ -18,9 +18,6 @@ from typing import Any
 import structlog
 
 from . import logs
-from .errors import StudioWatchError
-from .studio import tls_context
-from .transport import Pool
 
 log = structlog.get_logger("studio_watch.alerts")
 
@@ -79,17 +76,14 @@ class Alerts:
             log.info("alert_sent", alert=kind, via="command")
 
     def _post(self, body: str, kind: str) -> None:
-        data = body.encode()
-        pool = Pool(tls_context(self.ca_bundle), HOOK_TIMEOUT, max_idle=0)
+        import httpx  # here: only a daemon with a webhook ever needs it, and every start would pay its import
+
         try:
-            response = pool.request("POST", self.webhook or "", [("Content-Type", "application/json"),
-                                                                 ("Content-Length", str(len(data)))], data)
-        except StudioWatchError as exc:
+            response = httpx.post(self.webhook or "", content=body, timeout=HOOK_TIMEOUT,
+                                  headers={"Content-Type": "application/json"},
+                                  verify=str(self.ca_bundle) if self.ca_bundle else True)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
             log.warning("alert_webhook_failed", alert=kind, error=str(exc))
-            return
-        finally:
-            pool.close()
-        if response.status_code >= 400:
-            log.warning("alert_webhook_failed", alert=kind, error=f"HTTP {response.status_code}")
             return
         log.info("alert_sent", alert=kind, via="webhook")

@@ -151,9 +151,11 @@ class TurnTaking:
         self._lock = threading.Lock()
         self._started: dict[str, float] = {}  # worker → when its current job started
 
-    def begin(self, worker: str, stop: threading.Event) -> bool:
-        """Wait until `worker` may start a job; False if `stop` was set meanwhile. Pair with `end`."""
+    def begin(self, worker: str, stop: threading.Event, beat: Callable[[], None] = lambda: None) -> bool:
+        """Wait until `worker` may start a job (calling `beat` as it waits: it is alive); False if `stop` was set
+        meanwhile. Pair with `end`."""
         while True:
+            beat()
             with self._lock:
                 now = time.monotonic()
                 youngest = max((t for w, t in self._started.items() if w != worker), default=None)

@@ -353,23 +353,26 @@ class Daemon:
 
     def _work_once(self, owner: str, name: str) -> None:
         assert self.queue is not None
-        if self.pause.paused:
-            self.pause.wait_resumed(1.0)
+        if not self.turns.begin(name, self.stop, self._beat):
             return
-        closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
-        if closed_for > 0:
-            self.stop.wait(min(closed_for, 10.0))
-            return
-        if not self.turns.begin(name, self.stop):
-            return
+        jobs: list[Job] = []
         try:
-            jobs = self.queue.claim(owner)
-            for job in jobs:
-                self.busy[name] = job.id
-                self.pipeline.run(job)
+            # Looked at with the turn in hand: waiting for one can take a while, and a pause or the end of the
+            # upload hours may have come meanwhile.
+            paused = self.pause.paused
+            closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
+            if not paused and closed_for <= 0:
+                jobs = self.queue.claim(owner)
+                for job in jobs:
+                    self.busy[name] = job.id
+                    self.pipeline.run(job)
         finally:
             self.turns.end(name)
-        if not jobs:
+        if paused:
+            self.pause.wait_resumed(1.0)
+        elif closed_for > 0:
+            self.stop.wait(min(closed_for, 10.0))
+        elif not jobs:
             due = self.queue.next_due()
             self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
             self.wake.clear()

@@ -189,7 +189,8 @@ class Pipeline:
         media_id, url = self.client.generate(job.collection_id, job.user_id)
         # Committed before the PUT, but without waiting for the disk: only a power cut can lose it, and then
         # nothing after it was durable either (the `uploaded` commit, which waits, flushes it), so at worst an
-        # empty upload is left pending in Studio and the file is sent again under a new media id: never twice.
+        # upload never completed is left pending in Studio and the file is sent again under a new media id,
+        # which alone is completed.
         job = self._commit(job, False, state=State.URL_ISSUED, media_id=media_id, upload_url=url,
                            url_issued_at=time.time())
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)

@@ -379,13 +379,17 @@ class StudioClient:
 
     def _small_body(self, f: Any, size: int, hasher: Any) -> bytes:
         """A small file whole: it then goes out with the request headers in one send."""
-        data = f.read(size)
-        if len(data) != size:
-            raise SourceChanged(f"file shrank before sending ({len(data)} of {size} bytes)")
+        data = bytearray(size)
+        view, got = memoryview(data), 0
+        while got < size:  # one read nearly always; some filesystems (FUSE) return less
+            n = _read_into(f, view[got:])
+            if not n:
+                raise SourceChanged(f"file shrank before sending ({got} of {size} bytes)")
+            got += n
         hasher.update(data)
         if self.limiter is not None:
             self.limiter.take(size)
-        return data
+        return bytes(data)
 
     def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[memoryview]:
         """Exactly `size` bytes of the file, read into one reused 1 MiB buffer, hashed, and handed on to be sent
@@ -396,7 +400,7 @@ class StudioClient:
         while sent < size:
             if self.stop.is_set():
                 raise Stopping("stopping")
-            n = f.readinto(view[:min(CHUNK, size - sent)])
+            n = _read_into(f, view[:min(CHUNK, size - sent)])
             if not n:
                 raise SourceChanged(f"file shrank while sending ({sent} of {size} bytes)")
             chunk = view[:n]
@@ -408,6 +412,14 @@ class StudioClient:
             if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > CHUNK):
                 last_report = time.monotonic()
                 progress(sent)
+
+
+def _read_into(f: Any, view: memoryview) -> int:
+    """One read of the source; a read error is the file's problem (SourceUnreadable), not the network's."""
+    try:
+        return int(f.readinto(view))
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot read {f.name!r}: {exc.strerror or exc}") from None
 
 
 def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -> None:

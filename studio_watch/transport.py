@@ -64,14 +64,14 @@ class Pool:
         """
         parts = urlsplit(url)
         scheme, host = parts.scheme.lower(), parts.hostname
+        origin = f"{scheme}://{parts.netloc.rpartition('@')[2]}"  # never user:password, a path or a query
         if scheme not in ("http", "https") or not host:
-            raise Unreachable(f"cannot reach {scheme}://{parts.netloc}: not an http(s) URL")
+            raise Unreachable(f"cannot reach {origin}: not an http(s) URL")
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
-            raise Unreachable(f"cannot reach {scheme}://{parts.netloc}: bad port") from None
+            raise Unreachable(f"cannot reach {origin}: bad port") from None
         key = (scheme, host, port)
-        origin = f"{scheme}://{parts.netloc.rpartition('@')[2]}"  # never a path or query: upload URLs carry secrets
         # Spaces, control characters and non-ASCII would be refused by http.client (with the query, which may be
         # a signature, in its message): they are percent-encoded, as a browser or httpx would.
         target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
@@ -130,6 +130,7 @@ class Pool:
             conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.ssl_context)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        conn.response_class = _Response
         try:
             conn.connect()  # TCP (with TCP_NODELAY) and, for https, the verified TLS handshake
         except (OSError, http.client.HTTPException) as exc:
@@ -156,6 +157,8 @@ def _exchange(conn: http.client.HTTPConnection, method: str, target: str, header
         data = response.read()
     except (OSError, http.client.HTTPException) as exc:
         raise TransientError(reason(exc)) from None
+    if not whole and 200 <= response.status < 300:  # "done" before it had the whole body: it cannot be
+        raise TransientError(f"HTTP {response.status} before the whole body was sent")
     reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
     return reply, whole and not response.will_close  # after a half-sent body the stream is out of step
 
@@ -168,14 +171,27 @@ def _send_body(conn: http.client.HTTPConnection, body: Iterable[Any]) -> bool:
     """
     sock = conn.sock
     assert sock is not None
-    try:
-        for chunk in body:
+    for chunk in body:  # what the iterable raises (a read error, a stop) is the caller's, never a send error
+        try:
             sock.sendall(chunk)
-    except OSError:
-        if not _readable(sock):
-            raise
-        return False  # getresponse() reads the early answer (or raises, mapped by the caller)
+        except OSError:
+            if not _readable(sock):
+                raise
+            return False  # getresponse() reads the early answer (or raises, mapped by the caller)
     return True
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client skips a `100 Continue` before the final answer, but takes any other informational answer
+    (`103 Early Hints`, `102 Processing`) for the final one; HTTP/1.1 says to skip them all (101 aside)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, why = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200 or status == 101:  # 100 itself: begin() skips it
+                return version, status, why
+            while self.fp.readline(65537) not in (b"\r\n", b"\n", b""):  # its headers
+                pass
 
 
 def _readable(sock: Any) -> bool:

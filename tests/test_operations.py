@@ -160,8 +160,8 @@ def test_a_failing_webhook_is_logged_never_fatal(tmp_path):
         server.shutdown()
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     failures = [e for e in events if e["event"] == "alert_webhook_failed"]
-    assert [f["error"] for f in failures][0] == "HTTP 500"
-    assert "cannot reach" in failures[1]["error"] and "s3cret" not in stream.getvalue()
+    assert len(failures) == 2 and "500" in failures[0]["error"]
+    assert "refused" in failures[1]["error"].lower() and "s3cret" not in stream.getvalue()
     assert not any(e["event"] == "alert_sent" for e in events)
 
 

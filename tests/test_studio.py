@@ -15,7 +15,8 @@ import pytest
 
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged,
-                                 SourceVanished, Stopping, TransientError, Unreachable, UploadUrlExpired)
+                                 SourceUnreadable, SourceVanished, Stopping, TransientError, Unreachable,
+                                 UploadUrlExpired)
 from studio_watch.sandbox import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
 from studio_watch.transport import Reply
@@ -470,6 +471,25 @@ def test_file_truncated_during_put_is_source_changed(tmp_path: Path) -> None:
                 c.put(url, path, identity)
         finally:
             shrink.cancel()
+
+
+def test_a_read_error_mid_put_is_the_file_s_problem_not_the_network_s(tmp_path: Path) -> None:
+    """EIO from the disk while sending: SourceUnreadable naming the file, not a transient network error (which
+    would probe Studio and retry as if the server were at fault)."""
+
+    class FailingDisk:
+        name = str(tmp_path / "a.mp4")
+
+        def readinto(self, view: memoryview) -> int:
+            raise OSError(5, "Input/output error")
+
+    with Sandbox() as sb:
+        c = make_client(sb)
+        for read in (lambda: list(c._body(FailingDisk(), 2 * 1024 * 1024, hashlib.sha256(), None)),
+                     lambda: c._small_body(FailingDisk(), 1000, hashlib.sha256())):
+            with pytest.raises(SourceUnreadable, match="Input/output error") as exc:
+                read()
+            assert "a.mp4" in str(exc.value)
 
 
 def test_missing_file_is_source_vanished(sb: Sandbox, client: StudioClient, tmp_path: Path) -> None:

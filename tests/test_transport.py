@@ -404,7 +404,8 @@ def test_disconnect_without_a_reply_is_transient(serve: Callable[..., Server], p
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1:{port}/file?sig=secret", "http:///no-host?sig=secret",
-                                 "http://127.0.0.1:99999/bad-port?sig=secret"])
+                                 "http://127.0.0.1:99999/bad-port?sig=secret",
+                                 "http://bot:secret@127.0.0.1:99999/bad-port"])
 def test_url_the_pool_cannot_use_is_unreachable_without_connecting(serve: Callable[..., Server], pool: Pool,
                                                                    url: str) -> None:
     server = serve(each_request(echo))  # would answer, were the pool to try
@@ -412,6 +413,34 @@ def test_url_the_pool_cannot_use_is_unreachable_without_connecting(serve: Callab
         pool.request("GET", url.format(port=server.port), [])
     assert "secret" not in str(exc.value)
     assert server.connections() == 0
+
+
+def test_informational_answers_before_the_final_one_are_skipped(serve: Callable[..., Server], pool: Pool) -> None:
+    """http.client itself skips only 100 Continue; a 103 Early Hints must not be taken for the answer."""
+
+    def hints_first(peer: Peer, request: Request) -> None:
+        peer.sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                          b"HTTP/1.1 102 Processing\r\n\r\n")
+        echo(peer, request)
+
+    server = serve(each_request(hints_first))
+    reply = pool.request("PUT", server.url + "/up", [("Content-Length", "3")], b"abc")
+    assert (reply.status_code, reply.body) == (200, b"PUT /up None abc")
+    assert get(pool, server, "/again").body == b"GET /again None "  # the stream stayed in step
+
+
+def test_a_success_before_the_whole_body_was_sent_is_not_a_success(serve: Callable[..., Server],
+                                                                  pool: Pool) -> None:
+    """A 2xx that came while most of the body was still unsent cannot mean the upload arrived."""
+
+    def ok_at_once(peer: Peer) -> None:
+        if peer.read_head() is not None:
+            peer.send(200, b"", ("Connection", "close"))
+
+    server = serve(ok_at_once)
+    with pytest.raises(TransientError, match="before the whole body"):
+        pool.request("PUT", server.url + "/up?sig=x", [("Content-Length", str(8 * MIB))],
+                     (bytes([i]) * MIB for i in range(8)))
 
 
 def test_body_iterable_error_propagates_and_the_half_used_connection_is_dropped(serve: Callable[..., Server],
