@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import ssl
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -279,6 +280,11 @@ def _studio(source: Path, data: Any) -> StudioConfig:
     ca_bundle = r.path("ca_bundle")
     if ca_bundle is not None and not ca_bundle.is_file():
         r.fail("ca_bundle", f"no such file: {ca_bundle}")
+    if ca_bundle is not None:
+        try:  # now, not at the first upload: the client builds its TLS context when it first needs it
+            ssl.create_default_context(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            r.fail("ca_bundle", f"{ca_bundle} is not a readable PEM file of CA certificates: {exc}")
     studio = StudioConfig(url=url.rstrip("/"), token_file=token_file, token_env=token_env, oauth=oauth,
                           timeout_seconds=r.positive("timeout_seconds", 30.0), ca_bundle=ca_bundle)
     r.finish()

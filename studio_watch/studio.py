@@ -139,7 +139,7 @@ class StudioClient:
         self.retry = retry
         self.tokens = tokens
         self.stop = stop or threading.Event()
-        self.pool = pool or Pool(tls_context(studio.ca_bundle), studio.timeout_seconds)
+        self.pool = pool or Pool(lambda: tls_context(studio.ca_bundle), studio.timeout_seconds)
         self._refresh_lock = threading.Lock()
 
     def close(self) -> None:

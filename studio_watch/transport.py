@@ -17,7 +17,7 @@ import select
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import quote, urlsplit
 
 import structlog
@@ -49,8 +49,11 @@ class Reply:
 class Pool:
     """Keep-alive connections by (scheme, host, port); each is used by one thread at a time."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, timeout: float, max_idle: int = MAX_IDLE) -> None:
-        self.ssl_context, self.timeout, self.max_idle = ssl_context, timeout, max_idle
+    def __init__(self, tls: ssl.SSLContext | Callable[[], ssl.SSLContext], timeout: float,
+                 max_idle: int = MAX_IDLE) -> None:
+        """`tls` is the context for https, or what makes it when the first https connection needs it (loading a
+        CA bundle takes ~40 ms: a daemon talking plain http to a local stand-in never pays it)."""
+        self._tls, self.timeout, self.max_idle = tls, timeout, max_idle
         self._idle: list[tuple[tuple[str, str, int], http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -123,18 +126,25 @@ class Pool:
         for old in surplus:
             old.close()
 
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if not isinstance(self._tls, ssl.SSLContext):
+                self._tls = self._tls()
+            return self._tls
+
     def _connect(self, key: tuple[str, str, int], origin: str) -> http.client.HTTPConnection:
         scheme, host, port = key
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.ssl_context)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-        conn.response_class = _Response
+        conn: http.client.HTTPConnection | None = None
         try:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls_context())
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            conn.response_class = _Response
             conn.connect()  # TCP (with TCP_NODELAY) and, for https, the verified TLS handshake
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
+            if conn is not None:
+                conn.close()
             raise Unreachable(f"cannot reach {origin}: {reason(exc)}") from None
         log.debug("http_connected", origin=origin)
         return conn

@@ -185,6 +185,9 @@ ERROR_CASES: list[tuple[str, Mutation, str]] = [
     ("folders not a list", _set("folders", value={"path": "/x"}), "folders"),
     ("bad metrics listen", _set("metrics", "listen", value="9464"), "metrics.listen"),
     ("bad log level", _set("log", "level", value="verbose"), "log.level"),
+    ("missing ca_bundle", lambda d, t: d["studio"].update(ca_bundle=str(t / "nope.pem")), "studio.ca_bundle"),
+    ("ca_bundle not PEM", lambda d, t: (t / "ca.pem").write_text("not a certificate")
+     and d["studio"].update(ca_bundle=str(t / "ca.pem")), "studio.ca_bundle"),
 ]
 
 

@@ -415,6 +415,21 @@ def test_url_the_pool_cannot_use_is_unreachable_without_connecting(serve: Callab
     assert server.connections() == 0
 
 
+def test_the_tls_context_is_made_once_when_the_first_https_connection_needs_it(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_side, client_side = tls
+    plain, secure = serve(each_request(echo)), serve(each_request(echo), server_side)
+    made: list[ssl.SSLContext] = []
+    pool = Pool(lambda: made.append(client_side) or client_side, timeout=WAIT)
+    try:
+        assert get(pool, plain, "/a").status_code == 200 and made == []  # plain http never loads a CA bundle
+        for path in ("/b", "/c"):
+            assert get(pool, secure, path).body == f"GET {path} None ".encode()
+        assert made == [client_side]
+    finally:
+        pool.close()
+
+
 def test_informational_answers_before_the_final_one_are_skipped(serve: Callable[..., Server], pool: Pool) -> None:
     """http.client itself skips only 100 Continue; a 103 Early Hints must not be taken for the answer."""
 
