@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import yaml
@@ -467,9 +467,29 @@ def _notify(source: Path, data: Any) -> NotifyConfig:
 
 
 def render(template: str, path: Path, folder: Path, size: int, mtime: float) -> str:
-    """Fill a title or description template for one file (undecodable name bytes become U+FFFD)."""
-    return template.format(stem=readable(path.stem), name=readable(path.name), folder=readable(folder.name),
-                           parent=readable(path.parent.name), mtime=datetime.fromtimestamp(mtime), size=size)
+    """Fill a title or description template for one file (undecodable name bytes become U+FFFD).
+
+    Only the fields the template names are worked out: this runs twice for every file that settles.
+    """
+    if "{" not in template:
+        return template
+    fields: dict[str, Callable[[], Any]] = {
+        "stem": lambda: readable(path.stem), "name": lambda: readable(path.name),
+        "folder": lambda: readable(folder.name), "parent": lambda: readable(path.parent.name),
+        "mtime": lambda: datetime.fromtimestamp(mtime), "size": lambda: size}
+    return template.format_map(_Lazy(fields))
+
+
+class _Lazy(dict):  # type: ignore[type-arg]
+    """A mapping that computes a template field when format_map first asks for it."""
+
+    def __init__(self, fields: Mapping[str, Callable[[], Any]]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def __missing__(self, key: str) -> Any:
+        self[key] = value = self.fields[key]()  # an unknown field is a KeyError, as with format()
+        return value
 
 
 def readable(text: str) -> str:
