@@ -55,13 +55,13 @@ def make_tokens(config: cfg.Config) -> TokenSource:
     return tokens
 
 
-def to_seen(found: Found) -> Seen:
+def to_seen(found: Found, mtime_trusted: bool = False) -> Seen:
     r, st = found.rule, found.stat
     return Seen(path=found.path, folder=str(r.path), size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
                 device=st.st_dev, collection_id=r.collection_id, user_id=r.user_id, auto_caption=r.auto_caption,
                 after_upload=r.after_upload, after_upload_when=r.after_upload_when,
                 move_to=str(r.move_to) if r.move_to else None, duplicates=r.duplicates,
-                settle_seconds=r.settle_seconds, kind=found.kind)
+                settle_seconds=r.settle_seconds, kind=found.kind, mtime_trusted=mtime_trusted)
 
 
 def schedule_of(config: cfg.Config) -> Schedule:
@@ -261,7 +261,7 @@ class Daemon:
             found = [f for f in found if _changed(known.get(os.fsencode(f.path)), f.stat)]
         if not found:
             return
-        created = self.queue.observe([to_seen(f) for f in found])
+        created = self.queue.observe([to_seen(f, self.watcher.trusts_mtime(f.rule)) for f in found])
         for job_id, seen in created:
             log.info("file_found", job_id=job_id, path=show_path(seen.path), kind=seen.kind, bytes=seen.size)
         self.kick_settler.set()

@@ -221,6 +221,7 @@ class Seen:
     settle_seconds: float
     after_upload_when: str = "completed"
     kind: str = "file"
+    mtime_trusted: bool = False  # the mtime comes from this machine's clock (a local filesystem)
 
     @property
     def identity(self) -> tuple[int, int, int]:
@@ -400,11 +401,14 @@ class JobQueue:
 
     def _insert(self, conn: sqlite3.Connection, s: Seen, now: float, state: State = State.SETTLING,
                 **extra: Any) -> int:
+        # Settling counts from the last change: the mtime, where it can be believed (a file that sat unchanged
+        # in a local folder while the daemon was down need not wait again), else the moment it was found.
+        stable_since = min(now, s.mtime_ns / 1e9) if s.mtime_trusted else now
         values = dict(kind=s.kind, state=state.value, path=_fs(s.path), folder=_fs(s.folder),
                       collection_id=s.collection_id, user_id=s.user_id, auto_caption=int(s.auto_caption),
                       after_upload=s.after_upload, after_upload_when=s.after_upload_when, move_to=_fs(s.move_to), duplicates=s.duplicates,
                       settle_seconds=s.settle_seconds, size=s.size, mtime_ns=s.mtime_ns, inode=s.inode,
-                      device=s.device, stable_since=now, created_at=now, updated_at=now, **extra)
+                      device=s.device, stable_since=stable_since, created_at=now, updated_at=now, **extra)
         cols = ", ".join(values)
         cur = conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(values))})",
                            tuple(values.values()))

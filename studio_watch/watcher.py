@@ -188,6 +188,11 @@ class Watcher:
         self.last_scan: dict[Path, float] = {}
         self._rescanner: threading.Thread | None = None
 
+    def trusts_mtime(self, rule: FolderRule) -> bool:
+        """Do file mtimes in this folder come from this machine's clock? Where the kernel reports changes
+        (inotify) the folder is local; on a polled (network) filesystem they come from the server's clock."""
+        return self.kinds.get(rule.path) == "inotify"
+
     def observer_kind(self, rule: FolderRule) -> str:
         if self.observer_setting != "auto":
             return self.observer_setting

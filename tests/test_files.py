@@ -319,3 +319,22 @@ def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
         finally:
             queue.close()
             client.close()
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_a_file_untouched_long_before_startup_is_ready_at_once_where_mtimes_are_local(tmp_path, sandbox, observer):
+    """Its mtime says it has not changed for an hour. On a local (inotify) folder that is believed: no second
+    settle wait after a restart. On a polled (network) folder the mtime comes from another clock: it waits."""
+    (tmp_path / "in").mkdir()
+    path = write_media(tmp_path / "in" / "yesterday.mp4", 1000)
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    d = InProcess(write_config(tmp_path, sandbox.url, [{"path": "in", "settle_seconds": 60}], observer=observer))
+    try:
+        if observer == "inotify":
+            assert d.wait_states({"completed": 1}, timeout=15)
+        else:
+            [job] = d.jobs()  # found by the startup scan, before the daemon said it was ready
+            assert job.state is State.SETTLING and job.stable_since > hour_ago + 3000
+    finally:
+        d.close()
