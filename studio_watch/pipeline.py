@@ -8,9 +8,9 @@ moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 import structlog
 
+from . import sources
 from .config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
                      SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
@@ -73,20 +74,6 @@ def backoff(attempts: int, retry: RetryConfig, hint: float | None = None) -> flo
     """The queue's wait before the next attempt: exponential with jitter, at least the server's hint."""
     base = min(retry.max_seconds, retry.initial_seconds * 2 ** max(0, attempts - 1))
     return min(retry.max_seconds, max(base * random.uniform(0.5, 1.0), hint or 0.0))
-
-
-def unique_destination(folder: Path, name: str) -> Path:
-    """Reserve a new path in `folder` for `name`: name, name (1), name (2), ... created empty and exclusively,
-    so two workers moving same-named files never pick the same one (the move then replaces the placeholder)."""
-    stem, suffix = os.path.splitext(name)
-    n = 0
-    while True:
-        candidate = folder / (name if n == 0 else f"{stem} ({n}){suffix}")
-        try:
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            return candidate
-        except FileExistsError:
-            n += 1
 
 
 class Pipeline:
@@ -317,28 +304,31 @@ class Pipeline:
         if job.after_upload_when == "processed" and not self._processed(job):
             return _released(job)
         assert job.path is not None
+        aside: str | None = None
         try:
             try:
-                st = os.stat(job.path)
-            except FileNotFoundError:
-                log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
-                return self._finish(job)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+                aside = sources.take_aside(job.path, job.id, job.identity)
+            except sources.NotTheUploadedFile:
                 log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
                             reason="the file at this path is not the one uploaded; left in place")
                 return self._finish(job, reason="source replaced; not moved or deleted")
+            if aside is None:
+                log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
+                return self._finish(job)
             if job.after_upload == "delete":
-                os.unlink(job.path)
+                os.unlink(aside)
                 log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
                 return self._finish(job)
             assert job.move_to is not None
-            target = unique_destination(Path(job.move_to), os.path.basename(job.path))
-            shutil.move(job.path, target)
+            target = sources.move(aside, Path(job.move_to), os.path.basename(job.path))
             log.info("source_moved", job_id=job.id, path=job.display_path, to=os.fsencode(target).decode(
                 "utf-8", "backslashreplace"), media_id=job.media_id)
             return self._finish(job, final_path=str(target))
         except OSError as exc:
-            # Never fatal: the media is safe in Studio; try the move/delete again later.
+            # Never fatal: the media is safe in Studio; try the move/delete again later, the file back in view.
+            if aside is not None and os.path.lexists(aside):
+                with contextlib.suppress(OSError):
+                    sources.put_back(aside, job.path)
             attempts = job.attempts + 1
             log.warning("after_upload_failed", job_id=job.id, path=job.display_path, error=str(exc), attempts=attempts)
             self.observer.failure("after_upload")

@@ -152,6 +152,8 @@ def test_move_failure_is_retried_not_fatal(tmp_path, sandbox, start):
     write_media(tmp_path / "in" / "a.mp4", 5_000, seed=5)
     assert wait_until(lambda: any(j.last_error and "move failed" in j.last_error for j in d.jobs()), 20)
     assert len(sandbox.completed()) == 1
+    # while the move waits for its retry the file is where the operator expects it, not taken aside
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.mp4"]
     (tmp_path / "done").mkdir()
     assert wait_until(lambda: (tmp_path / "done" / "a.mp4").exists(), 20)
     assert d.jobs()[0].after_done
@@ -338,3 +340,31 @@ def test_a_file_untouched_long_before_startup_is_ready_at_once_where_mtimes_are_
             assert job.state is State.SETTLING and job.stable_since > hour_ago + 3000
     finally:
         d.close()
+
+
+def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
+    """Uploaded yesterday, deleted today: today's recording under the same name survives, and yesterday's job
+    ends (its media is safe in Studio) without touching it."""
+    from studio_watch.config import RetryConfig
+    from studio_watch.jobqueue import Seen
+    from studio_watch.pipeline import Pipeline
+
+    path = write_media(tmp_path / "room101.mp4", 3000, seed=1)
+    st = os.stat(path)
+    queue = JobQueue(tmp_path / "state.db")
+    try:
+        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
+                                auto_caption=False, after_upload="delete", move_to=None, duplicates="upload",
+                                settle_seconds=0), State.COMPLETED, media_id=5)
+        path.unlink()
+        today = write_media(tmp_path / "room101.mp4", 4000, seed=2)
+        content = today.read_bytes()
+        [job] = queue.claim("test")
+        Pipeline(queue, None, RetryConfig(), _Pauses(), threading.Event()).run(job)
+        assert today.read_bytes() == content and [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == [
+            "room101.mp4"]
+        done = queue.get(job_id)
+        assert done.after_done and done.state is State.COMPLETED and "not moved or deleted" in done.reason
+    finally:
+        queue.close()
