@@ -23,7 +23,7 @@ from .config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
                      SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
 from .jobqueue import Job, JobQueue, State
-from .studio import StudioClient, hash_file
+from .studio import StudioClient
 
 log = structlog.get_logger("studio_watch.pipeline")
 
@@ -195,7 +195,7 @@ class Pipeline:
         assert job.path is not None
         key = (job.id, job.identity)
         if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
-            self._hashes[key] = hash_file(job.path, self.stop)
+            self._hashes[key] = sources.hash_file(job.path, self.stop)
         verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
         if verdict == "wait":
             return self._wait_for_copy(job)

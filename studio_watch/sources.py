@@ -1,20 +1,148 @@
-"""What happens to a source file once Studio has its media: moved or deleted, and only if it is still the file
-that was uploaded.
+"""The source files: read for the upload (hashed in the same pass, a big one read ahead of the send), and once
+Studio has the media, moved or deleted, only if still the file that was uploaded.
 
-A check (stat, compare) followed by an action (unlink, rename) leaves a window in which a new recording can
-arrive under the same name and be deleted or moved in the old one's place. So the file is first renamed aside,
-to a hidden name beside it (atomic, and whatever was at the path is now there and nowhere else), then checked,
-then acted on; a file that turns out not to be the uploaded one is put back where it was.
+Reading: one pass, into reused 1 MiB buffers, each hashed (XXH3-64) as it is read and handed on to be sent
+before its buffer is read into again. A big file is read and hashed by a helper thread one chunk ahead of the
+send (`read_ahead`): reading (a copy out of the page cache, or a wait on the disk) and sending (a copy into the
+socket, or a wait on the network) then overlap instead of taking turns. Small files never start a thread.
+
+After the upload: a check (stat, compare) followed by an action (unlink, rename) leaves a window in which a new
+recording can arrive under the same name and be deleted or moved in the old one's place. So the file is first
+renamed aside, to a hidden name beside it (atomic, and whatever was at the path is now there and nowhere else),
+then checked, then acted on; a file that turns out not to be the uploaded one is put back where it was.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import shutil
+import threading
 from pathlib import Path
+from typing import Any, Iterator
+
+import xxhash
+
+from .errors import SourceChanged, SourceUnreadable, SourceVanished, Stopping
+
+CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough to stay in cache between read, hash and send
+READ_AHEAD_MIN = 16 << 20  # files at least this big are read by a helper thread one chunk ahead of the send
+READ_AHEAD_BUFFERS = 3  # one being sent, one read and waiting, one being read
 
 Identity = tuple[int | None, int | None, int | None]  # (inode, size, mtime_ns)
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+
+def content_hasher() -> Any:
+    """The content identity hash: XXH3-64, non-cryptographic and about 40 GB/s here (XXH3-128 measured 18), so
+    it costs the upload pass almost nothing. Identity is hash plus size plus target: 64 bits are plenty."""
+    return xxhash.xxh3_64()
+
+
+def open_source(path: str) -> Any:
+    """Open a recording for reading, unbuffered; a missing or unreadable file becomes a SourceError."""
+    try:
+        return open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise SourceVanished(f"file vanished: {path!r}") from None
+    except PermissionError as exc:
+        raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def hash_file(path: str, stop: threading.Event | None = None) -> str:
+    """Hash a whole file (only used when a duplicate is likely and must be known before uploading)."""
+    hasher = content_hasher()
+    with open_source(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        for _ in read_chunks(f, size, hasher, exact=False):
+            if stop is not None and stop.is_set():
+                raise Stopping("stopping")
+    return hasher.hexdigest()
+
+
+def read_into(f: Any, view: memoryview) -> int:
+    """One read of the source; a read error is the file's problem (SourceUnreadable), not the network's."""
+    try:
+        return int(f.readinto(view))
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot read {f.name!r}: {exc.strerror or exc}") from None
+
+
+def read_whole(f: Any, size: int, hasher: Any) -> bytes:
+    """All `size` bytes of a small file, hashed; a file that ends early changed (SourceChanged)."""
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:  # one read nearly always; some filesystems (FUSE) return less
+        n = read_into(f, view[got:])
+        if not n:
+            raise SourceChanged(f"file shrank before sending ({got} of {size} bytes)")
+        got += n
+    hasher.update(data)
+    return bytes(data)
+
+
+def read_chunks(f: Any, size: int, hasher: Any, exact: bool = True) -> Iterator[memoryview]:
+    """The file's next `size` bytes in hashed chunks of one reused buffer: each is only valid until the next is
+    asked for. `exact`: a file that ends early changed (SourceChanged); else the chunks stop at its end."""
+    view, done = memoryview(bytearray(min(CHUNK, max(size, 1)))), 0
+    while done < size:
+        n = read_into(f, view[:min(CHUNK, size - done)])
+        if not n:
+            if not exact:
+                return
+            raise SourceChanged(f"file shrank while sending ({done} of {size} bytes)")
+        hasher.update(view[:n])
+        done += n
+        yield view[:n]
+
+
+def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
+    """As read_chunks, but a helper thread reads and hashes the next chunk while this one is being sent.
+
+    Measured with a 2 GiB file to a loopback sink: ~1.3x the throughput of reading and sending in turn (and of
+    `curl -T`), for the same CPU. The thread ends when the chunks do, or when the consumer closes this generator
+    early (a failed send, a stop); what it raises (SourceChanged, SourceUnreadable) is raised here.
+    """
+    free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, int] | BaseException | None] = queue.SimpleQueue()
+    for _ in range(READ_AHEAD_BUFFERS):
+        free.put(memoryview(bytearray(CHUNK)))
+
+    def reader() -> None:
+        try:
+            done = 0
+            while done < size:
+                view = free.get()
+                if view is None:  # the consumer has gone
+                    return
+                n = read_into(f, view[:min(CHUNK, size - done)])
+                if not n:
+                    raise SourceChanged(f"file shrank while sending ({done} of {size} bytes)")
+                hasher.update(view[:n])  # xxhash lets go of the GIL: the sender runs meanwhile
+                done += n
+                full.put((view, n))
+            full.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            full.put(exc)
+
+    thread = threading.Thread(target=reader, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := full.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            view, n = item
+            yield view[:n]
+            free.put(view)  # sent: its buffer may be read into again
+    finally:
+        free.put(None)
+        thread.join()
+
+
+# -- after the upload ---------------------------------------------------------------------------------------------
 
 
 class NotTheUploadedFile(Exception):

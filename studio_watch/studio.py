@@ -20,18 +20,16 @@ from urllib.parse import urlencode, urlsplit
 
 import certifi
 import structlog
-import xxhash
 
-from . import __version__
+from . import __version__, sources
 from .config import RetryConfig, StudioConfig
-from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
-                     SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
+from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
+                     StudioError, TransientError, UploadUrlExpired)
 from .schedule import RateLimiter
 from .transport import Pool, Reply
 
 log = structlog.get_logger("studio_watch.studio")
 
-CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough to stay in cache between read, hash and send
 SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_CLIENT_WAIT = 30.0  # a Retry-After longer than this is left to the queue's own backoff
@@ -70,33 +68,6 @@ class PutResult:
     bytes: int
     content_hash: str
     seconds: float
-
-
-def content_hasher() -> Any:
-    """The content identity hash: XXH3-64, non-cryptographic and about 40 GB/s here (XXH3-128 measured 18), so
-    it costs the upload pass almost nothing. Identity is hash plus size plus target: 64 bits are plenty."""
-    return xxhash.xxh3_64()
-
-
-def hash_file(path: str, stop: threading.Event | None = None) -> str:
-    """Hash a whole file (only used when a duplicate is likely and must be known before uploading)."""
-    hasher = content_hasher()
-    with open_source(path) as f:
-        while chunk := f.read(CHUNK):
-            if stop is not None and stop.is_set():
-                raise Stopping("stopping")
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def open_source(path: str) -> Any:
-    """Open a recording for reading, unbuffered; a missing or unreadable file becomes a SourceError."""
-    try:
-        return open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        raise SourceVanished(f"file vanished: {path!r}") from None
-    except PermissionError as exc:
-        raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -353,8 +324,8 @@ class StudioClient:
     def _put_once(self, url: str, path: str, identity: tuple[int, int, int],
                   progress: Callable[[int], None] | None) -> PutResult:
         inode, size, mtime_ns = identity
-        f = open_source(path)
-        hasher = content_hasher()
+        f = sources.open_source(path)
+        hasher = sources.content_hasher()
         started = time.monotonic()
         with f:
             _check_same(os.fstat(f.fileno()), identity, path)
@@ -365,6 +336,9 @@ class StudioClient:
                 response = self.pool.request("PUT", url, headers, body)
             except TransientError as exc:  # the upload host may differ from the API: the queue probes /ping
                 raise type(exc)(f"put: {exc}") from None
+            finally:
+                if not isinstance(body, bytes):
+                    body.close()  # now, not when collected: a read-ahead thread ends with it
             _check_same(os.fstat(f.fileno()), identity, path)
         status = response.status_code
         if 200 <= status < 300:
@@ -379,47 +353,32 @@ class StudioClient:
 
     def _small_body(self, f: Any, size: int, hasher: Any) -> bytes:
         """A small file whole: it then goes out with the request headers in one send."""
-        data = bytearray(size)
-        view, got = memoryview(data), 0
-        while got < size:  # one read nearly always; some filesystems (FUSE) return less
-            n = _read_into(f, view[got:])
-            if not n:
-                raise SourceChanged(f"file shrank before sending ({got} of {size} bytes)")
-            got += n
-        hasher.update(data)
+        data = sources.read_whole(f, size, hasher)
         if self.limiter is not None:
             self.limiter.take(size)
-        return bytes(data)
+        return data
 
     def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[memoryview]:
-        """Exactly `size` bytes of the file, read into one reused 1 MiB buffer, hashed, and handed on to be sent
-        before the next read (no allocation or copy per chunk); stops early on `stop`."""
-        view = memoryview(bytearray(CHUNK))
+        """Exactly `size` bytes of the file, hashed as they are read, each chunk handed on to be sent before its
+        buffer is used again (no allocation or copy per chunk); stops early on `stop`. A big file is read by a
+        helper thread one chunk ahead of the send (see sources.read_ahead)."""
+        read = sources.read_ahead if size >= sources.READ_AHEAD_MIN else sources.read_chunks
+        chunks = read(f, size, hasher)
         sent = 0
         last_report = time.monotonic()  # files under 1 MiB finish before their first report: no progress write
-        while sent < size:
-            if self.stop.is_set():
-                raise Stopping("stopping")
-            n = _read_into(f, view[:min(CHUNK, size - sent)])
-            if not n:
-                raise SourceChanged(f"file shrank while sending ({sent} of {size} bytes)")
-            chunk = view[:n]
-            hasher.update(chunk)
-            sent += n
-            if self.limiter is not None:
-                self.limiter.take(n)
-            yield chunk
-            if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > CHUNK):
-                last_report = time.monotonic()
-                progress(sent)
-
-
-def _read_into(f: Any, view: memoryview) -> int:
-    """One read of the source; a read error is the file's problem (SourceUnreadable), not the network's."""
-    try:
-        return int(f.readinto(view))
-    except OSError as exc:
-        raise SourceUnreadable(f"cannot read {f.name!r}: {exc.strerror or exc}") from None
+        try:
+            for chunk in chunks:
+                if self.stop.is_set():
+                    raise Stopping("stopping")
+                sent += len(chunk)
+                if self.limiter is not None:
+                    self.limiter.take(len(chunk))
+                yield chunk
+                if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > sources.CHUNK):
+                    last_report = time.monotonic()
+                    progress(sent)
+        finally:
+            chunks.close()  # a read-ahead thread ends with it, whether the send finished, failed or stopped
 
 
 def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -> None:

@@ -1,14 +1,19 @@
-"""After the upload: a source file is moved or deleted only if it is still the uploaded one, with no window
-between the check and the act (it is renamed aside first), and nothing is ever overwritten."""
+"""Source files: read once, hashed as read, a big one ahead of the send on a helper thread that always ends;
+after the upload, moved or deleted only if still the uploaded one, with no window between the check and the
+act (renamed aside first), and nothing ever overwritten."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
-from studio_watch.sources import NotTheUploadedFile, aside_path, move, put_back, take_aside
+from studio_watch.errors import SourceChanged, SourceUnreadable
+from studio_watch.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, hash_file, move, open_source,
+                                  put_back, read_ahead, read_chunks, read_whole, take_aside)
 
 
 def identity(path: Path) -> tuple[int, int, int]:
@@ -88,3 +93,60 @@ def test_move_picks_a_free_name_and_never_overwrites(tmp_path: Path) -> None:
     target = move(str(aside), done, "talk.mp4")
     assert target == done / "talk (1).mp4" and target.read_bytes() == b"newer"
     assert (done / "talk.mp4").read_bytes() == b"older" and not aside.exists()
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+
+def read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "read-ahead"]
+
+
+def test_read_ahead_yields_the_file_exactly_hashed_as_read_chunks_does(tmp_path: Path) -> None:
+    data = os.urandom(5 * CHUNK + 12345)
+    path = tmp_path / "a.mp4"
+    path.write_bytes(data)
+    got, ahead, inline = bytearray(), content_hasher(), content_hasher()
+    with open_source(str(path)) as f:
+        for chunk in read_ahead(f, len(data), ahead):
+            got += chunk  # each chunk is only valid until the next is asked for: copy it now
+    with open_source(str(path)) as f:
+        sizes = [len(c) for c in read_chunks(f, len(data), inline)]
+    assert bytes(got) == data and ahead.hexdigest() == inline.hexdigest() == hash_file(str(path))
+    assert sizes == [CHUNK] * 5 + [12345]
+    assert read_ahead_threads() == []
+
+
+def test_read_ahead_thread_ends_when_the_consumer_gives_up(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(os.urandom(8 * CHUNK))
+    with open_source(str(path)) as f:
+        chunks = read_ahead(f, 8 * CHUNK, content_hasher())
+        next(chunks)
+        assert len(read_ahead_threads()) == 1  # reading ahead now
+        chunks.close()  # a failed send, a stop
+    assert read_ahead_threads() == []
+
+
+@pytest.mark.parametrize("read", [read_chunks, read_ahead])
+def test_a_file_shorter_than_its_size_is_source_changed(tmp_path: Path, read: Callable[..., Any]) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(os.urandom(2 * CHUNK))  # the size recorded was 3 MiB: it shrank since
+    with open_source(str(path)) as f, pytest.raises(SourceChanged, match="shrank"):
+        for _ in read(f, 3 * CHUNK, content_hasher()):
+            pass
+    assert read_ahead_threads() == []
+
+
+@pytest.mark.parametrize("read", [read_chunks, read_ahead, read_whole])
+def test_a_read_error_is_source_unreadable_naming_the_file(read: Callable[..., Any]) -> None:
+    class FailingDisk:
+        name = "/watch/lecture.mp4"
+
+        def readinto(self, view: memoryview) -> int:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(SourceUnreadable, match="lecture.mp4.*Input/output error"):
+        result = read(FailingDisk(), 2 * CHUNK, content_hasher())
+        if not isinstance(result, bytes):
+            list(result)
+    assert read_ahead_threads() == []

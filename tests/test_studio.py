@@ -19,9 +19,9 @@ from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, Per
                                  UploadUrlExpired)
 from studio_watch.sandbox import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
+from studio_watch.sources import READ_AHEAD_MIN, hash_file
+from studio_watch.studio import MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url
 from studio_watch.transport import Reply
-from studio_watch.studio import (MAX_CLIENT_WAIT, StaticToken, StudioClient, hash_file, parse_retry_after,
-                                 safe_url)
 
 TOKEN = "sandbox-token"
 
@@ -64,21 +64,22 @@ def client(sb: Sandbox) -> Iterator[StudioClient]:
 # -- the three steps -------------------------------------------------------------------------------------------
 
 
-def test_three_steps_upload_whole_file_without_auth_on_put(sb: Sandbox, client: StudioClient,
-                                                          tmp_path: Path) -> None:
-    path, identity = media_file(tmp_path / "lecture.mp4", 1_500_000)  # more than one 1 MiB chunk
+@pytest.mark.parametrize("size", [1_500_000, READ_AHEAD_MIN + 123], ids=["inline", "read-ahead"])
+def test_three_steps_upload_whole_file_without_auth_on_put(sb: Sandbox, client: StudioClient, tmp_path: Path,
+                                                          size: int) -> None:
+    path, identity = media_file(tmp_path / "lecture.mp4", size)  # more than one 1 MiB chunk
     media_id, url = client.generate(1, None)
     assert url.startswith(sb.url) and "signature=" in url
 
     result = client.put(url, path, identity)
-    assert result.bytes == 1_500_000
+    assert result.bytes == size
     assert result.content_hash == hash_file(path)
     media = client.complete(media_id, "Lecture 1", "week 1", False)
 
     assert media is not None and media["id"] == media_id and media["title"] == "Lecture 1"
     [done] = sb.completed()
     assert done["id"] == media_id and done["collection_id"] == 1
-    assert done["bytes_received"] == 1_500_000 and done["content_sha256"] == sha256(path)
+    assert done["bytes_received"] == size and done["content_sha256"] == sha256(path)
     assert sb.violations() == []  # no chunked body, no Authorization on the upload URL
     [put] = events(sb, "put")
     assert put["status"] == 200
@@ -459,10 +460,11 @@ def test_identity_mismatch_is_source_changed_before_any_byte(sb: Sandbox, client
     assert events(sb, "put") == []
 
 
-def test_file_truncated_during_put_is_source_changed(tmp_path: Path) -> None:
-    with Sandbox(faults=Faults(put_bytes_per_second=2_000_000)) as sb:  # 2 MiB takes ~1 s
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, READ_AHEAD_MIN + 1], ids=["inline", "read-ahead"])
+def test_file_truncated_during_put_is_source_changed(tmp_path: Path, size: int) -> None:
+    with Sandbox(faults=Faults(put_bytes_per_second=2_000_000)) as sb:  # 2 MiB take ~1 s
         c = make_client(sb)
-        path, identity = media_file(tmp_path / "a.mp4", 2 * 1024 * 1024)
+        path, identity = media_file(tmp_path / "a.mp4", size)
         _, url = c.generate(None, None)
         shrink = threading.Timer(0.2, lambda: os.truncate(path, 1000))
         shrink.start()
