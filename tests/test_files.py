@@ -202,14 +202,16 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
     assert title.encode("utf-8")  # a valid string Studio can store
 
 
-def ready_job(queue: JobQueue, path: Path) -> int:
-    """A job for `path`, ready to upload (as the settler leaves it), in `queue`."""
+def ready_job(queue: JobQueue, path: Path, state: State = State.READY, after_upload: str = "keep",
+              **extra: object) -> int:
+    """A job for `path` in `queue`: ready to upload (as the settler leaves it), or in `state`."""
     from studio_watch.jobqueue import Seen
 
     st = os.stat(path)
     return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
                           inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None, auto_caption=False,
-                          after_upload="keep", move_to=None, duplicates="upload", settle_seconds=0), State.READY)
+                          after_upload=after_upload, move_to=None, duplicates="upload", settle_seconds=0),
+                     state, **extra)
 
 
 class _PutFailsMidway:
@@ -346,17 +348,12 @@ def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
     """Uploaded yesterday, deleted today: today's recording under the same name survives, and yesterday's job
     ends (its media is safe in Studio) without touching it."""
     from studio_watch.config import RetryConfig
-    from studio_watch.jobqueue import Seen
     from studio_watch.pipeline import Pipeline
 
     path = write_media(tmp_path / "room101.mp4", 3000, seed=1)
-    st = os.stat(path)
     queue = JobQueue(tmp_path / "state.db")
     try:
-        job_id = queue.add(Seen(path=str(path), folder=str(tmp_path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
-                                auto_caption=False, after_upload="delete", move_to=None, duplicates="upload",
-                                settle_seconds=0), State.COMPLETED, media_id=5)
+        job_id = ready_job(queue, path, State.COMPLETED, after_upload="delete", media_id=5)
         path.unlink()
         today = write_media(tmp_path / "room101.mp4", 4000, seed=2)
         content = today.read_bytes()

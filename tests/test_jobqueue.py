@@ -62,35 +62,25 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
 
 
-def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
-    q = JobQueue(db_path)
-    job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Kept")
-    q.close()
-    raw(db_path, "DROP INDEX jobs_size")  # what a version-1 database looked like
-    raw(db_path, "DROP INDEX jobs_after")
-    raw(db_path, "ALTER TABLE jobs DROP COLUMN failed_state")
-    raw(db_path, "PRAGMA user_version = 1")
-    again = JobQueue(db_path)
-    try:
-        assert raw(db_path, "PRAGMA user_version") == [(3,)]
-        assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_size'") == [("jobs_size",)]
-        job = again.get(job_id)
-        assert job is not None and job.title == "Kept" and job.failed_state is None
-    finally:
-        again.close()
+# What older databases looked like: the statements that take a current one back to that version.
+OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state"],
+                 2: ["ALTER TABLE jobs DROP COLUMN failed_state"]}
 
 
-def test_version_2_database_gains_failed_state(db_path: Path) -> None:
+@pytest.mark.parametrize("version", sorted(OLDER_SCHEMAS))
+def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> None:
     q = JobQueue(db_path)
     job_id = q.add(seen("/watch/a.mp4"), State.FAILED, title="Kept")
     q.close()
-    raw(db_path, "ALTER TABLE jobs DROP COLUMN failed_state")  # what a version-2 database looked like
-    raw(db_path, "PRAGMA user_version = 2")
+    for statement in OLDER_SCHEMAS[version]:
+        raw(db_path, statement)
+    raw(db_path, f"PRAGMA user_version = {version}")
     again = JobQueue(db_path)
     try:
-        assert raw(db_path, "PRAGMA user_version") == [(3,)]
+        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_after'") == [("jobs_after",)]
         job = again.get(job_id)
-        assert job is not None and job.title == "Kept" and job.state is State.FAILED and job.failed_state is None
+        assert job is not None and (job.title, job.state, job.failed_state) == ("Kept", State.FAILED, None)
     finally:
         again.close()
 
