@@ -161,7 +161,7 @@ class Pipeline:
         """Commit the last step's result and hand the job back in the same transaction."""
         self.queue.release(job.id, durable, after_done=True, **values)
         return job.evolve(claimed_by=None, after_done=True,
-                                   **{k: State(v) if k == "state" else v for k, v in values.items()})
+                          **{k: State(v) if k == "state" else v for k, v in values.items()})
 
     # -- step 1 ------------------------------------------------------------------------------------------------
 
