@@ -31,8 +31,9 @@ from .watcher import Found, Watcher, rule_for
 
 log = structlog.get_logger("studio_watch.daemon")
 
-PUBLISH_EVERY = 5.0
-STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start  # seconds between two snapshots of the daemon's state for `status`
+SETTLE_BATCH = 100  # settle promotions per transaction
+PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
+STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start
 
 
 def make_tokens(config: cfg.Config) -> TokenSource:
@@ -278,29 +279,36 @@ class Daemon:
             self.kick_settler.clear()
 
     def settle_once(self, now: float) -> float | None:
-        """Promote settled files to ready (one transaction for all); returns when the next one is due."""
+        """Promote settled files to ready, SETTLE_BATCH to a transaction; returns when the next one is due."""
         assert self.queue is not None
         next_due: float | None = None
-        changes: list[tuple[int, dict[str, Any]]] = []
-        seen_as: dict[int, tuple[Any, ...]] = {}
-        events: dict[int, tuple[str, dict[str, Any]]] = {}
+        batch: list[tuple[Job, dict[str, Any], tuple[str, dict[str, Any]] | None]] = []
         for job in self.queue.settling():
             due: float | None = (job.stable_since or now) + job.settle_seconds
             if due is not None and due <= now:
                 change, due, event = self._settle(job, now)
-                changes.append((job.id, change))
-                seen_as[job.id] = job.identity  # a watcher event may change the row meanwhile: then not this
-                if event is not None:
-                    events[job.id] = event
+                batch.append((job, change, event))
+                if len(batch) >= SETTLE_BATCH:  # the workers start on these while the rest are looked at
+                    self._promote(batch)
+                    batch = []
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
-        changed = self.queue.update_many(changes, if_settling_as=seen_as) if changes else set()
-        for job_id in changed & set(events):
-            name, fields = events[job_id]
-            (log.error if name == "job_failed" else log.info)(name, **fields)
-        if any(change.get("state") is State.READY for job_id, change in changes if job_id in changed):
-            self.wake.set()
+        if batch:
+            self._promote(batch)
         return next_due
+
+    def _promote(self, batch: list[tuple[Job, dict[str, Any], tuple[str, dict[str, Any]] | None]]) -> None:
+        """Commit settle decisions in one transaction: each only if its row is still as it was looked at (a
+        watcher event may have changed it meanwhile)."""
+        assert self.queue is not None
+        changed = self.queue.update_many([(job.id, change) for job, change, _ in batch],
+                                         if_settling_as={job.id: job.identity for job, _, _ in batch})
+        for job, _, event in batch:
+            if job.id in changed and event is not None:
+                name, fields = event
+                (log.error if name == "job_failed" else log.info)(name, **fields)
+        if any(change.get("state") is State.READY for job, change, _ in batch if job.id in changed):
+            self.wake.set()
 
     def _settle(self, job: Job, now: float) -> tuple[dict[str, Any], float | None, tuple[str, dict[str, Any]] | None]:
         """Look at one file whose settle time is up: (the change to commit, when it is next due, what to log)."""
