@@ -237,6 +237,10 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
             job = queue.get(job_id) or claimed
             if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
                 break
+            if job.state is State.SETTLING:  # the file changed under the upload; nothing here waits for it to settle
+                print(f"\n{job.display_path} changed while it was being sent: run upload again once it is "
+                      f"finished, or leave job {job.id} to a daemon", file=sys.stderr)
+                break
             wait = max(0.0, job.next_attempt_at - time.time())
             if pause.reason:
                 wait = max(wait, config.retry.initial_seconds)
@@ -244,7 +248,8 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
                       "(Ctrl-C to stop; the job stays queued)", file=sys.stderr)
                 pause.reason = None
             elif wait:
-                print(f"\n{job.last_error}; retrying in {wait:.1f}s", file=sys.stderr)
+                why = job.last_error or "a file with the same bytes is being uploaded"
+                print(f"\n{why}; trying again in {wait:.1f}s", file=sys.stderr)
             stop.wait(wait)
     finally:
         client.close()

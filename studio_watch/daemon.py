@@ -19,6 +19,7 @@ from typing import Any, Callable
 import structlog
 
 from . import config as cfg
+from . import sources
 from .alerts import Alerts
 from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
                       sd_notify, watchdog_interval)
@@ -56,13 +57,17 @@ def make_tokens(config: cfg.Config) -> TokenSource:
     return tokens
 
 
-def to_seen(found: Found, mtime_trusted: bool = False) -> Seen:
+def to_seen(found: Found, local_clock: bool = False) -> Seen:
+    """What the queue records of a found file. `local_clock`: its times come from this machine's clock (a local
+    filesystem), so its last change is known: the later of mtime and ctime (a tool can set the mtime, never the
+    ctime; a rename into the folder sets the ctime)."""
     r, st = found.rule, found.stat
     return Seen(path=found.path, folder=str(r.path), size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
                 device=st.st_dev, collection_id=r.collection_id, user_id=r.user_id, auto_caption=r.auto_caption,
                 after_upload=r.after_upload, after_upload_when=r.after_upload_when,
                 move_to=str(r.move_to) if r.move_to else None, duplicates=r.duplicates,
-                settle_seconds=r.settle_seconds, kind=found.kind, mtime_trusted=mtime_trusted)
+                settle_seconds=r.settle_seconds, kind=found.kind,
+                changed_at=max(st.st_mtime, st.st_ctime) if local_clock else None)
 
 
 def schedule_of(config: cfg.Config) -> Schedule:
@@ -262,7 +267,7 @@ class Daemon:
             found = [f for f in found if _changed(known.get(os.fsencode(f.path)), f.stat)]
         if not found:
             return
-        created = self.queue.observe([to_seen(f, self.watcher.trusts_mtime(f.rule)) for f in found])
+        created = self.queue.observe([to_seen(f, self.watcher.local_clock(f.rule)) for f in found])
         for job_id, seen in created:
             log.info("file_found", job_id=job_id, path=show_path(seen.path), kind=seen.kind, bytes=seen.size)
         self.kick_settler.set()
@@ -325,6 +330,8 @@ class Daemon:
             since = settle_clock(st.st_mtime_ns, job.updated_at, now)
             return ({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev,
                      "stable_since": since}, since + job.settle_seconds, None)
+        if sources.open_for_writing(job.path):  # a writer still holds it: not finished, however quiet it is
+            return {"stable_since": now}, now + max(job.settle_seconds, 1.0), None
         if st.st_size == 0:
             return {"state": State.SKIPPED, "reason": "empty"}, None, ("job_skipped", {**about, "reason": "empty"})
         if st.st_size > cfg.MAX_UPLOAD_BYTES and job.kind == "file":
@@ -391,5 +398,7 @@ def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> b
     if known is None:
         return True
     state, identity = known
+    if state == "vanished":  # it was gone when its job looked; it is back
+        return True
     return identity != (st.st_ino, st.st_size, st.st_mtime_ns) and state in (
         State.SETTLING.value, State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)

@@ -221,7 +221,7 @@ class Seen:
     settle_seconds: float
     after_upload_when: str = "completed"
     kind: str = "file"
-    mtime_trusted: bool = False  # the mtime comes from this machine's clock (a local filesystem)
+    changed_at: float | None = None  # when the file last changed by this machine's clock, where that is known
 
     @property
     def identity(self) -> tuple[int, int, int]:
@@ -349,9 +349,11 @@ class JobQueue:
         return [_job(r) for r in self._read("SELECT * FROM jobs WHERE state = 'settling' ORDER BY id")]
 
     def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
-        """For a rescan: each known path's newest job's state and identity (inode, size, mtime_ns)."""
+        """For a rescan: each known path's newest job's state and identity (inode, size, mtime_ns); the state is
+        "vanished" for a job skipped because its file had gone (a file found there now is back)."""
         rows = self._read(
-            "SELECT path, state, inode, size, mtime_ns FROM jobs WHERE id IN "
+            "SELECT path, CASE WHEN state = 'skipped' AND reason = 'vanished' THEN 'vanished' ELSE state END, "
+            "inode, size, mtime_ns FROM jobs WHERE id IN "
             "(SELECT max(id) FROM jobs WHERE path IS NOT NULL GROUP BY path)")
         return {bytes(p): (s, (i, z, m)) for p, s, i, z, m in rows}
 
@@ -380,17 +382,18 @@ class JobQueue:
     def observe(self, seen: Iterable[Seen], now: float | None = None) -> list[tuple[int, Seen]]:
         """Record files the watcher found; returns the jobs created (id, what was seen). One transaction for the batch.
 
-        A path with no job, or whose last job is finished and was a different file (inode, size, mtime), gets a
-        new `settling` job. A settling job whose file changed restarts its settle clock. Anything else is left
+        A path with no job, whose last job is finished and was a different file (inode, size, mtime), or whose
+        last job was skipped because the file had vanished (it is back), gets a new `settling` job. A settling job whose file changed restarts its settle clock. Anything else is left
         to the pipeline, which re-checks the file before it sends it.
         """
         now = time.time() if now is None else now
         created: list[tuple[int, Seen]] = []
         with self._tx() as conn:
             for s in seen:
-                row = conn.execute("SELECT id, state, inode, size, mtime_ns, updated_at FROM jobs "
+                row = conn.execute("SELECT id, state, inode, size, mtime_ns, updated_at, reason FROM jobs "
                                    "WHERE path = ? ORDER BY id DESC LIMIT 1", (_fs(s.path),)).fetchone()
-                if row is None or (row["state"] in TERMINAL and (row[2], row[3], row[4]) != s.identity):
+                back = row is not None and row["state"] == State.SKIPPED.value and row["reason"] == "vanished"
+                if row is None or back or (row["state"] in TERMINAL and (row[2], row[3], row[4]) != s.identity):
                     created.append((self._insert(conn, s, now), s))
                 elif row["state"] == State.SETTLING.value and (row[2], row[3], row[4]) != s.identity:
                     since = settle_clock(s.mtime_ns, row["updated_at"], now)
@@ -401,9 +404,9 @@ class JobQueue:
 
     def _insert(self, conn: sqlite3.Connection, s: Seen, now: float, state: State = State.SETTLING,
                 **extra: Any) -> int:
-        # Settling counts from the last change: the mtime, where it can be believed (a file that sat unchanged
-        # in a local folder while the daemon was down need not wait again), else the moment it was found.
-        stable_since = min(now, s.mtime_ns / 1e9) if s.mtime_trusted else now
+        # Settling counts from the last change where it is known (a file that sat unchanged in a local folder
+        # while the daemon was down need not wait again), else from the moment the file was found.
+        stable_since = now if s.changed_at is None else min(now, s.changed_at)
         values = dict(kind=s.kind, state=state.value, path=_fs(s.path), folder=_fs(s.folder),
                       collection_id=s.collection_id, user_id=s.user_id, auto_caption=int(s.auto_caption),
                       after_upload=s.after_upload, after_upload_when=s.after_upload_when, move_to=_fs(s.move_to), duplicates=s.duplicates,
@@ -528,7 +531,8 @@ class JobQueue:
             if job.state is State.READY and conn.execute(
                     "SELECT 1 FROM jobs INDEXED BY jobs_due WHERE state IN ('url_issued', 'uploaded') AND size = ? "
                     "AND id != ? AND content_hash IS NULL AND kind = 'file' AND collection_id IS ? AND user_id IS ? "
-                    "LIMIT 1", (job.size, job.id, job.collection_id, job.user_id)).fetchone() is not None:
+                    "AND claimed_by IS NOT NULL LIMIT 1",  # one merely waiting to resume will ask when its PUT ends
+                    (job.size, job.id, job.collection_id, job.user_id)).fetchone() is not None:
                 return "wait", None
             conn.execute("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?",
                          (content_hash, time.time(), job.id))
@@ -546,11 +550,12 @@ class JobQueue:
         """Put failed jobs (the given ones, or all with None) back in the queue; returns the ids moved.
 
         Each resumes at the step it failed at: a job whose bytes Studio already has (it failed completing) only
-        completes, one with an upload URL PUTs again, any other starts over. Resumed before the upload, a job is
-        asked about duplicates again.
+        completes, one with an upload URL PUTs again, a link import that may have been sent is looked for in
+        Studio before it is sent again, any other starts over. Resumed before the upload, a job is asked about
+        duplicates again.
         """
         with self._tx() as conn:
-            sql = "SELECT id, upload_url, media_id, failed_state FROM jobs WHERE state = 'failed'"
+            sql = "SELECT id, kind, upload_url, media_id, failed_state FROM jobs WHERE state = 'failed'"
             if ids is None:
                 rows = conn.execute(sql).fetchall()
             else:
@@ -559,6 +564,8 @@ class JobQueue:
             for row in rows:
                 if row["failed_state"] == State.UPLOADED.value and row["media_id"] is not None:
                     state, forget_hash = State.UPLOADED, False
+                elif row["kind"] == "link" and row["failed_state"] == State.URL_ISSUED.value:
+                    state, forget_hash = State.URL_ISSUED, True  # maybe sent: reconciled before it is sent again
                 else:
                     state, forget_hash = State.URL_ISSUED if row["upload_url"] else State.READY, True
                 conn.execute("UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, reason = NULL, "

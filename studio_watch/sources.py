@@ -15,6 +15,7 @@ then checked, then acted on; a file that turns out not to be the uploaded one is
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import queue
 import shutil
@@ -142,6 +143,30 @@ def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
         thread.join()
 
 
+def open_for_writing(path: str) -> bool | None:
+    """Does some process hold the file open for writing? None where that cannot be told.
+
+    Linux refuses a read lease on a file that is open for writing anywhere (EAGAIN). Taking a lease needs the
+    file's owner or CAP_LEASE and a local filesystem; elsewhere the answer is None and only the settle time
+    speaks. The lease is given back at once.
+    """
+    if not hasattr(fcntl, "F_SETLEASE"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
 # -- after the upload ---------------------------------------------------------------------------------------------
 
 
@@ -158,35 +183,63 @@ def aside_path(path: str, job_id: int) -> str:
 def take_aside(path: str, job_id: int, identity: Identity) -> str | None:
     """Rename the file at `path` aside if it is the uploaded one; returns where it now is.
 
-    None: nothing is at `path` (and nothing was taken aside before). Raises NotTheUploadedFile after putting a
-    different file back, and OSError if the rename itself fails.
+    None: nothing is at `path` (and nothing was taken aside before). Raises NotTheUploadedFile when another
+    file is there (left alone, or put back if it took the uploaded one's place in the instant between the
+    look and the rename), and OSError if the rename itself fails.
     """
     aside = aside_path(path, job_id)
-    if not os.path.lexists(aside):  # else an earlier try took it aside and stopped before acting
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return None
-    st = os.stat(aside)
-    if (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+    if os.path.lexists(aside):
+        if os.path.lexists(path) and os.path.samefile(aside, path):
+            os.unlink(aside)  # a put-back that stopped between its link and its unlink: both names are one file
+        else:
+            return _checked(aside, path, identity)  # an earlier try took it aside and stopped before acting
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if _identity(st) != identity:  # looked at first: a new recording under the name never leaves its place
+        raise NotTheUploadedFile(path)
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    return _checked(aside, path, identity)
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _checked(aside: str, path: str, identity: Identity) -> str:
+    """The file taken aside, if it is the uploaded one; else it goes back (NotTheUploadedFile)."""
+    if _identity(os.stat(aside)) != identity:
         put_back(aside, path)
         raise NotTheUploadedFile(path)
     return aside
 
 
-def put_back(aside: str, path: str) -> None:
-    """Return a file taken aside to `path`, never replacing a file that has appeared there meanwhile (then it
-    stays aside, and the OSError says so)."""
+def put_back(aside: str, path: str) -> Path:
+    """Return a file taken aside to `path`, never replacing a file that has appeared there meanwhile: then it
+    goes beside it as `name (1)` (never left hidden). Returns where it went."""
     try:
-        os.link(aside, path)  # fails if `path` exists: no overwrite, whatever happens in between
+        os.link(aside, path, follow_symlinks=False)  # fails if `path` exists: no overwrite, whatever happens
+    except FileExistsError:
+        return _beside(aside, path)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if os.path.lexists(path):  # a filesystem without hard links: rename, having looked first
-            raise FileExistsError(errno.EEXIST, f"cannot put {aside!r} back: {path!r} exists") from None
+            return _beside(aside, path)
         os.rename(aside, path)
-        return
+        return Path(path)
     os.unlink(aside)
+    return Path(path)
+
+
+def _beside(aside: str, path: str) -> Path:
+    target = unique_destination(Path(path).parent, os.path.basename(path))
+    os.replace(aside, target)  # onto the reserved placeholder, in the same folder
+    return target
 
 
 def unique_destination(folder: Path, name: str) -> Path:

@@ -48,6 +48,9 @@ class Found:
     kind: str = "file"  # file | link (a browser link file: a URL import)
 
 
+OWN_FILES = (".studio-watch-*",)  # probes and files taken aside: never recordings, whatever `exclude` says
+
+
 def classify(rule: FolderRule, path: str) -> tuple[str | None, str]:
     """Whether `path` qualifies under `rule`: (kind, why). kind is "file", "link" or None (with the reason)."""
     try:
@@ -60,7 +63,7 @@ def classify(rule: FolderRule, path: str) -> tuple[str | None, str]:
     if len(parts) > 1 and not rule.recursive:
         return None, f"in a subfolder of {rule.path}, which is not recursive"
     for part in parts:
-        for pattern in rule.exclude:
+        for pattern in (*rule.exclude, *OWN_FILES):
             if fnmatch.fnmatchcase(part, pattern):
                 return None, f"{part!r} matches exclude pattern {pattern!r}"
     name = parts[-1]
@@ -99,7 +102,7 @@ def scan(rule: FolderRule) -> Iterator[Found]:
     The same decision as `classify`, made per name with precompiled patterns: a scan of 100,000 files must
     not build a Path and run every pattern for each of them.
     """
-    include, exclude = _matcher(rule.include, True), _matcher(rule.exclude, False)
+    include, exclude = _matcher(rule.include, True), _matcher((*rule.exclude, *OWN_FILES), False)
     stack = [str(rule.path)]
     while stack:
         folder = stack.pop()
@@ -188,8 +191,8 @@ class Watcher:
         self.last_scan: dict[Path, float] = {}
         self._rescanner: threading.Thread | None = None
 
-    def trusts_mtime(self, rule: FolderRule) -> bool:
-        """Do file mtimes in this folder come from this machine's clock? Where the kernel reports changes
+    def local_clock(self, rule: FolderRule) -> bool:
+        """Do file times in this folder come from this machine's clock? Where the kernel reports changes
         (inotify) the folder is local; on a polled (network) filesystem they come from the server's clock."""
         return self.kinds.get(rule.path) == "inotify"
 

@@ -123,6 +123,46 @@ def test_two_uploads_by_hand_at_once_both_finish(tmp_path):
         assert sorted(m["bytes_received"] for m in slow.completed()) == [2000, 1_500_000]
 
 
+def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp_path):
+    """Nothing in a lone `upload` settles a changed file: it says so and exits 1 (it used to claim the job again
+    and again, thousands of times a second, for ever)."""
+    import subprocess
+    import sys
+
+    from studio_watch.jobqueue import JobQueue, State
+    from studio_watch.sandbox import Faults, Sandbox
+
+    with Sandbox(faults=Faults(put_bytes_per_second=300_000)) as slow:
+        path = write_config(tmp_path, slow.url, [{"path": "in"}])
+        f = write_media(tmp_path / "growing.mp4", 1_500_000, seed=6)
+        upload = subprocess.Popen([sys.executable, "-m", "studio_watch", "upload", str(f), "-c", str(path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def sending() -> bool:
+                queue = JobQueue(tmp_path / "state.db")
+                try:
+                    return any(j.state is State.URL_ISSUED for j in queue.jobs())
+                finally:
+                    queue.close()
+
+            assert wait_until(sending, 20)
+            with open(f, "ab") as out:
+                out.write(b"the recorder was not done")
+            slow.faults.put_bytes_per_second = 0
+            _, err = upload.communicate(timeout=30)
+        finally:
+            if upload.poll() is None:
+                upload.kill()
+                upload.communicate()
+        assert upload.returncode == 1 and "changed while it was being sent" in err
+        queue = JobQueue(tmp_path / "state.db")
+        try:
+            [job] = queue.jobs()
+            assert job.state is State.SETTLING and job.claimed_by is None  # queued, for a daemon or a new upload
+        finally:
+            queue.close()
+
+
 def test_upload_failure_exits_1_and_retry_brings_it_back(tmp_path, sandbox):
     path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
     f = write_media(tmp_path / "talk.mp4", 1000, seed=3)

@@ -326,22 +326,26 @@ def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
 
 
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
-def test_a_file_untouched_long_before_startup_is_ready_at_once_where_mtimes_are_local(tmp_path, sandbox, observer):
-    """Its mtime says it has not changed for an hour. On a local (inotify) folder that is believed: no second
-    settle wait after a restart. On a polled (network) folder the mtime comes from another clock: it waits."""
+def test_settling_counts_from_the_last_change_where_the_clock_is_local(tmp_path, sandbox, observer):
+    """A file untouched since before the daemon started need not wait again in a local (inotify) folder; on a
+    polled (network) folder its times come from another clock, so the wait counts from when it was found. A
+    tool-set old mtime (utime, `cp -p`) is not believed: the ctime, which no tool sets, says when it changed."""
     (tmp_path / "in").mkdir()
-    path = write_media(tmp_path / "in" / "yesterday.mp4", 1000)
-    hour_ago = time.time() - 3600
-    os.utime(path, (hour_ago, hour_ago))
+    untouched = write_media(tmp_path / "in" / "yesterday.mp4", 1000, seed=1)
+    backdated = write_media(tmp_path / "in" / "backdated.mp4", 1000, seed=2)
+    os.utime(backdated, (time.time() - 3600, time.time() - 3600))
+    last_change = {p.name: max(os.stat(p).st_mtime, os.stat(p).st_ctime) for p in (untouched, backdated)}
+    started = time.time()
     d = InProcess(write_config(tmp_path, sandbox.url, [{"path": "in", "settle_seconds": 60}], observer=observer))
     try:
-        if observer == "inotify":
-            assert d.wait_states({"completed": 1}, timeout=15)
-        else:
-            [job] = d.jobs()  # found by the startup scan, before the daemon said it was ready
-            assert job.state is State.SETTLING and job.stable_since > hour_ago + 3000
+        since = {Path(j.path).name: j.stable_since for j in d.jobs()}  # found by the scan before "ready"
     finally:
         d.close()
+    if observer == "inotify":
+        assert since == pytest.approx(last_change, abs=1e-3)  # from the last change, before this start
+        assert since["backdated.mp4"] > started - 60  # the hour-old mtime did not count
+    else:
+        assert all(started <= t <= time.time() for t in since.values())
 
 
 def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
@@ -365,3 +369,26 @@ def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
         assert done.after_done and done.state is State.COMPLETED and "not moved or deleted" in done.reason
     finally:
         queue.close()
+
+
+def test_a_file_a_writer_still_holds_open_does_not_settle(tmp_path, sandbox, start):
+    """However long a recorder pauses, a file it still has open for writing is not finished (where the kernel
+    can tell: a read lease is refused while a writer holds the file)."""
+    from studio_watch.sources import open_for_writing
+
+    (tmp_path / "in").mkdir()
+    recording = open(tmp_path / "in" / "live.mp4", "wb")
+    try:
+        recording.write(os.urandom(5000))
+        recording.flush()
+        if open_for_writing(recording.name) is not True:
+            pytest.skip("this filesystem or user cannot take a file lease")
+        d = start([{"path": "in", "settle_seconds": 0.05}])
+        write_media(tmp_path / "in" / "done.mp4", 3000, seed=9)
+        assert d.wait_states({"completed": 1, "settling": 1}, timeout=20)  # settled alike, but one is still open
+        [live] = d.jobs("settling")
+        assert live.path.endswith("live.mp4")
+    finally:
+        recording.close()
+    assert d.wait_states({"completed": 2}, timeout=20)
+    assert sorted(m["bytes_received"] for m in sandbox.completed()) == [3000, 5000]

@@ -173,6 +173,18 @@ def test_finished_job_is_not_recreated_for_the_same_file(queue: JobQueue, final:
         queue.update(new_id, state=final)
 
 
+def test_a_file_that_vanished_and_came_back_is_a_new_job(queue: JobQueue) -> None:
+    """Skipped as vanished (it was away for a moment: renamed, or taken aside) and then back unchanged."""
+    s = seen("/watch/a.mp4", inode=1)
+    [(job_id, _)] = queue.observe([s], now=1000.0)
+    queue.update(job_id, state=State.SKIPPED, reason="vanished")
+    [(new_id, _)] = queue.observe([s], now=2000.0)
+    assert new_id != job_id and queue.get(new_id).state is State.SETTLING  # type: ignore[union-attr]
+    assert queue.observe([s], now=3000.0) == []  # once
+    queue.update(new_id, state=State.SKIPPED, reason="vanished")
+    assert queue.latest_by_path()[b"/watch/a.mp4"][0] == "vanished"  # what a rescan sees: hand it over again
+
+
 def test_in_flight_job_is_left_to_the_pipeline(queue: JobQueue) -> None:
     [(job_id, _)] = queue.observe([seen("/watch/a.mp4", inode=1)], now=1000.0)
     queue.update(job_id, state=State.URL_ISSUED, upload_url="https://up/1")
@@ -326,7 +338,8 @@ def test_content_verdict_waits_for_a_ready_job_that_owns_the_bytes(queue: JobQue
 def test_ready_copy_waits_while_a_same_sized_job_is_sending_unhashed(queue: JobQueue) -> None:
     """A job that went out before any sibling existed is hashed only in its PUT: until then, a new same-sized
     job cannot know whether it holds the same bytes, and must wait rather than upload a possible duplicate."""
-    queue.add(seen("/watch/a.mp4", size=500), State.URL_ISSUED, media_id=1, upload_url="https://up/1")
+    queue.add(seen("/watch/a.mp4", size=500), State.URL_ISSUED, media_id=1, upload_url="https://up/1",
+              claimed_by="worker-1")
     b = queue.get(queue.add(seen("/watch/b.mp4", size=500), State.READY))
     other_size = queue.get(queue.add(seen("/watch/c.mp4", size=501), State.READY))
     assert b is not None and other_size is not None
@@ -334,6 +347,17 @@ def test_ready_copy_waits_while_a_same_sized_job_is_sending_unhashed(queue: JobQ
     assert queue.content_verdict(other_size, "h2") == ("upload", None)
     sending = queue.get(1)
     assert sending is not None and queue.content_verdict(sending, "h") == ("upload", None)  # the sender goes on
+
+
+def test_a_same_sized_job_merely_waiting_to_resume_is_not_waited_for(queue: JobQueue) -> None:
+    """Nobody is sending it (its retry is due later, or no daemon runs beside a lone `upload`): waiting for it
+    could be for ever. It asks about its bytes itself when its PUT ends, and is then skipped as a copy."""
+    queue.add(seen("/watch/a.mp4", size=500), State.URL_ISSUED, media_id=1, upload_url="https://up/1")
+    b = queue.get(queue.add(seen("/watch/b.mp4", size=500), State.READY))
+    assert b is not None and queue.content_verdict(b, "h") == ("upload", None)
+    queue.update(b.id, state=State.COMPLETED, media_id=2)
+    resumed = queue.get(1)
+    assert resumed is not None and queue.content_verdict(resumed, "h") == ("duplicate", 2)
 
 
 def test_content_verdict_ignores_failed_and_skipped_copies(queue: JobQueue) -> None:
@@ -399,9 +423,12 @@ def test_retry_resumes_at_the_step_the_job_failed_at(queue: JobQueue) -> None:
     at_put = queue.add(seen("/watch/b.mp4"), State.FAILED, upload_url="https://up/b", media_id=4,
                        content_hash="h2", failed_state="url_issued")
     at_generate = queue.add(seen("/watch/c.mp4"), State.FAILED, content_hash="h3", failed_state="ready")
-    assert sorted(queue.retry(None)) == sorted([at_complete, at_put, at_generate])
-    a, b, c = (queue.get(i) for i in (at_complete, at_put, at_generate))
-    assert a is not None and b is not None and c is not None
+    maybe_sent = queue.add(seen("/watch/d.url", kind="link"), State.FAILED, url_issued_at=123.0,
+                           failed_state="url_issued")
+    assert sorted(queue.retry(None)) == sorted([at_complete, at_put, at_generate, maybe_sent])
+    a, b, c, d = (queue.get(i) for i in (at_complete, at_put, at_generate, maybe_sent))
+    assert a is not None and b is not None and c is not None and d is not None
+    assert (d.state, d.url_issued_at) == (State.URL_ISSUED, 123.0)  # reconciled before it is sent again
     assert (a.state, a.media_id, a.content_hash, a.failed_state) == (State.UPLOADED, 3, "h1", None)
     assert (b.state, b.media_id, b.content_hash) == (State.URL_ISSUED, 4, None)  # asked about duplicates again
     assert (c.state, c.content_hash) == (State.READY, None)

@@ -72,16 +72,36 @@ def test_a_file_taken_aside_by_an_earlier_try_is_found_and_a_new_one_left_alone(
     assert path.read_bytes() == b"a new recording"
 
 
-def test_put_back_never_overwrites(tmp_path: Path) -> None:
-    path, aside = tmp_path / "talk.mp4", tmp_path / ".aside"
+def test_put_back_never_overwrites_and_never_leaves_a_file_hidden(tmp_path: Path) -> None:
+    path, aside = tmp_path / "talk.mp4", tmp_path / ".studio-watch-7.taken"
     aside.write_bytes(b"taken aside")
     path.write_bytes(b"arrived meanwhile")
-    with pytest.raises(FileExistsError):
-        put_back(str(aside), str(path))
-    assert path.read_bytes() == b"arrived meanwhile" and aside.read_bytes() == b"taken aside"
+    assert put_back(str(aside), str(path)) == tmp_path / "talk (1).mp4"  # beside it, in view
+    assert path.read_bytes() == b"arrived meanwhile" and (tmp_path / "talk (1).mp4").read_bytes() == b"taken aside"
+    assert not aside.exists()
+
+
+def test_a_new_recording_under_the_name_is_never_moved_even_for_an_instant(tmp_path: Path) -> None:
+    """Looked at before any rename: its job, if the settler looks at it now, finds it where it is."""
+    path = tmp_path / "talk.mp4"
+    path.write_bytes(b"yesterday")
+    uploaded = identity(path)
     path.unlink()
-    put_back(str(aside), str(path))
-    assert path.read_bytes() == b"taken aside" and not aside.exists()
+    path.write_bytes(b"today's recording")
+    ctime = os.stat(path).st_ctime_ns  # a rename, even there and back, would change it
+    with pytest.raises(NotTheUploadedFile):
+        take_aside(str(path), 7, uploaded)
+    assert os.stat(path).st_ctime_ns == ctime and sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"]
+
+
+def test_a_put_back_cut_short_between_link_and_unlink_is_finished(tmp_path: Path) -> None:
+    path = tmp_path / "talk.mp4"
+    path.write_bytes(b"uploaded")
+    uploaded = identity(path)
+    aside = aside_path(str(path), 7)
+    os.link(path, aside)  # what a crash after put_back's link() leaves: two names, one file
+    assert take_aside(str(path), 7, uploaded) == aside
+    assert not path.exists() and Path(aside).read_bytes() == b"uploaded"
 
 
 def test_move_picks_a_free_name_and_never_overwrites(tmp_path: Path) -> None:

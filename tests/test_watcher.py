@@ -77,6 +77,14 @@ def test_link_files_only_when_links_enabled(folder: Path) -> None:
     assert classify(FolderRule(path=folder), str(folder / ".hidden.url"))[0] is None
 
 
+def test_own_files_never_qualify_whatever_the_patterns(tmp_path: Path) -> None:
+    rule = FolderRule(path=tmp_path, include=("*",), exclude=())
+    for name in (".studio-watch-3.taken", ".studio-watch-probe-99"):
+        (tmp_path / name).write_bytes(b"x")
+        assert classify(rule, str(tmp_path / name))[0] is None
+    assert [f.path for f in scan(rule)] == []
+
+
 def test_rule_for_picks_the_innermost_folder(tmp_path: Path) -> None:
     outer, inner = FolderRule(path=tmp_path / "a"), FolderRule(path=tmp_path / "a" / "b")
     assert rule_for([outer, inner], str(tmp_path / "a" / "b" / "x.mp4")) is inner
