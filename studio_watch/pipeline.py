@@ -8,7 +8,6 @@ moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import threading
@@ -304,37 +303,34 @@ class Pipeline:
         if job.after_upload_when == "processed" and not self._processed(job):
             return _released(job)
         assert job.path is not None
-        aside: str | None = None
         try:
             try:
-                aside = sources.take_aside(job.path, job.id, job.identity)
+                if job.after_upload == "delete":
+                    done: Path | bool | None = sources.delete(job.path, job.id, job.identity)
+                else:
+                    assert job.move_to is not None
+                    done = sources.move(job.path, job.id, job.identity, Path(job.move_to))
             except sources.NotTheUploadedFile:
                 log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
                             reason="the file at this path is not the one uploaded; left in place")
                 return self._finish(job, reason="source replaced; not moved or deleted")
-            if aside is None:
-                log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
-                return self._finish(job)
-            if job.after_upload == "delete":
-                os.unlink(aside)
-                log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
-                return self._finish(job)
-            assert job.move_to is not None
-            target = sources.move(aside, Path(job.move_to), os.path.basename(job.path))
-            log.info("source_moved", job_id=job.id, path=job.display_path, to=os.fsencode(target).decode(
-                "utf-8", "backslashreplace"), media_id=job.media_id)
-            return self._finish(job, final_path=str(target))
         except OSError as exc:
-            # Never fatal: the media is safe in Studio; try the move/delete again later, the file back in view.
-            if aside is not None and os.path.lexists(aside):
-                with contextlib.suppress(OSError):
-                    sources.put_back(aside, job.path)
+            # Never fatal: the media is safe in Studio; try the move/delete again later (the file is in view).
             attempts = job.attempts + 1
             log.warning("after_upload_failed", job_id=job.id, path=job.display_path, error=str(exc), attempts=attempts)
             self.observer.failure("after_upload")
             self.queue.release(job.id, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
                                next_attempt_at=time.time() + backoff(attempts, self.retry))
             return _released(job)
+        if not done:
+            log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
+            return self._finish(job)
+        if done is True:
+            log.info("source_deleted", job_id=job.id, path=job.display_path, media_id=job.media_id)
+            return self._finish(job)
+        log.info("source_moved", job_id=job.id, path=job.display_path, to=os.fsencode(done).decode(
+            "utf-8", "backslashreplace"), media_id=job.media_id)
+        return self._finish(job, final_path=str(done))
 
     def _processed(self, job: Job) -> bool:
         """For after_upload_when: processed. True once Studio finished transcoding; reschedules otherwise."""

@@ -14,6 +14,7 @@ then checked, then acted on; a file that turns out not to be the uploaded one is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -256,8 +257,77 @@ def unique_destination(folder: Path, name: str) -> Path:
             n += 1
 
 
-def move(aside: str, folder: Path, name: str) -> Path:
-    """Move a file taken aside into `folder` under `name` (or `name (1)`, ...); returns where it went."""
-    target = unique_destination(folder, name)
-    shutil.move(aside, target)
-    return target
+def delete(path: str, job_id: int, identity: Identity) -> bool:
+    """Delete the uploaded file at `path`; False if it is gone already. NotTheUploadedFile: left alone."""
+    aside = take_aside(path, job_id, identity)
+    if aside is None:
+        return False
+    try:
+        os.unlink(aside)
+    except OSError:
+        _restore(aside, path)
+        raise
+    return True
+
+
+def move(path: str, job_id: int, identity: Identity, folder: Path) -> Path | None:
+    """Move the uploaded file at `path` into `folder` as `name`, `name (1)`, ...; returns where it went (None if
+    it is gone already). NotTheUploadedFile: left alone. On failure the file is back in view at `path`.
+
+    Within one filesystem: taken aside, checked, renamed. Across filesystems the copy can take minutes, so the
+    source stays in view while it is copied to a hidden name in `folder` and flushed to disk; only then is it
+    taken aside and checked, the copy given its name, and the source removed.
+    """
+    name = os.path.basename(path)
+    if os.stat(folder).st_dev == os.stat(os.path.dirname(path) or ".").st_dev:
+        aside = take_aside(path, job_id, identity)
+        if aside is None:
+            return None
+        target = unique_destination(folder, name)
+        try:
+            os.replace(aside, target)  # onto the reserved placeholder
+        except OSError:
+            _restore(aside, path)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        return target
+    partial = folder / f".studio-watch-{job_id}.partial"
+    try:
+        earlier = aside_path(path, job_id)  # taken aside by a try that stopped half-way
+        _copy_durably(earlier if os.path.lexists(earlier) else path, partial)
+        aside = take_aside(path, job_id, identity)
+        if aside is None:
+            return None
+        target = unique_destination(folder, name)
+        os.replace(partial, target)
+        _sync_folder(folder)  # the copy has its name on disk before the source goes
+        os.unlink(aside)
+        return target
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+
+
+def _restore(aside: str, path: str) -> None:
+    """Back in view after a failed delete or move (best effort: a retry finds it aside otherwise)."""
+    with contextlib.suppress(OSError):
+        put_back(aside, path)
+
+
+def _copy_durably(source: str, target: Path) -> None:
+    shutil.copyfile(source, target)  # copy_file_range/sendfile where the kernel can
+    shutil.copystat(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,6 +5,8 @@ act (renamed aside first), and nothing ever overwritten."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -12,8 +14,8 @@ from typing import Any, Callable
 import pytest
 
 from studio_watch.errors import SourceChanged, SourceUnreadable
-from studio_watch.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, hash_file, move, open_source,
-                                  put_back, read_ahead, read_chunks, read_whole, take_aside)
+from studio_watch.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, delete, hash_file, move,
+                                  open_source, put_back, read_ahead, read_chunks, read_whole, take_aside)
 
 
 def identity(path: Path) -> tuple[int, int, int]:
@@ -104,15 +106,53 @@ def test_a_put_back_cut_short_between_link_and_unlink_is_finished(tmp_path: Path
     assert not path.exists() and Path(aside).read_bytes() == b"uploaded"
 
 
-def test_move_picks_a_free_name_and_never_overwrites(tmp_path: Path) -> None:
-    done = tmp_path / "done"
-    done.mkdir()
-    (done / "talk.mp4").write_bytes(b"older")
-    aside = tmp_path / ".aside"
-    aside.write_bytes(b"newer")
-    target = move(str(aside), done, "talk.mp4")
-    assert target == done / "talk (1).mp4" and target.read_bytes() == b"newer"
-    assert (done / "talk.mp4").read_bytes() == b"older" and not aside.exists()
+def other_filesystem(tmp_path: Path) -> Path:
+    """A folder on another filesystem than tmp_path (tmpfs), or skip."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem here")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    return folder
+
+
+@pytest.mark.parametrize("where", ["same filesystem", "other filesystem"])
+def test_move_picks_a_free_name_never_overwrites_and_leaves_nothing_behind(tmp_path: Path, where: str) -> None:
+    done = tmp_path / "done" if where == "same filesystem" else other_filesystem(tmp_path)
+    done.mkdir(exist_ok=True)
+    try:
+        (done / "talk.mp4").write_bytes(b"older")
+        path = tmp_path / "talk.mp4"
+        path.write_bytes(b"newer" * 1000)
+        target = move(str(path), 7, identity(path), done)
+        assert target == done / "talk (1).mp4" and target.read_bytes() == b"newer" * 1000
+        assert (done / "talk.mp4").read_bytes() == b"older" and not path.exists()
+        assert sorted(p.name for p in done.iterdir()) == ["talk (1).mp4", "talk.mp4"]  # no partial copy left
+        assert [p.name for p in tmp_path.iterdir() if p.name != "done"] == []  # nothing left aside
+    finally:
+        if where == "other filesystem":
+            shutil.rmtree(done)
+
+
+def test_a_file_replaced_while_copied_across_filesystems_is_not_moved(tmp_path: Path) -> None:
+    done = other_filesystem(tmp_path)
+    try:
+        path = tmp_path / "talk.mp4"
+        path.write_bytes(b"uploaded")
+        uploaded = identity(path)
+        path.unlink()
+        path.write_bytes(b"a new recording")
+        with pytest.raises(NotTheUploadedFile):
+            move(str(path), 7, uploaded, done)
+        assert path.read_bytes() == b"a new recording" and list(done.iterdir()) == []
+    finally:
+        shutil.rmtree(done)
+
+
+def test_delete_removes_only_the_uploaded_file(tmp_path: Path) -> None:
+    path = tmp_path / "talk.mp4"
+    path.write_bytes(b"uploaded")
+    assert delete(str(path), 7, identity(path)) is True and list(tmp_path.iterdir()) == []
+    assert delete(str(path), 7, (1, 2, 3)) is False  # gone already
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
