@@ -176,7 +176,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         job_id = _enqueue_upload(queue, args, path, st)
         if job_id is None:
             return EXIT_OK
-        lock = DaemonLock(config.state_db)
+        lock = DaemonLock(config.state_db, role="upload")
         while True:
             try:
                 lock.acquire()

@@ -29,10 +29,12 @@ JOIN_AFTER = 0.02  # seconds a job must have been running before another worker 
 
 
 class DaemonLock:
-    """An exclusive flock on `<state_db>.lock` holding the daemon's pid: one daemon per database."""
+    """An exclusive flock on `<state_db>.lock` holding the holder's pid and role ("daemon", or "upload" for the
+    `upload` command working alone): one process works on a database's queue at a time."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, role: str = "daemon") -> None:
         self.path = Path(str(db) + ".lock")
+        self.role = role
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -40,20 +42,21 @@ class DaemonLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = self.holder(fd)
+            pid, role = self.holder(fd)
             os.close(fd)
-            raise DatabaseLocked(str(self.path)[:-5], pid) from None
+            raise DatabaseLocked(str(self.path)[:-5], pid, role) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.role}\n".encode())
         self.fd = fd
 
     @staticmethod
-    def holder(fd: int) -> int | None:
+    def holder(fd: int) -> tuple[int | None, str]:
+        """(pid, role) as the holder wrote them (a lock file from before roles holds only a daemon's pid)."""
         try:
-            text = os.pread(fd, 32, 0).decode().strip()
-            return int(text) if text else None
+            pid, _, role = os.pread(fd, 64, 0).decode().strip().partition(" ")
+            return (int(pid) if pid else None), role or "daemon"
         except (OSError, ValueError):
-            return None
+            return None, "daemon"
 
     def held_by_other(self) -> int | None:
         """The pid of a daemon holding the lock right now (None when nobody does)."""
@@ -64,7 +67,7 @@ class DaemonLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return self.holder(fd) or -1
+            return self.holder(fd)[0] or -1
         finally:
             os.close(fd)
         return None

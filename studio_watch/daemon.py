@@ -23,7 +23,7 @@ from . import sources
 from .alerts import Alerts
 from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
                       sd_notify, watchdog_interval)
-from .errors import ConfigError
+from .errors import ConfigError, DatabaseLocked
 from .jobqueue import Job, JobQueue, Seen, State, settle_clock, show_path
 from .pipeline import Pipeline
 from .schedule import RateLimiter, Schedule, parse_window
@@ -104,7 +104,8 @@ class Daemon:
     def run(self) -> None:
         """Run until the stop event is set. Raises DatabaseLocked, ConfigError."""
         lock = DaemonLock(self.config.state_db)
-        lock.acquire()
+        if not self._acquire(lock):
+            return
         client = watcher = server = None
         try:
             self.queue = queue = JobQueue(self.config.state_db)
@@ -151,6 +152,24 @@ class Daemon:
                 self.queue.close()
             lock.release()
             log.info("daemon_stopped")
+
+    def _acquire(self, lock: DaemonLock) -> bool:
+        """Take the database (False: stopped first). While a lone `studio-watch upload` works on it, wait for it
+        to finish: exiting would have systemd restart the daemon until its start limit leaves it failed."""
+        waiting = False
+        while True:
+            try:
+                lock.acquire()
+                return True
+            except DatabaseLocked as exc:
+                if exc.role != "upload":
+                    raise
+                if not waiting:
+                    waiting = True
+                    log.warning("waiting_for_upload", pid=exc.pid, message=str(exc))
+                sd_notify(f"EXTEND_TIMEOUT_USEC={int(5e6)}\nSTATUS=waiting for studio-watch upload (pid {exc.pid})")
+            if self.stop.wait(1.0):
+                return False
 
     def _recover(self, queue: JobQueue) -> None:
         recovered = queue.recover()

@@ -35,10 +35,13 @@ class ConfigError(StudioWatchError):
 class DatabaseLocked(StudioWatchError):
     """Another `studio-watch run` holds the state database."""
 
-    def __init__(self, db: str, pid: int | None) -> None:
+    def __init__(self, db: str, pid: int | None, role: str = "daemon") -> None:
         who = f"pid {pid}" if pid else "another process"
-        super().__init__(f"another studio-watch daemon ({who}) holds {db}; only one daemon may run per database")
-        self.pid = pid
+        if role == "upload":
+            super().__init__(f"a studio-watch upload ({who}) is working on {db}")
+        else:
+            super().__init__(f"another studio-watch daemon ({who}) holds {db}; only one daemon may run per database")
+        self.pid, self.role = pid, role
 
 
 class DatabaseTooNew(StudioWatchError):

@@ -24,7 +24,7 @@ import structlog
 from . import __version__, sources
 from .config import RetryConfig, StudioConfig
 from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
-                     StudioError, TransientError, UploadUrlExpired)
+                     StudioError, TransientError, Unreachable, UploadUrlExpired)
 from .schedule import RateLimiter
 from .transport import Pool, Reply
 
@@ -91,8 +91,17 @@ def safe_url(url: str) -> str:
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Verified TLS, always: the system's trust store via certifi, or the configured CA bundle."""
-    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else certifi.where())
+    """Verified TLS, always: the system's trust store via certifi, or the configured CA bundle.
+
+    Built at the first https connection: a bundle gone or broken since the config was loaded is Unreachable
+    (the queue pauses, and resumes once the file is fixed) with a message that names it.
+    """
+    cafile = str(ca_bundle) if ca_bundle else certifi.where()
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        key = "studio.ca_bundle" if ca_bundle else "the certifi package"
+        raise Unreachable(f"cannot set up TLS with {cafile} ({key}): {exc.strerror or exc}") from None
 
 
 class StudioClient:

@@ -123,6 +123,40 @@ def test_two_uploads_by_hand_at_once_both_finish(tmp_path):
         assert sorted(m["bytes_received"] for m in slow.completed()) == [2000, 1_500_000]
 
 
+def test_run_waits_for_a_lone_upload_instead_of_exiting(tmp_path):
+    """`run` exiting 1 while a hand upload works would, under systemd, restart it into its start limit."""
+    import subprocess
+    import sys
+
+    from studio_watch.control import DaemonLock
+    from studio_watch.sandbox import Faults, Sandbox
+
+    from .conftest import DaemonProcess
+
+    with Sandbox(faults=Faults(put_bytes_per_second=500_000)) as slow:
+        path = write_config(tmp_path, slow.url, [{"path": "in", "settle_seconds": 0.05}])
+        by_hand = write_media(tmp_path / "by-hand.mp4", 1_000_000, seed=7)
+        upload = subprocess.Popen([sys.executable, "-m", "studio_watch", "upload", str(by_hand), "-c", str(path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        daemon = None
+        try:
+            assert wait_until(lambda: DaemonLock(tmp_path / "state.db").held_by_other() is not None, 20)
+            daemon = DaemonProcess(path)
+            assert daemon.wait_event("waiting_for_upload", timeout=20), daemon.output()
+            assert daemon.proc.poll() is None  # waiting, not exited
+            slow.faults.put_bytes_per_second = 0
+            assert upload.wait(timeout=30) == 0
+            assert daemon.wait_event("daemon_ready", timeout=20), daemon.output()
+            write_media(tmp_path / "in" / "dropped.mp4", 2000, seed=8)
+            assert daemon.wait_event("upload_completed", timeout=20), daemon.output()
+            assert daemon.stop() == 0
+        finally:
+            for proc in (upload, daemon.proc if daemon else None):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+            upload.communicate()
+
+
 def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp_path):
     """Nothing in a lone `upload` settles a changed file: it says so and exits 1 (it used to claim the job again
     and again, thousands of times a second, for ever)."""

@@ -20,7 +20,8 @@ from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, Per
 from studio_watch.sandbox import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
 from studio_watch.sources import READ_AHEAD_MIN, hash_file
-from studio_watch.studio import MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url
+from studio_watch.studio import (MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url,
+                                 tls_context)
 from studio_watch.transport import Reply
 
 TOKEN = "sandbox-token"
@@ -573,6 +574,11 @@ def test_ping(sb: Sandbox, client: StudioClient) -> None:
 
 
 # -- small helpers -----------------------------------------------------------------------------------------------
+
+
+def test_a_ca_bundle_gone_since_the_config_was_loaded_is_unreachable_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(Unreachable, match="studio.ca_bundle"):
+        tls_context(tmp_path / "gone.pem")
 
 
 def test_safe_url_keeps_only_scheme_and_host() -> None:
