@@ -41,7 +41,9 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
     try:
         oldest = queue.oldest_waiting()
         pause = json.loads(queue.meta(PAUSE_KEY) or "null")
-        pid = DaemonLock(config.state_db).held_by_other()
+        held = DaemonLock(config.state_db).holding()
+        pid = held[0] if held and held[1] == "daemon" else None
+        upload = held[0] if held and held[1] == "upload" else None
         snapshot = json.loads(queue.meta(STATUS_KEY) or "null") if pid else None
         watched = {f["path"]: f for f in (snapshot or {}).get("folders", [])}
         return {
@@ -52,6 +54,7 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
             "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
                        "healthy": (snapshot or {}).get("healthy"),
                        "upload_window_open": (snapshot or {}).get("upload_window_open")},
+            "upload_by_hand_pid": upload,  # an `upload` working alone holds the database
             "oldest_waiting": oldest.summary() if oldest else None,
             "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
             "transfers": [_transfer(j) for j in queue.in_flight() if j.state is State.URL_ISSUED],
@@ -85,6 +88,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         state += ", UNHEALTHY (a watcher or worker is dead or stuck)"
     if daemon["upload_window_open"] is False:
         state += ", outside upload hours"
+    if data["upload_by_hand_pid"]:
+        state += f"; an upload by hand (pid {data['upload_by_hand_pid']}) is working on the queue"
     print(f"daemon:  {state}")
     if data["paused"]:
         print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: {data['pause_reason']}")

@@ -59,7 +59,12 @@ class DaemonLock:
             return None, "daemon"
 
     def held_by_other(self) -> int | None:
-        """The pid of a daemon holding the lock right now (None when nobody does)."""
+        """The pid of the process holding the lock right now (None when nobody does; -1 when unknown)."""
+        held = self.holding()
+        return None if held is None else held[0]
+
+    def holding(self) -> tuple[int, str] | None:
+        """(pid, role) of the process holding the lock right now (None when nobody does; pid -1 when unknown)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -67,7 +72,8 @@ class DaemonLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return self.holder(fd)[0] or -1
+            pid, role = self.holder(fd)
+            return pid or -1, role
         finally:
             os.close(fd)
         return None

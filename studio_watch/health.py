@@ -60,6 +60,7 @@ def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
 
 def check_lock(config: cfg.Config) -> tuple[bool, str]:
     """(True, "") when some daemon holds the lock on `config.state_db`, else (False, why)."""
-    if DaemonLock(config.state_db).held_by_other() is not None:
+    held = DaemonLock(config.state_db).holding()
+    if held is not None and held[1] == "daemon":
         return True, ""
     return False, f"no daemon holds {config.state_db} (set metrics.listen for a liveness check)"

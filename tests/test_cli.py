@@ -141,6 +141,8 @@ def test_run_waits_for_a_lone_upload_instead_of_exiting(tmp_path):
         daemon = None
         try:
             assert wait_until(lambda: DaemonLock(tmp_path / "state.db").held_by_other() is not None, 20)
+            status = json.loads(run_cli("status", "--json", "-c", str(path)).stdout)
+            assert status["daemon"]["running"] is False and status["upload_by_hand_pid"] == upload.pid
             daemon = DaemonProcess(path)
             assert daemon.wait_event("waiting_for_upload", timeout=20), daemon.output()
             assert daemon.proc.poll() is None  # waiting, not exited
