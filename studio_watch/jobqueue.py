@@ -94,7 +94,10 @@ _MIGRATIONS = (
     (2, "CREATE INDEX jobs_size ON jobs (size);"  # duplicate checks look for same-sized jobs
         # claims look for after-upload actions still to do among (perhaps) 100,000 finished jobs
         "CREATE INDEX jobs_after ON jobs (next_attempt_at) WHERE state = 'completed' AND after_done = 0"),
-    (3, "ALTER TABLE jobs ADD COLUMN failed_state TEXT"),  # the step a failed job failed at: `retry` resumes there
+    (3, "ALTER TABLE jobs ADD COLUMN failed_state TEXT;"  # the step a failed job failed at: `retry` resumes there
+        # jobs that failed before this column existed: those whose complete failed are known by their error
+        "UPDATE jobs SET failed_state = 'uploaded' WHERE state = 'failed' AND media_id IS NOT NULL AND "
+        "(last_error LIKE 'complete:%' OR last_error LIKE 'gave up after % attempts: complete:%')"),
 )
 
 # Columns a caller may set through `update()`; everything else has a dedicated transition.

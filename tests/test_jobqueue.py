@@ -85,6 +85,25 @@ def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> Non
         again.close()
 
 
+def test_jobs_that_failed_completing_before_v3_resume_at_complete(db_path: Path) -> None:
+    q = JobQueue(db_path)
+    at_complete = q.add(seen("/watch/a.mp4"), State.FAILED, media_id=3, upload_url="https://up/a",
+                        last_error="gave up after 12 attempts: complete: HTTP 503")
+    at_put = q.add(seen("/watch/b.mp4"), State.FAILED, media_id=4, upload_url="https://up/b",
+                   last_error="gave up after 12 attempts: put: HTTP 503")
+    q.close()
+    for statement in OLDER_SCHEMAS[2]:
+        raw(db_path, statement)
+    raw(db_path, "PRAGMA user_version = 2")
+    again = JobQueue(db_path)
+    try:
+        assert [again.get(i).failed_state for i in (at_complete, at_put)] == ["uploaded", None]  # type: ignore
+        again.retry(None)
+        assert [again.get(i).state for i in (at_complete, at_put)] == [State.UPLOADED, State.URL_ISSUED]  # type: ignore
+    finally:
+        again.close()
+
+
 def test_reopen_keeps_jobs(db_path: Path) -> None:
     q = JobQueue(db_path)
     job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Lecture")
