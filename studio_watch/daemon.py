@@ -346,7 +346,7 @@ class Daemon:
         except OSError as exc:
             why = f"cannot stat: {exc.strerror}"
             return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+        if sources.identity_of(st) != job.identity:
             since = settle_clock(st.st_mtime_ns, job.updated_at, now)
             return ({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev,
                      "stable_since": since}, since + job.settle_seconds, None)
@@ -420,5 +420,5 @@ def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> b
     state, identity = known
     if state == "vanished":  # it was gone when its job looked; it is back
         return True
-    return identity != (st.st_ino, st.st_size, st.st_mtime_ns) and state in (
+    return identity != sources.identity_of(st) and state in (
         State.SETTLING.value, State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)

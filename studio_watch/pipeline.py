@@ -423,7 +423,7 @@ def _check_file(job: Job) -> None:
         raise SourceVanished(job.display_path) from None
     except PermissionError as exc:
         raise SourceUnreadable(f"cannot stat {job.display_path}: {exc.strerror}") from None
-    if (st.st_ino, st.st_size, st.st_mtime_ns) != job.identity:
+    if sources.identity_of(st) != job.identity:
         raise SourceChanged(f"file changed since it settled: {job.display_path}")
     if not os.access(job.path, os.R_OK):
         raise SourceUnreadable(f"cannot read {job.display_path}: permission denied")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import queue
 import shutil
@@ -89,16 +90,27 @@ def read_whole(f: Any, size: int, hasher: Any) -> bytes:
 def read_chunks(f: Any, size: int, hasher: Any, exact: bool = True) -> Iterator[memoryview]:
     """The file's next `size` bytes in hashed chunks of one reused buffer: each is only valid until the next is
     asked for. `exact`: a file that ends early changed (SourceChanged); else the chunks stop at its end."""
-    view, done = memoryview(bytearray(min(CHUNK, max(size, 1)))), 0
+    return _hashed_chunks(f, size, hasher, itertools.repeat(bytearray(min(CHUNK, max(size, 1)))), exact)
+
+
+def _hashed_chunks(f: Any, size: int, hasher: Any, buffers: Iterator[bytearray],
+                   exact: bool = True) -> Iterator[memoryview]:
+    """Read the next `size` bytes into the buffers `buffers` hands out, hashing each chunk; stops early when
+    it hands out no more."""
+    done = 0
     while done < size:
-        n = read_into(f, view[:min(CHUNK, size - done)])
+        buffer = next(buffers, None)
+        if buffer is None:
+            return
+        n = read_into(f, memoryview(buffer)[:min(len(buffer), size - done)])
         if not n:
             if not exact:
                 return
             raise SourceChanged(f"file shrank while sending ({done} of {size} bytes)")
-        hasher.update(view[:n])
+        chunk = memoryview(buffer)[:n]
+        hasher.update(chunk)  # xxhash lets go of the GIL: in read_ahead, the sender runs meanwhile
         done += n
-        yield view[:n]
+        yield chunk
 
 
 def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
@@ -108,24 +120,15 @@ def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
     `curl -T`), for the same CPU. The thread ends when the chunks do, or when the consumer closes this generator
     early (a failed send, a stop); what it raises (SourceChanged, SourceUnreadable) is raised here.
     """
-    free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-    full: queue.SimpleQueue[tuple[memoryview, int] | BaseException | None] = queue.SimpleQueue()
+    free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+    full: queue.SimpleQueue[memoryview | BaseException | None] = queue.SimpleQueue()
     for _ in range(READ_AHEAD_BUFFERS):
-        free.put(memoryview(bytearray(CHUNK)))
+        free.put(bytearray(CHUNK))
 
     def reader() -> None:
         try:
-            done = 0
-            while done < size:
-                view = free.get()
-                if view is None:  # the consumer has gone
-                    return
-                n = read_into(f, view[:min(CHUNK, size - done)])
-                if not n:
-                    raise SourceChanged(f"file shrank while sending ({done} of {size} bytes)")
-                hasher.update(view[:n])  # xxhash lets go of the GIL: the sender runs meanwhile
-                done += n
-                full.put((view, n))
+            for chunk in _hashed_chunks(f, size, hasher, iter(free.get, None)):  # None: the consumer has gone
+                full.put(chunk)
             full.put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             full.put(exc)
@@ -136,9 +139,8 @@ def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
         while (item := full.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            view, n = item
-            yield view[:n]
-            free.put(view)  # sent: its buffer may be read into again
+            yield item
+            free.put(item.obj)  # sent: its buffer may be read into again
     finally:
         free.put(None)
         thread.join()
@@ -198,7 +200,7 @@ def take_aside(path: str, job_id: int, identity: Identity) -> str | None:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    if _identity(st) != identity:  # looked at first: a new recording under the name never leaves its place
+    if identity_of(st) != identity:  # looked at first: a new recording under the name never leaves its place
         raise NotTheUploadedFile(path)
     try:
         os.rename(path, aside)
@@ -207,13 +209,14 @@ def take_aside(path: str, job_id: int, identity: Identity) -> str | None:
     return _checked(aside, path, identity)
 
 
-def _identity(st: os.stat_result) -> Identity:
+def identity_of(st: os.stat_result) -> tuple[int, int, int]:
+    """What a file is, for every check that it is still the one seen: (inode, size, mtime_ns)."""
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _checked(aside: str, path: str, identity: Identity) -> str:
     """The file taken aside, if it is the uploaded one; else it goes back (NotTheUploadedFile)."""
-    if _identity(os.stat(aside)) != identity:
+    if identity_of(os.stat(aside)) != identity:
         put_back(aside, path)
         raise NotTheUploadedFile(path)
     return aside

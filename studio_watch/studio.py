@@ -391,7 +391,7 @@ class StudioClient:
 
 
 def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -> None:
-    if (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+    if sources.identity_of(st) != identity:
         raise SourceChanged(f"file changed since it settled: {path!r}")
 
 
