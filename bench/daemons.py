@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, write_config,
+from studio_watch.harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, write_config,
                       write_small_files)
-from .report import Result, mib
+from studio_watch.report import Result, mib
 
 SMALL = 4096
 SCAN_EVENTS = ("folder_scanned", "folders_scanned")  # the watcher's debug event: per folder, or one per scan
@@ -159,9 +159,9 @@ def _seed_completed(config: Path) -> int:
     """Record every file of the tree as already uploaded: JobQueue.observe() with the watcher's own stat of
     each file (so identities match), then one bulk UPDATE to completed (not one fsync'd update per job)."""
     from studio_watch import config as cfg
-    from studio_watch.daemon import to_seen
-    from studio_watch.jobqueue import JobQueue
-    from studio_watch.watcher import scan
+    from studio_watch.daemon.app import to_seen
+    from studio_watch.queue.store import JobQueue
+    from studio_watch.files.watcher import scan
 
     loaded = cfg.load(config)
     queue = JobQueue(loaded.state_db)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ConfigError
+from studio_watch.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/studio-watch/config.yaml"
 CONFIG_ENV = "STUDIO_WATCH_CONFIG"
@@ -437,7 +437,7 @@ def _log(source: Path, data: Any) -> LogConfig:
 
 
 def _schedule(source: Path, data: Any) -> ScheduleConfig:
-    from .schedule import parse_window
+    from studio_watch.schedule import parse_window
 
     r = _Reader(source, "schedule", data)
     hours = r.patterns("upload_hours", ())

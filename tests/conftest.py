@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.sandbox.server import Faults, Sandbox
 
 TOKEN = "sandbox-token"
 

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.checks import (FAIL, OK, WARN, check_inotify, check_network_fs, effective_observer, explain,
+from studio_watch.daemon.checks import (FAIL, OK, WARN, check_inotify, check_network_fs, effective_observer, explain,
                                  run_checks)
-from studio_watch.cli import main
-from studio_watch.sandbox import Sandbox
-from studio_watch.studio import StaticToken, StudioClient
+from studio_watch.cli.main import main
+from studio_watch.sandbox.server import Sandbox
+from studio_watch.studio.client import StaticToken, StudioClient
 
 
 @pytest.fixture

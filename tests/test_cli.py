@@ -101,8 +101,8 @@ def test_two_uploads_by_hand_at_once_both_finish(tmp_path):
     import subprocess
     import sys
 
-    from studio_watch.control import DaemonLock
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.daemon.control import DaemonLock
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=1_000_000)) as slow:
         path = write_config(tmp_path, slow.url, [{"path": "in"}])
@@ -128,8 +128,8 @@ def test_run_waits_for_a_lone_upload_instead_of_exiting(tmp_path):
     import subprocess
     import sys
 
-    from studio_watch.control import DaemonLock
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.daemon.control import DaemonLock
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     from .conftest import DaemonProcess
 
@@ -165,8 +165,8 @@ def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp
     import subprocess
     import sys
 
-    from studio_watch.jobqueue import JobQueue, State
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.queue.store import JobQueue, State
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=300_000)) as slow:
         path = write_config(tmp_path, slow.url, [{"path": "in"}])

@@ -24,12 +24,12 @@ import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.daemon import DaemonLock
+from studio_watch.daemon.app import DaemonLock
 from studio_watch.errors import ConfigError
-from studio_watch.health import cmd_health, healthz_url
-from studio_watch.jobqueue import JobQueue
-from studio_watch.metrics import Metrics, MetricsServer
-from studio_watch.sandbox import Sandbox
+from studio_watch.daemon.health import cmd_health, healthz_url
+from studio_watch.queue.store import JobQueue
+from studio_watch.daemon.metrics import Metrics, MetricsServer
+from studio_watch.sandbox.server import Sandbox
 
 from .conftest import TOKEN, wait_until, write_config
 

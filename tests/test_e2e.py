@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_watch.sandbox import Faults
+from studio_watch.sandbox.server import Faults
 
 from .conftest import run_cli, sha256_of, wait_until, write_config, write_media
 
@@ -85,7 +85,7 @@ def test_second_daemon_on_same_database_is_refused(tmp_path, sandbox, daemons):
 
 
 def test_sigterm_stops_cleanly_and_leaves_upload_resumable(tmp_path, daemons):
-    from studio_watch.sandbox import Sandbox
+    from studio_watch.sandbox.server import Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=400_000)) as sandbox:
         config = write_config(tmp_path, sandbox.url, [{"path": "in", "settle_seconds": 0.1}])
@@ -112,7 +112,7 @@ def test_sigterm_stops_cleanly_and_leaves_upload_resumable(tmp_path, daemons):
 @pytest.mark.slow
 def test_repeated_sigkill_during_slow_uploads_completes_every_file_exactly_once(tmp_path, daemons):
     """The acceptance test of the core: SIGKILL at random moments, restart, and nothing lost or doubled."""
-    from studio_watch.sandbox import Sandbox
+    from studio_watch.sandbox.server import Sandbox
 
     rnd = random.Random(20261126)
     with Sandbox(faults=Faults(put_bytes_per_second=3_000_000, seed=7)) as sandbox:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.sandbox.server import Faults, Sandbox
 
 from .conftest import TOKEN, run_cli, sha256_of, wait_until, write_config, write_media
 

@@ -12,9 +12,9 @@ from typing import Iterator
 import pytest
 
 from studio_watch import config as cfg
-from studio_watch.daemon import Daemon
-from studio_watch.jobqueue import JobQueue, State
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.daemon.app import Daemon
+from studio_watch.queue.store import JobQueue, State
+from studio_watch.sandbox.server import Faults, Sandbox
 
 from .conftest import run_cli, sha256_of, wait_until, write_config, write_media
 
@@ -205,7 +205,7 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
 def ready_job(queue: JobQueue, path: Path, state: State = State.READY, after_upload: str = "keep",
               **extra: object) -> int:
     """A job for `path` in `queue`: ready to upload (as the settler leaves it), or in `state`."""
-    from studio_watch.jobqueue import Seen
+    from studio_watch.queue.store import Seen
 
     st = os.stat(path)
     return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
@@ -228,8 +228,8 @@ class _PutFailsMidway:
 
 def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
     from studio_watch.config import RetryConfig
-    from studio_watch.control import Activity
-    from studio_watch.pipeline import Pipeline
+    from studio_watch.daemon.control import Activity
+    from studio_watch.daemon.pipeline import Pipeline
 
     path = write_media(tmp_path / "a.mp4", 2000)
     queue = JobQueue(tmp_path / "state.db")
@@ -263,8 +263,8 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
     import socket
 
     from studio_watch.config import RetryConfig, StudioConfig
-    from studio_watch.pipeline import Pipeline
-    from studio_watch.studio import StaticToken, StudioClient
+    from studio_watch.daemon.pipeline import Pipeline
+    from studio_watch.studio.client import StaticToken, StudioClient
 
     with socket.socket() as s:  # a port nobody listens on: the "upload host"
         s.bind(("127.0.0.1", 0))
@@ -297,8 +297,8 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
 
 def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
     from studio_watch.config import RetryConfig, StudioConfig
-    from studio_watch.pipeline import Pipeline
-    from studio_watch.studio import StaticToken, StudioClient
+    from studio_watch.daemon.pipeline import Pipeline
+    from studio_watch.studio.client import StaticToken, StudioClient
 
     retry = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=1, request_tries=1)
     with Sandbox(faults=Faults(error_rate=1.0, error_endpoints=frozenset({"complete"}))) as sb:
@@ -352,7 +352,7 @@ def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
     """Uploaded yesterday, deleted today: today's recording under the same name survives, and yesterday's job
     ends (its media is safe in Studio) without touching it."""
     from studio_watch.config import RetryConfig
-    from studio_watch.pipeline import Pipeline
+    from studio_watch.daemon.pipeline import Pipeline
 
     path = write_media(tmp_path / "room101.mp4", 3000, seed=1)
     queue = JobQueue(tmp_path / "state.db")
@@ -374,7 +374,7 @@ def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
 def test_a_file_a_writer_still_holds_open_does_not_settle(tmp_path, sandbox, start):
     """However long a recorder pauses, a file it still has open for writing is not finished (where the kernel
     can tell: a read lease is refused while a writer holds the file)."""
-    from studio_watch.sources import open_for_writing
+    from studio_watch.files.sources import open_for_writing
 
     (tmp_path / "in").mkdir()
     recording = open(tmp_path / "in" / "live.mp4", "wb")

@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.cli import main
+from studio_watch.cli.main import main
 from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError, Unreachable
-from studio_watch.imports import (ImportRequest, cmd_import_url, import_link, import_once, matches, parse_link_file,
+from studio_watch.studio.imports import (ImportRequest, cmd_import_url, import_link, import_once, matches, parse_link_file,
                                   validate_import)
-from studio_watch.jobqueue import JobQueue
-from studio_watch.sandbox import Faults, Sandbox
-from studio_watch.studio import StaticToken, StudioClient
-from studio_watch.transport import Pool, Reply
+from studio_watch.queue.store import JobQueue
+from studio_watch.sandbox.server import Faults, Sandbox
+from studio_watch.studio.client import StaticToken, StudioClient
+from studio_watch.studio.transport import Pool, Reply
 
 YOUTUBE = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 LECTURE = "https://media.example.edu/lectures/week1.mp4"

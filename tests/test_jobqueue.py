@@ -1,4 +1,4 @@
-"""Unit tests for studio_watch.jobqueue against real SQLite files and real threads."""
+"""Unit tests for studio_watch.queue.store against real SQLite files and real threads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from studio_watch.jobqueue import SCHEMA_VERSION, STATES, JobQueue, Seen, State, settle_clock
+from studio_watch.queue.store import SCHEMA_VERSION, STATES, JobQueue, Seen, State, settle_clock
 
 _inodes = itertools.count(1000)
 

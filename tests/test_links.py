@@ -47,7 +47,7 @@ def test_links_false_ignores_link_files(tmp_path, sandbox, daemons):
 
 
 def test_after_upload_processed_waits_for_transcoding(tmp_path, daemons):
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(transcode_seconds=1.5)) as sb:
         config = write_config(tmp_path, sb.url, [{"path": "in", "settle_seconds": 0.05, "after_upload": "delete",
@@ -64,7 +64,7 @@ def test_after_upload_processed_waits_for_transcoding(tmp_path, daemons):
 
 
 def test_after_upload_processed_keeps_a_file_that_failed_to_transcode(tmp_path, daemons):
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(transcode_seconds=0.2, transcode_fail=True)) as sb:
         config = write_config(tmp_path, sb.url, [{"path": "in", "settle_seconds": 0.05, "after_upload": "delete",

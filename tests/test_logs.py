@@ -15,8 +15,8 @@ import structlog
 
 from studio_watch import logs
 from studio_watch.config import RetryConfig, StudioConfig
-from studio_watch.sandbox import Faults, Sandbox
-from studio_watch.studio import StaticToken, StudioClient
+from studio_watch.sandbox.server import Faults, Sandbox
+from studio_watch.studio.client import StaticToken, StudioClient
 
 NOISY = ("httpx", "httpcore", "hpack", "watchdog")
 

@@ -15,8 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from studio_watch.errors import StudioWatchError
-from studio_watch.jobqueue import STATES, JobQueue, Seen, State
-from studio_watch.metrics import Metrics, MetricsServer, parse_listen
+from studio_watch.queue.store import STATES, JobQueue, Seen, State
+from studio_watch.daemon.metrics import Metrics, MetricsServer, parse_listen
 
 from .conftest import DaemonProcess, wait_until, write_config, write_media
 

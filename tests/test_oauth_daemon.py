@@ -7,7 +7,7 @@ import stat
 
 import yaml
 
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.sandbox.server import Faults, Sandbox
 
 from .conftest import run_cli, write_config, write_media
 

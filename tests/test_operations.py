@@ -141,7 +141,7 @@ def test_a_failing_webhook_is_logged_never_fatal(tmp_path):
     import io
 
     from studio_watch import logs
-    from studio_watch.alerts import Alerts
+    from studio_watch.daemon.alerts import Alerts
 
     stream = io.StringIO()
     logs.setup("info", "json", stream=stream)
@@ -166,7 +166,7 @@ def test_a_failing_webhook_is_logged_never_fatal(tmp_path):
 
 
 def test_status_shows_folder_health_and_transfers(tmp_path, daemons):
-    from studio_watch.sandbox import Faults, Sandbox
+    from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=200_000)) as slow:
         config = write_config(tmp_path, slow.url, [{"path": "in", "settle_seconds": 0.05}])

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from studio_watch.sandbox import (
+from studio_watch.sandbox.server import (
     Faults,
     Sandbox,
     add_sandbox_arguments,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from studio_watch.errors import SourceChanged, SourceUnreadable
-from studio_watch.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, delete, hash_file, move,
+from studio_watch.files.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, delete, hash_file, move,
                                   open_source, put_back, read_ahead, read_chunks, read_whole, take_aside)
 
 

@@ -17,12 +17,12 @@ from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged,
                                  SourceUnreadable, SourceVanished, Stopping, TransientError, Unreachable,
                                  UploadUrlExpired)
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
-from studio_watch.sources import READ_AHEAD_MIN, hash_file
-from studio_watch.studio import (MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url,
+from studio_watch.files.sources import READ_AHEAD_MIN, hash_file
+from studio_watch.studio.client import (MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url,
                                  tls_context)
-from studio_watch.transport import Reply
+from studio_watch.studio.transport import Reply
 
 TOKEN = "sandbox-token"
 

@@ -26,10 +26,10 @@ from typing import Iterator
 import pytest
 
 from studio_watch import config as cfg
-from studio_watch.daemon import Daemon
-from studio_watch.demo import write_demo_config
-from studio_watch.sandbox import Sandbox
-from studio_watch.watcher import Watcher
+from studio_watch.daemon.app import Daemon
+from studio_watch.cli.demo import write_demo_config
+from studio_watch.sandbox.server import Sandbox
+from studio_watch.files.watcher import Watcher
 
 from .conftest import TOKEN, write_media
 

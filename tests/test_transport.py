@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import pytest
 
 from studio_watch.errors import TransientError, Unreachable
-from studio_watch.transport import Pool, Reply
+from studio_watch.studio.transport import Pool, Reply
 
 from .conftest import wait_until
 

@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from studio_watch.control import TurnTaking
-from studio_watch.sandbox import Faults, Sandbox
+from studio_watch.daemon.control import TurnTaking
+from studio_watch.sandbox.server import Faults, Sandbox
 
 from .conftest import DaemonProcess, write_config, write_media
 

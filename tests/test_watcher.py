@@ -1,4 +1,4 @@
-"""Unit tests for studio_watch.watcher: name rules, scans, filesystem types and real observers."""
+"""Unit tests for studio_watch.files.watcher: name rules, scans, filesystem types and real observers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from studio_watch.config import FolderRule
-from studio_watch.watcher import Found, Watcher, classify, filesystem_type, is_network_fs, rule_for, scan
+from studio_watch.files.watcher import Found, Watcher, classify, filesystem_type, is_network_fs, rule_for, scan
 
 WAIT = 10.0  # the longest any test waits for an event
 
@@ -292,7 +292,7 @@ def test_rescan_loop_finds_what_events_missed_and_stops(folder: Path) -> None:
 # -- self-healing: the probe that proves inotify works, and dead observers ---------------------------------------
 
 def _collecting_watcher(rule, observer: str = "auto"):
-    from studio_watch.watcher import Watcher
+    from studio_watch.files.watcher import Watcher
 
     found: list = []
     cond = threading.Condition()

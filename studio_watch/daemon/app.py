@@ -18,19 +18,19 @@ from typing import Any, Callable
 
 import structlog
 
-from . import config as cfg
-from . import sources
-from .alerts import Alerts
-from .control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
+from studio_watch import config as cfg
+from studio_watch.files import sources
+from studio_watch.daemon.alerts import Alerts
+from studio_watch.daemon.control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
                       sd_notify, watchdog_interval)
-from .errors import ConfigError, DatabaseLocked
-from .jobqueue import Job, JobQueue, Seen, State, settle_clock, show_path
-from .pipeline import Pipeline
-from .schedule import RateLimiter, Schedule, parse_window
-from .studio import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
-from .watcher import Found, Watcher, rule_for
+from studio_watch.errors import ConfigError, DatabaseLocked
+from studio_watch.queue.store import Job, JobQueue, Seen, State, settle_clock, show_path
+from studio_watch.daemon.pipeline import Pipeline
+from studio_watch.schedule import RateLimiter, Schedule, parse_window
+from studio_watch.studio.client import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
+from studio_watch.files.watcher import Found, Watcher, rule_for
 
-log = structlog.get_logger("studio_watch.daemon")
+log = structlog.get_logger(__name__)
 
 SETTLE_BATCH = 1000  # settle promotions per transaction (bounded; batches of 100, letting workers start sooner,
                      # measured slower: the settler and the first worker then trade the GIL)
@@ -40,10 +40,10 @@ STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is r
 
 def make_tokens(config: cfg.Config) -> TokenSource:
     """The token source the config asks for (raises ConfigError for a missing or loose secret)."""
-    from . import logs
+    from studio_watch import logs
 
     if config.studio.oauth is not None:
-        from .oauth import OAuthTokens
+        from studio_watch.studio.auth import OAuthTokens
 
         tokens: TokenSource = OAuthTokens.from_config(config)
     else:
@@ -182,7 +182,7 @@ class Daemon:
     def _start_metrics(self, queue: JobQueue) -> Any:
         if not self.config.metrics.listen:
             return None
-        from .metrics import Metrics, MetricsServer
+        from studio_watch.daemon.metrics import Metrics, MetricsServer
 
         metrics = Metrics(queue, lambda: self.pause.paused)
         self.activity.listeners.append(metrics.on_event)

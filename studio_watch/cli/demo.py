@@ -7,12 +7,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import config as cfg
-from . import logs
-from .cli import human_bytes, stop_on_signals
-from .daemon import Daemon
-from .jobqueue import Job, JobQueue, State
-from .sandbox import Faults, Sandbox
+from studio_watch import config as cfg
+from studio_watch import logs
+from studio_watch.cli.main import human_bytes, stop_on_signals
+from studio_watch.daemon.app import Daemon
+from studio_watch.queue.store import Job, JobQueue, State
+from studio_watch.sandbox.server import Faults, Sandbox
 
 SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
 

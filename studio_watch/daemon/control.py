@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import structlog
 
-from . import config as cfg
-from .errors import AuthError, DatabaseLocked, StudioError
-from .jobqueue import Job, JobQueue
-from .pipeline import Observer, backoff
-from .studio import StudioClient
+from studio_watch import config as cfg
+from studio_watch.errors import AuthError, DatabaseLocked, StudioError
+from studio_watch.queue.store import Job, JobQueue
+from studio_watch.daemon.pipeline import Observer, backoff
+from studio_watch.studio.client import StudioClient
 
-log = structlog.get_logger("studio_watch.control")
+log = structlog.get_logger(__name__)
 
 PAUSE_KEY = "paused"
 STATUS_KEY = "daemon"

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from . import config as cfg
-from .errors import ConfigError, StudioWatchError
+from studio_watch import __version__
+from studio_watch import config as cfg
+from studio_watch.errors import ConfigError, StudioWatchError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("health", "exit 0 when the daemon is alive and healthy (for container and monitoring health checks)")
     p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
                        description="Serve a local Canvas Studio emulator (the API of shared/studio-api.md).")
-    from .sandbox import add_sandbox_arguments
+    from studio_watch.sandbox.server import add_sandbox_arguments
 
     add_sandbox_arguments(p)
     p = add("demo", "sandbox + a temporary drop folder + the daemon: the whole pipeline, with no account")
@@ -106,7 +106,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _states() -> list[str]:
-    from .jobqueue import STATES
+    from studio_watch.queue.store import STATES
 
     return list(STATES)
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import commands
+    from studio_watch.cli import commands
 
     handler: Callable[..., int] = getattr(commands, "cmd_" + args.command.replace("-", "_"))
     return handler(args)

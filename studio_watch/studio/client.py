@@ -21,14 +21,16 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import structlog
 
-from . import __version__, sources
-from .config import RetryConfig, StudioConfig
-from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
-                     StudioError, TransientError, Unreachable, UploadUrlExpired)
-from .schedule import RateLimiter
-from .transport import Pool, Reply
+from studio_watch import __version__
 
-log = structlog.get_logger("studio_watch.studio")
+from studio_watch.files import sources
+from studio_watch.config import RetryConfig, StudioConfig
+from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
+                     StudioError, TransientError, Unreachable, UploadUrlExpired)
+from studio_watch.schedule import RateLimiter
+from studio_watch.studio.transport import Pool, Reply
+
+log = structlog.get_logger(__name__)
 
 SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
-from . import config as cfg
-from .errors import AuthError, StudioError, StudioWatchError, TransientError
-from .studio import IMPORT_PATH, StudioClient
-from .watcher import classify, filesystem_type, is_network_fs, rule_for
+from studio_watch import config as cfg
+from studio_watch.errors import AuthError, StudioError, StudioWatchError, TransientError
+from studio_watch.studio.client import IMPORT_PATH, StudioClient
+from studio_watch.files.watcher import classify, filesystem_type, is_network_fs, rule_for
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
@@ -241,9 +241,9 @@ def verdict(results: Iterable[Check]) -> tuple[str, int]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`studio-watch check`: one line per check, a verdict line; exit 1 if anything failed (2: bad config)."""
-    from . import logs
-    from .cli import load_config
-    from .daemon import make_tokens
+    from studio_watch import logs
+    from studio_watch.cli.main import load_config
+    from studio_watch.daemon.app import make_tokens
 
     config = load_config(args)
     logs.setup("error", config.log.format)
@@ -304,7 +304,7 @@ def _upload_lines(api: str, rule: cfg.FolderRule, size: int, title: str, descrip
 
 def _link_lines(api: str, rule: cfg.FolderRule, path: str, title: str, description: str) -> list[str]:
     """Mirrors StudioClient.import_url: query parameters into a collection, a JSON body otherwise."""
-    from .imports import parse_link_file, validate_import
+    from studio_watch.studio.imports import parse_link_file, validate_import
 
     url = parse_link_file(path)
     is_external, title_sent = validate_import(url, rule.collection_id, rule.user_id, title, None)
@@ -379,7 +379,7 @@ def _policy_lines(rule: cfg.FolderRule, kind: str) -> list[str]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """`studio-watch explain PATH`: exit 0 when the path would be uploaded, 1 when not."""
-    from .cli import load_config
+    from studio_watch.cli.main import load_config
 
     config = load_config(args)
     lines, code = explain(config, os.path.abspath(args.path))

@@ -22,9 +22,9 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 
-from .errors import TransientError, Unreachable
+from studio_watch.errors import TransientError, Unreachable
 
-log = structlog.get_logger("studio_watch.transport")
+log = structlog.get_logger(__name__)
 
 MAX_IDLE = 16  # kept-alive connections across all hosts; more are closed when handed back
 TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # what may stay as it is in a request target; anything else is %-encoded

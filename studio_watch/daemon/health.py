@@ -12,9 +12,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from . import config as cfg
-from .daemon import DaemonLock
-from .metrics import parse_listen
+from studio_watch import config as cfg
+from studio_watch.daemon.app import DaemonLock
+from studio_watch.daemon.metrics import parse_listen
 
 EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
 TIMEOUT_SECONDS = 3.0

@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .errors import DatabaseTooNew
+from studio_watch.errors import DatabaseTooNew
 
 SCHEMA_VERSION = 3
 

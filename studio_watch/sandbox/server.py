@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from .sandbox_state import (
+from studio_watch.sandbox.state import (
     DEFAULT_COLLECTIONS,
     DEFAULT_OAUTH_CLIENTS,
     DEFAULT_USERS,

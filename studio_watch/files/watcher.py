@@ -27,9 +27,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .config import FolderRule
+from studio_watch.config import FolderRule
 
-log = structlog.get_logger("studio_watch.watcher")
+log = structlog.get_logger(__name__)
 
 LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",

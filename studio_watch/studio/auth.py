@@ -33,11 +33,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import structlog
 
-from . import __version__, logs
-from . import config as cfg
-from .errors import AuthError, ConfigError, StudioError, TransientError, Unreachable
+from studio_watch import __version__
 
-log = structlog.get_logger("studio_watch.oauth")
+from studio_watch import logs
+from studio_watch import config as cfg
+from studio_watch.errors import AuthError, ConfigError, StudioError, TransientError, Unreachable
+
+log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/api/public/oauth/token"
 AUTHORIZE_PATH = "/api/public/oauth/authorize"
@@ -353,7 +355,7 @@ def _oauth_config(config: cfg.Config) -> cfg.OAuthConfig:
 
 def _when(epoch: float) -> str:
     """A local date and time, and how far away it is."""
-    from .cli import human_age
+    from studio_watch.cli.main import human_age
 
     delta = epoch - time.time()
     relative = f"in {human_age(delta)}" if delta >= 0 else f"{human_age(-delta)} ago"
@@ -427,7 +429,7 @@ def status_lines(config: cfg.Config) -> tuple[list[str], bool]:
 
 def cmd_auth(args: argparse.Namespace) -> int:
     """`auth login [--code CODE] [--redirect-uri URI]` and `auth status`."""
-    from .cli import EXIT_FAILURE, EXIT_OK, load_config
+    from studio_watch.cli.main import EXIT_FAILURE, EXIT_OK, load_config
 
     config = load_config(args)
     logs.setup("warning", config.log.format)

@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 
-from . import logs
+from studio_watch import logs
 
-log = structlog.get_logger("studio_watch.alerts")
+log = structlog.get_logger(__name__)
 
 HOOK_TIMEOUT = 30.0
 

@@ -17,14 +17,14 @@ from typing import Any, Callable, Protocol
 
 import structlog
 
-from . import sources
-from .config import MAX_UPLOAD_BYTES, RetryConfig, readable
-from .errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
+from studio_watch.files import sources
+from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
+from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
                      SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
-from .jobqueue import Job, JobQueue, State
-from .studio import StudioClient
+from studio_watch.queue.store import Job, JobQueue, State
+from studio_watch.studio.client import StudioClient
 
-log = structlog.get_logger("studio_watch.pipeline")
+log = structlog.get_logger(__name__)
 
 URL_RENEWALS = 3  # new upload URLs asked for within one run of a job before it is rescheduled
 PROCESSED_STATES = frozenset({"completed", "complete", "ready", "done", "processed", "success", "succeeded",
@@ -280,7 +280,7 @@ class Pipeline:
 
     def _import_link(self, job: Job) -> Job:
         """A .url/.webloc file: one create-from-URL request, reconciled first if an earlier send's fate is unknown."""
-        from .imports import import_link
+        from studio_watch.studio.imports import import_link
 
         assert job.path is not None
         maybe_sent_at = job.url_issued_at if job.state is State.URL_ISSUED else None

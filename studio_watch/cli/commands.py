@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import config as cfg
-from . import logs
-from .cli import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, human_bytes, load_config,
+from studio_watch import config as cfg
+from studio_watch import logs
+from studio_watch.cli.main import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, human_bytes, load_config,
                   print_json, stop_on_signals)
-from .control import PAUSE_KEY, STATUS_KEY, DaemonLock
-from .daemon import Daemon, make_tokens
-from .errors import DatabaseLocked
-from .jobqueue import STATES, TERMINAL, Job, JobQueue, Seen, State
-from .pipeline import NullObserver, Pipeline
-from .studio import StudioClient
+from studio_watch.daemon.control import PAUSE_KEY, STATUS_KEY, DaemonLock
+from studio_watch.daemon.app import Daemon, make_tokens
+from studio_watch.errors import DatabaseLocked
+from studio_watch.queue.store import STATES, TERMINAL, Job, JobQueue, Seen, State
+from studio_watch.daemon.pipeline import NullObserver, Pipeline
+from studio_watch.studio.client import StudioClient
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -305,7 +305,7 @@ def _report(job: Job | None) -> int:
 # -- the sandbox and the demo ------------------------------------------------------------------------------
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from .sandbox import sandbox_from_args, serve_forever_until
+    from studio_watch.sandbox.server import sandbox_from_args, serve_forever_until
 
     stop = threading.Event()
     stop_on_signals(stop)
@@ -318,36 +318,36 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from studio_watch.cli.demo import run_demo
 
     return run_demo(files=args.files, once=args.once)
 
 
 def cmd_import_url(args: argparse.Namespace) -> int:
-    from .imports import cmd_import_url as run
+    from studio_watch.studio.imports import cmd_import_url as run
 
     return run(args)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import cmd_check as run
+    from studio_watch.daemon.checks import cmd_check as run
 
     return run(args)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .checks import cmd_explain as run
+    from studio_watch.daemon.checks import cmd_explain as run
 
     return run(args)
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
-    from .oauth import cmd_auth as run
+    from studio_watch.studio.auth import cmd_auth as run
 
     return run(args)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from .health import cmd_health as run
+    from studio_watch.daemon.health import cmd_health as run
 
     return run(args)

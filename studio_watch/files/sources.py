@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import xxhash
 
-from .errors import SourceChanged, SourceUnreadable, SourceVanished, Stopping
+from studio_watch.errors import SourceChanged, SourceUnreadable, SourceVanished, Stopping
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for wire speed, small enough to stay in cache between read, hash and send
 READ_AHEAD_MIN = 16 << 20  # files at least this big are read by a helper thread one chunk ahead of the send

@@ -34,11 +34,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from .errors import (CaptionsDisabled, ConfigError, PermanentError, SourceUnreadable, SourceVanished, Stopping,
+from studio_watch.errors import (CaptionsDisabled, ConfigError, PermanentError, SourceUnreadable, SourceVanished, Stopping,
                      StudioError, TransientError, Unreachable)
-from .studio import MAX_CLIENT_WAIT, StudioClient
+from studio_watch.studio.client import MAX_CLIENT_WAIT, StudioClient
 
-log = structlog.get_logger("studio_watch.imports")
+log = structlog.get_logger(__name__)
 
 URL_PATTERN = re.compile(r"^http[s]?:\/?\/")
 EXTERNAL_HOSTS = frozenset({"youtube.com", "www.youtube.com", "m.youtube.com", "youtu.be", "vimeo.com",
@@ -331,9 +331,9 @@ def cmd_import_url(args: argparse.Namespace) -> int:
     """`studio-watch import-url URL [--collection ID | --user ID] [--title T] ... [--external]`."""
     import sys
 
-    from . import logs
-    from .cli import EXIT_OK, load_config
-    from .daemon import make_tokens
+    from studio_watch import logs
+    from studio_watch.cli.main import EXIT_OK, load_config
+    from studio_watch.daemon.app import make_tokens
 
     is_external, title = validate_import(args.url, args.collection, args.user, args.title, args.external)
     config = load_config(args)

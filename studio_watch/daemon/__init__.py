@@ -1,0 +1,1 @@
+"""The runtime: the composition root (app), pipeline, pause, workers, metrics, alerts, checks."""

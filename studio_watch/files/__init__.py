@@ -1,0 +1,1 @@
+"""The filesystem: which files qualify, watchers, opening/hashing/moving sources."""

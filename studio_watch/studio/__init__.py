@@ -1,0 +1,1 @@
+"""All HTTP: the Studio API client, its transport, tokens, URL imports."""
