@@ -14,11 +14,9 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from studio_watch import daemons
-
-from studio_watch import uploads
-from studio_watch.harness import SCRATCH_DISK, Sink, filesystem_of
-from studio_watch.report import Result, render
+from . import daemons, uploads
+from .harness import SCRATCH_DISK, Sink, filesystem_of
+from .report import Result, render
 
 RowFn = Callable[[Sink, bool], list[Result]]
 

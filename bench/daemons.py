@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studio_watch.harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, write_config,
+from .harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, write_config,
                       write_small_files)
-from studio_watch.report import Result, mib
+from .report import Result, mib
 
 SMALL = 4096
 SCAN_EVENTS = ("folder_scanned", "folders_scanned")  # the watcher's debug event: per folder, or one per scan

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import xxhash
 
-from studio_watch.harness import (TMPFS, ChildRun, Sink, median, remove, run_child, scratch, stop_process, upload_argv,
+from .harness import (TMPFS, ChildRun, Sink, median, remove, run_child, scratch, stop_process, upload_argv,
                       write_big_file, write_config)
-from studio_watch.report import Result, mib
+from .report import Result, mib
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -65,17 +67,89 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
-class DaemonProcess:
-    """`studio-watch run` as a real child process, its JSON log lines collected as they come."""
+@dataclass(frozen=True)
+class Account:
+    """A local user the tests run a process as (the daemon's service user, a recorder that owns the files)."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    name: str
+    uid: int
+    gid: int
+
+    def popen_args(self) -> dict[str, Any]:
+        """Keyword arguments for subprocess that run the child as this user, with no supplementary groups."""
+        if self.uid == os.getuid():
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, *paths: Path) -> None:
+        for path in paths:
+            os.chown(path, self.uid, self.gid)
+
+
+def _account(name: str) -> Account:
+    """The local user `name`, created (system user, no home, no login) when the suite runs as root."""
+    if os.geteuid() != 0:
+        pytest.skip(f"creating the test user {name!r} needs root (run as root, as CI is, to test as other users)")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
+                        name], check=True, capture_output=True)
+        entry = pwd.getpwnam(name)
+    account = Account(name, entry.pw_uid, entry.pw_gid)
+    _let_reach(account, Path(sys.executable).resolve())
+    _let_reach(account, Path(__file__).resolve().parents[1])
+    return account
+
+
+def _let_reach(account: Account, path: Path) -> None:
+    """Let `account` traverse to `path` (the interpreter may live under root's 0700 home): an ACL entry that
+    grants that one user search permission on each closed ancestor, nothing more."""
+    for parent in reversed(path.parents):
+        mode = parent.stat().st_mode
+        if mode & 0o001:
+            continue
+        if subprocess.run(["setfacl", "-m", f"u:{account.name}:x", str(parent)], capture_output=True).returncode:
+            pytest.skip(f"{account.name} cannot reach {path} and setfacl (Debian's acl package) is missing")
+
+
+@pytest.fixture(scope="session")
+def service_account() -> Account:
+    """The unprivileged user the daemon runs as in production (`User=studio-watch`): owns no recording."""
+    return _account("sw-test-daemon")
+
+
+@pytest.fixture(scope="session")
+def recorder_account() -> Account:
+    """Another unprivileged user: the recorder (or share) that writes and owns the recordings."""
+    return _account("sw-test-recorder")
+
+
+@pytest.fixture
+def open_tmp(tmp_path: Path) -> Path:
+    """`tmp_path`, reachable by other users: pytest makes its base 0700, so every ancestor gets o+x."""
+    for parent in [tmp_path, *tmp_path.parents]:
+        if parent == Path("/tmp") or parent == parent.parent:
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
+    return tmp_path
+
+
+class DaemonProcess:
+    """`studio-watch run` as a real child process, its JSON log lines collected as they come.
+
+    With `user`, the daemon runs as that account (as under the systemd unit), not as the test's root."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None, user: Account | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "studio_watch", "run", "-c", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            [sys.executable, "-m", "studio_watch", "run", "-c", str(config), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            **(user.popen_args() if user else {}))
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -121,8 +195,9 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     """Start daemons; any still running at the end of the test are killed."""
     started: list[DaemonProcess] = []
 
-    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-        d = DaemonProcess(config, env)
+    def start(config: Path, env: dict[str, str] | None = None, user: Account | None = None,
+              args: tuple[str, ...] = ()) -> DaemonProcess:
+        d = DaemonProcess(config, env, user, args)
         started.append(d)
         return d
 
@@ -133,10 +208,11 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
             d.proc.wait(timeout=10)
 
 
-def run_cli(*args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real command line and capture what it printed."""
+def run_cli(*args: str, input: str | None = None, timeout: float = 60,
+            user: Account | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (as `user`, if given) and capture what it printed."""
     return subprocess.run([sys.executable, "-m", "studio_watch", *args], capture_output=True, text=True,
-                          input=input, timeout=timeout)
+                          input=input, timeout=timeout, **(user.popen_args() if user else {}))
 
 
 def write_media(path: Path, size: int, seed: int = 0) -> Path:

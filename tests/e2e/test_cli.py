@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import run_cli, wait_until, write_config, write_media
+from ..conftest import run_cli, wait_until, write_config, write_media
 
 
 def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:
@@ -131,7 +131,7 @@ def test_run_waits_for_a_lone_upload_instead_of_exiting(tmp_path):
     from studio_watch.daemon.control import DaemonLock
     from studio_watch.sandbox.server import Faults, Sandbox
 
-    from .conftest import DaemonProcess
+    from ..conftest import DaemonProcess
 
     with Sandbox(faults=Faults(put_bytes_per_second=500_000)) as slow:
         path = write_config(tmp_path, slow.url, [{"path": "in", "settle_seconds": 0.05}])

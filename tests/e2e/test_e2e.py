@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch.sandbox.server import Faults
 
-from .conftest import run_cli, sha256_of, wait_until, write_config, write_media
+from ..conftest import run_cli, sha256_of, wait_until, write_config, write_media
 
 
 def completed_by_hash(sandbox) -> Counter:

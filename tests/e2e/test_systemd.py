@@ -31,9 +31,9 @@ from studio_watch.cli.demo import write_demo_config
 from studio_watch.sandbox.server import Sandbox
 from studio_watch.files.watcher import Watcher
 
-from .conftest import TOKEN, write_media
+from ..conftest import TOKEN, write_media
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 MAX_EXPOSURE = 2.0
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not on PATH")

@@ -9,7 +9,7 @@ from pathlib import Path
 from studio_watch.daemon.control import TurnTaking
 from studio_watch.sandbox.server import Faults, Sandbox
 
-from .conftest import DaemonProcess, write_config, write_media
+from ..conftest import DaemonProcess, write_config, write_media
 
 
 def begin_in_thread(turns: TurnTaking, worker: str, stop: threading.Event) -> tuple[threading.Thread, dict[str, object]]:

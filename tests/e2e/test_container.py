@@ -31,9 +31,9 @@ from studio_watch.queue.store import JobQueue
 from studio_watch.daemon.metrics import Metrics, MetricsServer
 from studio_watch.sandbox.server import Sandbox
 
-from .conftest import TOKEN, wait_until, write_config
+from ..conftest import TOKEN, wait_until, write_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_IN_IMAGE = "/config/config.yaml"
 
 

@@ -16,7 +16,7 @@ from studio_watch import config
 from studio_watch.config import Config, FolderRule, LogConfig, MetricsConfig, RetryConfig, StudioConfig
 from studio_watch.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
 
 

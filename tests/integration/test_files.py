@@ -16,7 +16,7 @@ from studio_watch.daemon.app import Daemon
 from studio_watch.queue.store import JobQueue, State
 from studio_watch.sandbox.server import Faults, Sandbox
 
-from .conftest import run_cli, sha256_of, wait_until, write_config, write_media
+from ..conftest import run_cli, sha256_of, wait_until, write_config, write_media
 
 
 class InProcess:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import wait_until, write_config
+from ..conftest import wait_until, write_config
 
 
 def test_url_file_is_imported_once_as_external_titled_from_its_name(tmp_path, sandbox, daemons):

@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch.sandbox.server import Faults, Sandbox
 
-from .conftest import TOKEN, run_cli, sha256_of, wait_until, write_config, write_media
+from ..conftest import TOKEN, run_cli, sha256_of, wait_until, write_config, write_media
 
 
 def drop(folder: Path, count: int, seed: int) -> set[str]:

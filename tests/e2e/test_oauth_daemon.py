@@ -9,7 +9,7 @@ import yaml
 
 from studio_watch.sandbox.server import Faults, Sandbox
 
-from .conftest import run_cli, write_config, write_media
+from ..conftest import run_cli, write_config, write_media
 
 
 def oauth_config(tmp_path, url):

@@ -21,7 +21,7 @@ import pytest
 from studio_watch.errors import TransientError, Unreachable
 from studio_watch.studio.transport import Pool, Reply
 
-from .conftest import wait_until
+from ..conftest import wait_until
 
 WAIT = 5.0  # bound on every wait for the other side; a passing run never comes near it
 MIB = 1 << 20

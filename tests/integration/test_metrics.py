@@ -18,7 +18,7 @@ from studio_watch.errors import StudioWatchError
 from studio_watch.queue.store import STATES, JobQueue, Seen, State
 from studio_watch.daemon.metrics import Metrics, MetricsServer, parse_listen
 
-from .conftest import DaemonProcess, wait_until, write_config, write_media
+from ..conftest import DaemonProcess, wait_until, write_config, write_media
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -15,7 +15,7 @@ import yaml
 
 from studio_watch.schedule import RateLimiter, Schedule, parse_window
 
-from .conftest import run_cli, wait_until, write_config, write_media
+from ..conftest import run_cli, wait_until, write_config, write_media
 
 
 def test_windows_parse_and_cross_midnight():
