@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                     parents=[common])
     add("health", "exit 0 when the daemon is alive and healthy (for container and monitoring health checks)")
     p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
-                       description="Serve a local Canvas Studio emulator (the API of shared/studio-api.md).")
+                       description="Serve a local Canvas Studio emulator: the public API studio-watch speaks (the three-step "
+                                   "upload, URL imports, media, collections, users, OAuth), with fault injection.")
     from studio_watch.sandbox.server import add_sandbox_arguments
 
     add_sandbox_arguments(p)

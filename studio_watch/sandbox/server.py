@@ -17,75 +17,50 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import socketserver
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from studio_watch.sandbox import routes
+from studio_watch.sandbox.routes import API_ROOT, APIDOCS_PATH, Request
 from studio_watch.sandbox.state import (
     DEFAULT_COLLECTIONS,
     DEFAULT_OAUTH_CLIENTS,
     DEFAULT_USERS,
+    FIXED_AUTH_CODE,
     KNOWN_ENDPOINTS,
     ApiError,
     Faults,
     SandboxState,
 )
 
+if TYPE_CHECKING:
+    import ssl
+
+    from studio_watch.sandbox.tls import TlsFiles
+
 __all__ = ["Sandbox", "Faults", "add_sandbox_arguments", "sandbox_from_args", "serve_forever_until", "main"]
 
-API_ROOT = "/api/public/v1"
-OAUTH_ROOT = "/api/public/oauth"
 STATE_PATH = "/_sandbox/state"
 UPLOAD_RE = re.compile(r"^/_upload/(?P<id>[^/]+)/(?P<token>[^/]+)$")
+THUMB_RE = re.compile(r"^/_thumb/(?P<id>\d+)\.png$")
 CHUNK = 1024 * 1024
 MAX_API_BODY = 1024 * 1024
-Handler = Callable[[SandboxState, "Request"], tuple[int, Any]]
-
-
-@dataclass
-class Request:
-    """One parsed API request as the route handlers see it."""
-
-    groups: dict[str, str]
-    query: dict[str, str]
-    body: bytes
-    basic: tuple[str, str] | None
-
-
-def _form(body: bytes) -> dict[str, str]:
-    """Decode a form-encoded body (first value of each key)."""
-    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
-
-
-ROUTES: list[tuple[str, re.Pattern[str], str, Handler]] = [
-    (m, re.compile(p), e, h)
-    for m, p, e, h in [
-        ("GET", rf"^{API_ROOT}/ping$", "ping", lambda s, r: (200, "pong")),
-        ("POST", rf"^{API_ROOT}/media/uploads$", "generate", lambda s, r: s.generate(r.query)),
-        ("POST", rf"^{API_ROOT}/media/uploads/(?P<id>[^/]+)/complete$", "complete",
-         lambda s, r: s.complete(r.groups["id"], r.query)),
-        ("GET", rf"^{API_ROOT}/media/search$", "media", lambda s, r: s.search(r.query)),
-        ("GET", rf"^{API_ROOT}/media/(?P<id>[^/]+)$", "media", lambda s, r: s.get_media(r.groups["id"])),
-        ("POST", rf"^{API_ROOT}/media$", "import", lambda s, r: s.import_json(r.body)),
-        ("POST", rf"^{API_ROOT}/collections/(?P<id>[^/]+)/media$", "import",
-         lambda s, r: s.import_into_collection(r.groups["id"], r.query)),
-        ("GET", rf"^{API_ROOT}/collections$", "collections", lambda s, r: s.list_collections(r.query)),
-        ("GET", rf"^{API_ROOT}/users/(?P<id>[^/]+)$", "users", lambda s, r: s.get_user(r.groups["id"])),
-        ("POST", rf"^{OAUTH_ROOT}/token$", "oauth", lambda s, r: s.oauth_token(_form(r.body), r.basic)),
-        ("GET", rf"^{OAUTH_ROOT}/authorize$", "oauth", lambda s, r: (302, s.oauth_authorize(r.query))),
-    ]
-]
 
 
 class _Dropped(Exception):
@@ -109,11 +84,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], state: SandboxState) -> None:
-        """Bind (IPv6 when the host has a colon) and remember the state."""
+    def __init__(self, address: tuple[str, int], state: SandboxState, tls: ssl.SSLContext | None = None) -> None:
+        """Bind (IPv6 when the host has a colon) and remember the state; with `tls`, serve https."""
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.state = state
+        self.tls = tls
         self.down = False
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -124,6 +100,13 @@ class _Server(ThreadingHTTPServer):
         """Bind without the reverse DNS lookup HTTPServer does."""
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap the connection so the handshake happens on the handler's thread."""
+        conn, address = super().get_request()
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """While down, accept and close at once."""
@@ -165,6 +148,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Stay quiet."""
 
+    def handle_expect_100(self) -> bool:
+        """Defer `100 Continue` until the request has been checked (`_continue`): a refused request is
+        answered at once, and the client never sends a body that would only be drained."""
+        self._expects_continue = True
+        return True
+
+    def _continue(self) -> None:
+        """Tell a client waiting on `Expect: 100-continue` to send its body (once per request)."""
+        if getattr(self, "_expects_continue", False):
+            self._expects_continue = False
+            self.send_response_only(100)
+            self.end_headers()
+
     @property
     def state(self) -> SandboxState:
         """The sandbox state."""
@@ -173,15 +169,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         """Handle one request and log it as an event."""
         split = urlsplit(self.path)
-        path = split.path.rstrip("/") or "/"
+        path = re.sub("/{2,}", "/", split.path).rstrip("/") or "/"  # Swagger-built clients join base + "/path"
         query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         self._out = _Outcome(path, logged=path == STATE_PATH)  # the state page is not an event
+        self._expects_continue = "100-continue" in self.headers.get("Expect", "").lower()
         try:
             if self.server.down:
                 self._drop()
             elif path == STATE_PATH:
                 self._read_small_body()
                 self._send(200, self.state.state_json(), "application/json")
+            elif path == APIDOCS_PATH and self.command == "GET":
+                self._read_small_body()
+                self._json(200, routes.swagger(self.state.base_url))
+            elif THUMB_RE.match(path) and self.command == "GET":
+                self._read_small_body()
+                self._thumbnail(int(THUMB_RE.match(path)["id"]))  # type: ignore[index]
             elif self.command == "PUT" and UPLOAD_RE.match(path):
                 self._put(path, query)
             else:
@@ -270,7 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
             status = 411 if chunked else 413
             self._json(status, {"error": "body must have a Content-Length of at most 1 MiB"}, close=True)
             raise _Dropped()
-        return self.rfile.read(length) if length else b""
+        if not length:
+            return b""
+        self._continue()
+        return self.rfile.read(length)
 
     def _drain(self, length: int) -> None:
         """Read and discard `length` bytes."""
@@ -325,6 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as err:
             self._refuse(length, err.status, err.error, err.headers)
             return
+        self._continue()
         if self.state.roll(self.state.faults.reset_rate):
             self._out.extra["fault"] = "reset"
             self._receive(max(1, length // 2) if length else 0, throttle=True)
@@ -335,11 +342,16 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as err:
             self._json(err.status, {"error": err.error})
             return
-        self._send(200, b"", "text/plain")
+        self._send(200, b"", "text/plain", {"ETag": f'"{sha[:32]}"'})
 
     def _refuse(self, length: int, status: int, error: str,
                 headers: Mapping[str, str] | None = None) -> None:
-        """Drain the upload body, then answer an error (keeps HTTP/1.1 framing valid)."""
+        """Answer an error to an upload: drain the body first (keeps HTTP/1.1 framing valid), unless the
+        client is still waiting for `100 Continue`: then it sends no body, and the connection closes."""
+        if self._expects_continue:
+            self._expects_continue = False
+            self._json(status, {"error": error}, headers, close=True)
+            return
         self._drain(length)
         self._json(status, {"error": error}, headers)
 
@@ -348,13 +360,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _api(self, path: str, query: dict[str, str]) -> None:
         """Route, authenticate, inject faults, do the work, answer."""
         body = self._read_small_body()
-        route = self._route(path)
-        if route is None:
+        found = routes.match(self.command, path)
+        if found is None:
             self._json(404, {"error": f"no route for {self.command} {path}"})
             return
-        endpoint, handler, groups = route
+        route, groups = found
+        endpoint = route.endpoint
         self._out.endpoint = endpoint
-        self._out.media_id = _media_id(groups.get("id")) if endpoint in ("complete", "media") else None
+        self._out.media_id = _media_id(groups.get("media_id"))
         latency = self.state.faults.latency_seconds
         if latency > 0:
             self.server.stopping.wait(latency)
@@ -367,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(fault[0], {"error": "injected fault"}, fault[1])
             return
         try:
-            status, payload = handler(self.state, Request(groups, query, body, self._basic()))
+            status, payload = route.handler(self.state, Request(groups, query, body, self._basic()))
         except ApiError as err:
             self._json(err.status, {"error": err.error}, err.headers)
             return
@@ -377,13 +390,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
         self._reply(status, payload)
 
-    def _route(self, path: str) -> tuple[str, Handler, dict[str, str]] | None:
-        """Find the route for this method and path."""
-        for method, pattern, endpoint, handler in ROUTES:
-            match = pattern.match(path)
-            if match and method == self.command:
-                return endpoint, handler, match.groupdict()
-        return None
+    def _thumbnail(self, media_id: int) -> None:
+        """GET /_thumb/<id>.png: the thumbnail a transcoded media's thumbnail_url points at (no auth, as a CDN)."""
+        image = self.state.thumbnail(media_id)
+        if image is None:
+            self._json(404, {"error": f"no thumbnail for media {media_id}"})
+        else:
+            self._send(200, image, "image/png")
 
     def _bearer(self) -> str | None:
         """The bearer token of the Authorization header, if any."""
@@ -456,8 +469,13 @@ class Sandbox:
         collections: Mapping[int, str] | None = None,
         users: Mapping[int, str] | None = None,
         oauth_clients: Mapping[str, str] | None = None,
+        tls: bool = False,
+        tls_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Collections and users given here are added to the defaults; OAuth clients replace them."""
+        """Collections and users given here are added to the defaults; OAuth clients replace them.
+
+        With `tls`, serve https with a certificate signed by a private CA written to `tls_dir` (default: a
+        new temporary folder, removed by stop()); `ca_path` is the file clients verify against."""
         self._state = SandboxState(
             faults or Faults(),
             tokens,
@@ -466,7 +484,16 @@ class Sandbox:
             dict(oauth_clients) if oauth_clients is not None else dict(DEFAULT_OAUTH_CLIENTS),
         )
         self.host = host
-        self._server = _Server((host, port), self._state)
+        self.tls_files: TlsFiles | None = None
+        self._own_tls_dir: str | None = None
+        if tls:
+            from studio_watch.sandbox.tls import make_certificates
+
+            if tls_dir is None:
+                tls_dir = self._own_tls_dir = tempfile.mkdtemp(prefix="studio-sandbox-tls-")
+            self.tls_files = make_certificates(Path(tls_dir), [host])
+        context = self.tls_files.server_context() if self.tls_files else None
+        self._server = _Server((host, port), self._state, context)
         self._state.base_url = self.url
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -478,9 +505,18 @@ class Sandbox:
 
     @property
     def url(self) -> str:
-        """The Studio host URL, e.g. http://127.0.0.1:8765."""
+        """The Studio host URL, e.g. http://127.0.0.1:8765 (https:// with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_files else 'http'}://{host}:{self.port}"
+
+    def describe(self) -> list[str]:
+        """Lines saying what a client needs: API root, tokens, the OAuth client, users and collections."""
+        return built_in(self.url, self.tokens, self._state.users, self._state.collections)
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The CA certificate that signs the sandbox's https certificate (None without TLS)."""
+        return self.tls_files.ca if self.tls_files else None
 
     @property
     def api_url(self) -> str:
@@ -523,6 +559,8 @@ class Sandbox:
             self._thread.join()
         self._server.cut_connections()
         self._server.server_close()
+        if self._own_tls_dir:
+            shutil.rmtree(self._own_tls_dir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         """Start and return self."""
@@ -617,8 +655,37 @@ FAULT_FLAGS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
 ]
 
 
+def built_in(base_url: str = "http://127.0.0.1:8765", tokens: Sequence[str] = ("sandbox-token",),
+             users: Mapping[int, str] = DEFAULT_USERS, collections: Mapping[int, str] = DEFAULT_COLLECTIONS) -> list[str]:
+    """What a client needs to talk to a sandbox at `base_url`: token, OAuth client, users, collections."""
+    client, secret = next(iter(DEFAULT_OAUTH_CLIENTS.items()))
+    return [
+        f"API root:      {base_url}{API_ROOT}  (Swagger 2.0 document: {base_url}{APIDOCS_PATH})",
+        f"bearer token:  {', '.join(tokens)}  (more with --token)",
+        f"OAuth client:  client_id {client}, client_secret {secret}; authorization code {FIXED_AUTH_CODE} "
+        "(always accepted)",
+        f"               {base_url}{routes.OAUTH_ROOT}/authorize and /token; refresh tokens rotate",
+        "users:         " + ", ".join(f"{uid} {name}" for uid, name in users.items()) + "  (more with --user)",
+        "collections:   " + ", ".join(f"{cid} {name}" for cid, name in collections.items())
+        + "  (more with --collection)",
+    ]
+
+
+SANDBOX_EPILOG = """Built in (the same every time, so scripts can rely on them):
+  {lines}
+
+Media are kept in memory only, until the sandbox stops. With --tls it serves https with a certificate signed
+by a private CA made at start; the CA's path is printed (give it to clients: studio.ca_bundle, curl --cacert).
+
+Example, in one terminal:   studio-watch sandbox --port 8765 --latency 0.05
+and in another:             curl -H 'Authorization: Bearer sandbox-token' http://127.0.0.1:8765/api/public/v1/ping
+"""
+
+
 def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the sandbox's options (address, tokens, data, and one flag per fault) to a parser."""
+    """Add the sandbox's options (address, tokens, data, TLS, one flag per fault) and its help text to a parser."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = SANDBOX_EPILOG.format(lines="\n  ".join(built_in()))
     a = parser.add_argument
     a("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     a("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
@@ -626,6 +693,9 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     a("--collection", action="append", type=_id_name, metavar="ID=NAME", help="add a collection, repeatable")
     a("--user", action="append", type=_id_name, metavar="ID=NAME", help="add a user, repeatable")
     a("--forbidden-collection", action="append", type=int, metavar="ID", help="collection answering 403, repeatable")
+    a("--tls", action="store_true", help="serve https, with a certificate from a private CA made at start")
+    a("--tls-dir", metavar="DIR", help="with --tls: write ca.pem, server.pem and server.key here and keep them "
+                                       "(default: a temporary folder, removed at exit)")
     defaults = Faults()
     for flag, name, kind, text in FAULT_FLAGS:
         if kind is None:
@@ -649,6 +719,7 @@ def sandbox_from_args(args: argparse.Namespace) -> Sandbox:
         host=args.host, port=args.port, faults=faults_from_args(args),
         tokens=tuple(args.token or ("sandbox-token",)),
         collections=dict(args.collection or ()), users=dict(args.user or ()),
+        tls=args.tls or bool(args.tls_dir), tls_dir=args.tls_dir,
     )
 
 
@@ -656,7 +727,10 @@ def serve_forever_until(sandbox: Sandbox, stop: threading.Event, out: TextIO) ->
     """Start the sandbox, print where it listens, block until `stop` is set, then stop it."""
     sandbox.start()
     try:
-        print(f"sandbox listening on {sandbox.url} (token: {sandbox.tokens[0]})", file=out, flush=True)
+        lines = [f"sandbox listening on {sandbox.url} (token: {sandbox.tokens[0]})", *sandbox.describe()]
+        if sandbox.ca_path:
+            lines.append(f"CA certificate: {sandbox.ca_path}  (studio.ca_bundle, curl --cacert)")
+        print("\n  ".join(lines), file=out, flush=True)
         stop.wait()
     finally:
         sandbox.stop()

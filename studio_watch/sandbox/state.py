@@ -2,7 +2,7 @@
 
 `SandboxState` owns everything the emulator remembers: media, upload URLs, OAuth codes and tokens,
 the request log and the protocol violations. Its API methods take already-parsed parameters, return
-`(status, payload)` and raise `ApiError` for every refusal; the HTTP layer lives in `sandbox.py`.
+`(status, payload)` and raise `ApiError` for every refusal; the HTTP layer lives in `server.py`, the route table in `routes.py`.
 All mutation happens under one re-entrant lock whose `Condition` is notified on every change.
 """
 
@@ -140,6 +140,36 @@ def is_external_host(url: str) -> bool:
     """True for YouTube and Vimeo URLs, the only ones Studio accepts as external media."""
     host = (urlsplit(url).hostname or "").lower()
     return any(host == h or host.endswith("." + h) for h in EXTERNAL_HOSTS)
+
+
+def _paged(key: str, items: list[Any], query: Mapping[str, str]) -> dict[str, Any]:
+    """One page of `items` under `key`, with the `meta` block (page=, per_page= capped at 50)."""
+    page = as_int(query.get("page", "1"), "page")
+    per_page = min(as_int(query.get("per_page", "20"), "per_page"), MAX_PER_PAGE)
+    if page < 1 or per_page < 1:
+        raise ApiError(422, "page and per_page must be positive")
+    last = max(1, -(-len(items) // per_page))
+    meta = {"current_page": page, "last_page": last, "total_count": len(items)}
+    return {key: items[(page - 1) * per_page : page * per_page], "meta": meta}
+
+
+def _duration(size: int) -> float:
+    """A made-up but stable duration for an uploaded media: its size played at 2 Mbit/s."""
+    return round(size / 250_000, 3)
+
+
+def _png(seed: int) -> bytes:
+    """A small valid PNG (16x9, one colour chosen by `seed`), built with zlib: the sandbox's thumbnail."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rgb = bytes(((seed * 67) % 256, (seed * 131) % 256, (seed * 199) % 256))
+    rows = b"".join(b"\x00" + rgb * 16 for _ in range(9))
+    header = struct.pack(">IIBBBBB", 16, 9, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def whole_seconds(value: float) -> float | int:
@@ -307,19 +337,21 @@ class SandboxState:
         status = self._transcoding(rec, now)
         done = status == "completed"
         source = "external" if rec.is_external else ("url" if rec.source_url else "upload")
+        cid = rec.collection_id
         return {
             "id": rec.id,
             "title": rec.title,
             "description": rec.description,
-            "duration": None,
+            "duration": _duration(rec.bytes_received) if done and not rec.source_url else None,
             "created_at": rec.created_at,
-            "thumbnail_url": f"{self.base_url}/_thumb/{rec.id}.jpg" if done else None,
+            "thumbnail_url": f"{self.base_url}/_thumb/{rec.id}.png" if done else None,
             "transcoding_status": status,
             "owner": self._user(owner_id) if owner_id in self.users else None,
             "size": rec.bytes_received if rec.state != "pending" and not rec.source_url else None,
             "source": source,
             "embed_id": rec.embed_id,
             "lti_launch_id": rec.lti_launch_id,
+            "collection": {"id": cid, "name": self.collections[cid], "type": "course"} if cid is not None else None,
         }
 
     def _new_media(self, collection_id: int | None, user_id: int | None) -> MediaRecord:
@@ -363,8 +395,7 @@ class SandboxState:
     def generate(self, query: Mapping[str, str]) -> Reply:
         """POST /media/uploads: a new pending media and its single-use upload URL."""
         with self._lock:
-            if query.get("collection_id") is not None and query.get("user_id") is not None:
-                raise self._both_targets("POST /media/uploads")
+            # Both ids: on behalf of the user (the owner), into the collection (Instructure's own uploader).
             cid = self._check_collection(query["collection_id"]) if "collection_id" in query else None
             uid = self._check_user(query["user_id"]) if "user_id" in query else None
             rec = self._new_media(cid, uid)
@@ -457,12 +488,39 @@ class SandboxState:
             return 200, {"media": self._public(rec, time.monotonic())}
 
     def search(self, query: Mapping[str, str]) -> Reply:
-        """GET /media/search?query=: media whose title contains the text, case-insensitively."""
-        text = query.get("query", "").lower()
+        """GET /media/search?title= (the documented name; `query=` also works): media whose title contains
+        the text, case-insensitively, paged like /collections."""
+        text = query.get("title", query.get("query", "")).lower()
         now = time.monotonic()
         with self._lock:
-            found = [r for r in sorted(self._media.values(), key=lambda r: r.id) if text in (r.title or "").lower()]
-            return 200, {"media": [self._public(r, now) for r in found]}
+            found = [self._public(r, now) for r in sorted(self._media.values(), key=lambda r: r.id)
+                     if text in (r.title or "").lower()]
+        return 200, _paged("media", found, query)
+
+    def media_detail(self, media_id: str, key: str) -> Reply:
+        """GET /media/{id}/caption_files | courses | tags | users (answered under `user_permissions`)."""
+        with self._lock:
+            rec = self._media.get(as_int(media_id, "media_id", status=404))
+            if rec is None:
+                raise ApiError(404, f"media {media_id} not found")
+            owner = rec.user_id if rec.user_id is not None else min(self.users, default=None)
+            details: dict[str, list[Any]] = {
+                "caption_files": [{"id": f"{rec.id}-{lang}", "srclang": lang, "label": "English",
+                                   "status": "published"} for lang in rec.captions],
+                "courses": ([{"id": rec.collection_id, "name": self.collections[rec.collection_id]}]
+                            if rec.collection_id is not None else []),
+                "tags": [],
+                "user_permissions": ([{"user": self._user(owner), "role": "owner"}] if owner in self.users else []),
+            }
+            return 200, {key: details[key]}
+
+    def thumbnail(self, media_id: int) -> bytes | None:
+        """The PNG behind a transcoded media's thumbnail_url; None when it has none (yet)."""
+        with self._lock:
+            rec = self._media.get(media_id)
+            if rec is None or self._transcoding(rec, time.monotonic()) != "completed":
+                return None
+        return _png(rec.id)
 
     # ----- API: imports, collections, users ----------------------------------------------------
 
@@ -509,15 +567,8 @@ class SandboxState:
 
     def list_collections(self, query: Mapping[str, str]) -> Reply:
         """GET /collections?page=&per_page= (per_page capped at 50)."""
-        page = as_int(query.get("page", "1"), "page")
-        per_page = min(as_int(query.get("per_page", "20"), "per_page"), MAX_PER_PAGE)
-        if page < 1 or per_page < 1:
-            raise ApiError(422, "page and per_page must be positive")
         items = [{"id": cid, "name": name, "type": "course"} for cid, name in sorted(self.collections.items())]
-        last = max(1, -(-len(items) // per_page))
-        chunk = items[(page - 1) * per_page : page * per_page]
-        meta = {"current_page": page, "last_page": last, "total_count": len(items)}
-        return 200, {"collections": chunk, "meta": meta}
+        return 200, _paged("collections", items, query)
 
     def get_user(self, user_id: str) -> Reply:
         """GET /users/{id}."""
