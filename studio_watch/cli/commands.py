@@ -320,7 +320,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from studio_watch.cli.demo import run_demo
 
-    return run_demo(files=args.files, once=args.once)
+    return run_demo(files=args.files, once=args.once, tls=args.tls)
 
 
 def cmd_import_url(args: argparse.Namespace) -> int:

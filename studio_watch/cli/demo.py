@@ -17,8 +17,9 @@ from studio_watch.sandbox.server import Faults, Sandbox
 SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
 
 
-def write_demo_config(root: Path, studio_url: str, token: str) -> Path:
-    """A complete config for the demo: one drop folder into collection 1, uploads moved aside when done."""
+def write_demo_config(root: Path, studio_url: str, token: str, ca_bundle: Path | None = None) -> Path:
+    """A complete config for the demo: one drop folder into collection 1, uploads moved aside when done
+    (with `ca_bundle`, the private CA that the https sandbox's certificate is verified against)."""
     drop, done = root / "drop", root / "uploaded"
     drop.mkdir()
     done.mkdir()
@@ -28,6 +29,7 @@ def write_demo_config(root: Path, studio_url: str, token: str) -> Path:
     path = root / "config.yaml"
     path.write_text(
         f"studio:\n  url: {studio_url}\n  token_file: token\n"
+        + (f"  ca_bundle: {ca_bundle}\n" if ca_bundle else "") +
         f"state_db: state.db\nworkers: 2\nrescan_seconds: 30\n"
         f"retry:\n  initial_seconds: 0.5\n  max_seconds: 5\n"
         f"log:\n  level: warning\n"
@@ -50,13 +52,13 @@ def drop_samples(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_demo(files: int = 3, once: bool = False) -> int:
+def run_demo(files: int = 3, once: bool = False, tls: bool = False) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     with tempfile.TemporaryDirectory(prefix="studio-watch-demo-") as tmp, \
-            Sandbox(faults=Faults(put_bytes_per_second=2_000_000)) as sandbox:
+            Sandbox(faults=Faults(put_bytes_per_second=2_000_000), tls=tls, tls_dir=Path(tmp) / "tls") as sandbox:
         root = Path(tmp)
-        config = cfg.load(write_demo_config(root, sandbox.url, "sandbox-token"))
+        config = cfg.load(write_demo_config(root, sandbox.url, "sandbox-token", sandbox.ca_path))
         logs.setup("warning", "console")
         print(f"sandbox Studio:  {sandbox.url} (an emulator on this machine; nothing leaves it)")
         print(f"drop folder:     {config.folders[0].path}  → collection 1, then moved to {root / 'uploaded'}")

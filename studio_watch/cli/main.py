@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "sandbox + a temporary drop folder + the daemon: the whole pipeline, with no account")
     p.add_argument("--once", action="store_true", help="exit when the sample files are uploaded")
     p.add_argument("--files", type=_positive_int, default=3, help="how many sample files to drop (default 3)")
+    p.add_argument("--tls", action="store_true",
+                   help="the sandbox serves https (a private CA, verified as a real Studio host would be)")
     return parser
 
 

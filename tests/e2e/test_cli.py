@@ -220,8 +220,10 @@ def test_usage_errors_exit_2(tmp_path, sandbox):
     assert run_cli("--help").returncode == 0
 
 
-def test_demo_once_uploads_its_samples_and_exits_0():
-    result = run_cli("demo", "--once", "--files", "2", timeout=120)
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_demo_once_uploads_its_samples_and_exits_0(tls):
+    result = run_cli("demo", "--once", "--files", "2", *(["--tls"] if tls else []), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert ("sandbox Studio:  https://" in result.stdout) == tls
     assert "now holds 2 completed media" in result.stdout
     assert result.stdout.count("done ") == 2
