@@ -28,6 +28,16 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
+@pytest.fixture
+def sandbox_api(sandbox: Sandbox) -> Iterator[Any]:
+    """An httpx client on the sandbox's API root, with the sandbox's bearer token; no sandbox bug at the end."""
+    import httpx
+
+    with httpx.Client(base_url=sandbox.api_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5) as client:
+        yield client
+    assert sandbox.errors() == []
+
+
 def write_config(root: Path, studio_url: str, folders: list[dict[str, Any]], **top: Any) -> Path:
     """A config file in `root` with a 0600 token file; folder paths relative to root are created."""
     token = root / "token"

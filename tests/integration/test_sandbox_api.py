@@ -8,29 +8,26 @@ import socket
 import ssl
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from studio_watch.sandbox import routes
-from studio_watch.sandbox.server import Faults, Sandbox
+from studio_watch.sandbox.server import Sandbox
 
 AUTH = {"Authorization": "Bearer sandbox-token"}
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(port=0, faults=Faults()) as sandbox:
-        yield sandbox
-        assert sandbox.errors() == []
+def sb(sandbox: Sandbox) -> Sandbox:
+    return sandbox
 
 
 @pytest.fixture
-def api(sb: Sandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sb.api_url, headers=AUTH, timeout=5) as client:
-        yield client
+def api(sandbox_api: httpx.Client) -> httpx.Client:
+    return sandbox_api
 
 
 def upload(api: httpx.Client, body: bytes = b"lecture" * 100, verify: Any = True, **params: Any) -> dict[str, Any]:
