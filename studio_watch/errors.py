@@ -25,7 +25,13 @@ from __future__ import annotations
 
 
 class StudioWatchError(Exception):
-    """Base of every expected studio-watch failure."""
+    """Base of every expected studio-watch failure. Its text is always redacted (`logs.redact`): a message may
+    quote what a server said, and servers echo request URIs (with the upload URL's signature) and headers."""
+
+    def __str__(self) -> str:
+        from studio_watch.logs import redact  # layer 0 beside this one; imported late to keep this module plain
+
+        return redact(super().__str__())
 
 
 class ConfigError(StudioWatchError):

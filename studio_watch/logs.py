@@ -1,8 +1,14 @@
 """Logging: structlog configured once, JSON lines off a terminal, and secrets redacted everywhere.
 
 Redaction has three layers: fields whose name says "secret" are masked, every registered secret value is
-replaced wherever it appears, and the query string of any URL (where upload URLs carry their signature) and
-any bearer token are cut from every message, including those of httpx's and httpcore's own loggers.
+replaced wherever it appears, and the query string of any URL or bare path (where upload URLs carry their
+signature, and what object stores echo back as `<RequestURI>/key?X-Amz-Signature=...`), any signature-like
+parameter and any bearer token or Authorization header value are cut from every message, including those of
+httpx's and httpcore's own loggers. `redact` is THE function: every error that becomes text on its way to the
+database, a log line, the terminal or an alert passes through it.
+
+`printable` escapes control characters (newlines, ANSI escapes) for human output: a file named
+"a\x1b[2Jb.mp4" must not clear an operator's terminal or forge a log line.
 """
 
 from __future__ import annotations
@@ -17,9 +23,19 @@ import structlog
 
 SECRET_FIELDS = frozenset({"token", "access_token", "refresh_token", "client_secret", "authorization",
                            "password", "upload_url", "secret", "auth_code"})
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")
+# A bare path with a query ("/uploads/1?X-Amz-Signature=..."): what an error body echoing the request shows.
+_PATH_QUERY = re.compile(r"((?:^|(?<=[\s\"'=(<>:,\[]))/[^\s?#\"'<>]*)\?[^\s\"'<>]+")
+# Signature-like parameters wherever they appear, even without their URL (a body listing them one by one).
+_SIGNED_PARAM = re.compile(r"(?i)\b((?:x-amz-|x-goog-)?(?:signature|sig|credential|security-token|token|"
+                           r"access_token|key-pair-id|policy|se?cret)=)[^\s&\"'<>]+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+# An echoed header ("Authorization: Token abc", {"authorization": "abc"}): the whole value goes.
+_AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?![\s\"']*(?:bearer\s+)?\[redacted\])[^\s\"',}<][^\"'\r\n,}<]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _secrets: tuple[str, ...] = ()  # longest first; replaced whole on registration, read without a lock
+_url_secrets: tuple[str, ...] = ()  # the queries of the most recent upload URLs, newest first
+URL_SECRETS_KEPT = 64  # as many as can be in flight at once, with room to spare
 _secrets_lock = threading.Lock()
 _configured = False
 
@@ -34,15 +50,49 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Remove registered secrets, URL query strings and bearer tokens from a string."""
+    """Remove registered secrets, URL and path query strings, signature parameters, bearer tokens and
+    Authorization header values from a string."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
-    if "?" in text and "://" in text:
-        text = _URL_QUERY.sub(r"\1?[redacted]", text)
+    for secret in _url_secrets:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    if "?" in text:
+        if "://" in text:
+            text = _URL_QUERY.sub(r"\1?[redacted]", text)
+        if "/" in text:
+            text = _PATH_QUERY.sub(r"\1?[redacted]", text)
+    if "=" in text:
+        text = _SIGNED_PARAM.sub(r"\1[redacted]", text)
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1[redacted]", text)
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(r"\1[redacted]", text)
     return text
+
+
+def register_url(url: str | None) -> None:
+    """An upload URL was handed out: its query (the signature) becomes a registered secret, so it is
+    recognised wherever it shows up again, however a server chose to quote it."""
+    global _url_secrets
+    query = url.split("?", 1)[1].split("#", 1)[0] if url and "?" in url else ""
+    if len(query) >= 8:
+        with _secrets_lock:
+            if query not in _url_secrets:  # bounded: a daemon hands out one URL per upload for months
+                _url_secrets = (query, *_url_secrets[:URL_SECRETS_KEPT - 1])
+
+
+def printable(text: str) -> str:
+    """`text` with every control character escaped (\\n, \\x1b, ...): safe on a terminal and in a log line."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def shown(text: str | None) -> str:
+    """Text for a human: redacted, then control characters escaped (jobs, status, console logs)."""
+    return "" if text is None else printable(redact(str(text)))
 
 
 def _redact_value(value: Any) -> Any:
@@ -71,6 +121,15 @@ def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> 
             event[key] = redact(value)
         elif type(value) not in _PLAIN:
             event[key] = _redact_value(value)
+    return event
+
+
+def _escape_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """On a console, no value may carry a control character (a file name with a newline forges a line; one with
+    an ANSI escape rewrites the screen). Tracebacks keep their line breaks. JSON escapes them by itself."""
+    for key, value in event.items():
+        if type(value) is str and key not in ("exception", "stack") and not key.startswith("_"):
+            event[key] = printable(value)
     return event
 
 
@@ -106,6 +165,8 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
         structlog.processors.format_exc_info,  # the traceback becomes an "exception" string, then is redacted
         _redact_event,
     ]
+    if not use_json:
+        shared.append(_escape_event)
     handler = logging.StreamHandler(stream)  # None: sys.stderr
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from studio_watch.errors import DatabaseTooNew
+from studio_watch.logs import redact
 
 SCHEMA_VERSION = 3
 
@@ -108,6 +109,9 @@ _UPDATABLE = frozenset({
     "bytes_sent", "progress_at", "claimed_by", "claimed_at", "failed_state",
 })
 _PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
+_TEXT_COLUMNS = frozenset({"last_error", "reason"})  # error text: redacted before it is stored (logs.redact)
+# Once the bytes are in Studio (or the job ended without needing them), the upload URL is never used again.
+_URL_SPENT = frozenset({State.UPLOADED.value, State.COMPLETED.value, State.SKIPPED.value})
 # Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
 _CLAIM_ORDER = (
     ("jobs_after", "state = 'completed' AND after_done = 0"),
@@ -451,8 +455,10 @@ class JobQueue:
                 bad = set(values) - _UPDATABLE
                 if bad:
                     raise ValueError(f"not updatable: {sorted(bad)}")
-                row = {k: _fs(v) if k in _PATH_COLUMNS else v.value if isinstance(v, State) else v
-                       for k, v in values.items()}
+                row = {k: _fs(v) if k in _PATH_COLUMNS else v.value if isinstance(v, State) else
+                       redact(v) if k in _TEXT_COLUMNS and isinstance(v, str) else v for k, v in values.items()}
+                if row.get("state") in _URL_SPENT:
+                    row["upload_url"] = None  # its signature is a secret that need not be kept any longer
                 row["updated_at"] = now
                 sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?"
                 args: tuple[Any, ...] = (*row.values(), job_id)
@@ -509,6 +515,8 @@ class JobQueue:
             rows = conn.execute("SELECT * FROM jobs WHERE claimed_by IS NOT NULL").fetchall()
             conn.execute("UPDATE jobs SET claimed_by = NULL, claimed_at = NULL, bytes_sent = NULL, progress_at = NULL "
                          "WHERE claimed_by IS NOT NULL")
+            conn.execute(f"UPDATE jobs SET upload_url = NULL WHERE upload_url IS NOT NULL AND state IN "
+                         f"({', '.join(repr(s) for s in sorted(_URL_SPENT))})")  # rows written before this rule
         return [_job(r) for r in rows]
 
     def content_verdict(self, job: Job, content_hash: str) -> tuple[str, int | None]:

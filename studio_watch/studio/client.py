@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import structlog
 
-from studio_watch import __version__
+from studio_watch import __version__, logs
 
 from studio_watch.files import sources
 from studio_watch.config import RetryConfig, StudioConfig
@@ -233,6 +233,7 @@ class StudioClient:
         status = response.status_code
         if status in (200, 201):
             upload = response.json()["upload"]
+            logs.register_url(str(upload["url"]))  # its signature, wherever a server echoes it, is redacted
             return int(upload["id"]), str(upload["url"])
         target = f"collection {collection_id}" if collection_id else f"user {user_id}" if user_id else "My Uploads"
         reasons = {403: f"not permitted to upload into {target} (403)",
@@ -330,6 +331,7 @@ class StudioClient:
         `identity` is (inode, size, mtime_ns) as found stable; a file that differs before, during or after the
         read raises SourceChanged. Resets and 5xx are retried from byte 0 (the file is reopened).
         """
+        logs.register_url(url)  # resumed after a restart: registered again in this process
         return self._retrying(lambda: self._put_once(url, path, identity, progress), "put")
 
     def _put_once(self, url: str, path: str, identity: tuple[int, int, int],
