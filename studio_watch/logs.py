@@ -90,6 +90,11 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
+def title_text(text: str) -> str:
+    """A title as sent to Studio: control characters become spaces, runs of spaces one, ends trimmed."""
+    return " ".join(_CONTROL.sub(" ", text).split()) if _CONTROL.search(text) else text
+
+
 def shown(text: str | None) -> str:
     """Text for a human: redacted, then control characters escaped (jobs, status, console logs)."""
     return "" if text is None else printable(redact(str(text)))

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import structlog
 
 from studio_watch import config as cfg
+from studio_watch import logs
 from studio_watch.files import sources
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
@@ -29,6 +30,7 @@ from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.schedule import RateLimiter, Schedule, parse_window
 from studio_watch.studio.client import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
 from studio_watch.files.watcher import Found, Watcher, rule_for
+from studio_watch.files.writers import after_upload_quiet
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +42,6 @@ STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is r
 
 def make_tokens(config: cfg.Config) -> TokenSource:
     """The token source the config asks for (raises ConfigError for a missing or loose secret)."""
-    from studio_watch import logs
-
     if config.studio.oauth is not None:
         from studio_watch.studio.auth import OAuthTokens
 
@@ -114,7 +114,8 @@ class Daemon:
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
             self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
-                                     processed_timeout=self._processed_timeout, heartbeat=self._beat)
+                                     processed_timeout=self._processed_timeout, heartbeat=self._beat,
+                                     hold_after_upload=self._hold_after_upload)
             self.alerts.start()
             self.activity.listeners.append(self._alert_on_failure)
             server = self._start_metrics(queue)
@@ -340,17 +341,22 @@ class Daemon:
         assert job.path is not None
         about = {"job_id": job.id, "path": job.display_path}
         try:
-            st = os.stat(job.path)
+            st = os.lstat(job.path)  # the entry itself: a symlink is never followed
         except FileNotFoundError:
             return {"state": State.SKIPPED, "reason": "vanished"}, None, ("job_skipped", {**about, "reason": "vanished"})
         except OSError as exc:
             why = f"cannot stat: {exc.strerror}"
             return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
+        outside = sources.not_a_plain_file(job.path, st, job.folder)
+        if outside is not None:  # a link or a FIFO swapped in, or a subfolder turned into a link out of the folder
+            return {"state": State.SKIPPED, "reason": outside}, None, ("job_skipped", {**about, "reason": outside})
         if sources.identity_of(st) != job.identity:
             since = settle_clock(st.st_mtime_ns, job.updated_at, now)
             return ({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev,
                      "stable_since": since}, since + job.settle_seconds, None)
-        if sources.open_for_writing(job.path):  # a writer still holds it: not finished, however quiet it is
+        if self.watcher.writing(job.path) or sources.open_for_writing(job.path):
+            # A writer still holds it (files/writers.py): not finished, however quiet it is; the settle time
+            # counts again from its close.
             return {"stable_since": now}, now + max(job.settle_seconds, 1.0), None
         if st.st_size == 0:
             return {"state": State.SKIPPED, "reason": "empty"}, None, ("job_skipped", {**about, "reason": "empty"})
@@ -360,10 +366,29 @@ class Daemon:
             return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
         rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
         folder, path = Path(job.folder or rule.path), Path(job.path)
-        title = cfg.render(rule.title, path, folder, st.st_size, st.st_mtime)
+        title = logs.title_text(cfg.render(rule.title, path, folder, st.st_size, st.st_mtime))
         description = cfg.render(rule.description, path, folder, st.st_size, st.st_mtime)
         return ({"state": State.READY, "title": title, "description": description, "next_attempt_at": now}, None,
                 ("file_ready", {**about, "bytes": st.st_size, "title": title}))
+
+    def _hold_after_upload(self, job: Job) -> tuple[float, str] | None:
+        """Seconds to wait before deleting or moving an uploaded file across filesystems, and why (None: go).
+
+        Both would destroy what a writer still adds; a rename within one filesystem would not (the writer's
+        descriptor follows the file), so it never waits."""
+        if job.path is None or job.after_upload == "keep":
+            return None
+        if job.after_upload == "move" and job.move_to and sources.same_filesystem(job.path, job.move_to):
+            return None
+        rule = rule_for(self.config.folders, job.path)
+        if rule is not None and self.watcher.sees_writers(rule):
+            if self.watcher.writing(job.path):
+                return max(job.settle_seconds, 1.0), "the file is open for writing again"
+            return None
+        quiet = after_upload_quiet(job.settle_seconds)
+        left = (job.stable_since or job.created_at) + quiet - time.time()
+        return (left, f"open writers cannot be seen here: waiting until the file has been unchanged for "
+                      f"{quiet:g} s") if left > 0 else None
 
     def _processed_timeout(self, job: Job) -> float:
         rule = rule_for(self.config.folders, job.path) if job.path else None

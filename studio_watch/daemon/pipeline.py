@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 import structlog
 
+from studio_watch import logs
 from studio_watch.files import sources
 from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
@@ -79,11 +80,13 @@ class Pipeline:
     def __init__(self, queue: JobQueue, client: StudioClient, retry: RetryConfig, pause: Pause,
                  stop: threading.Event, observer: Observer | None = None,
                  processed_timeout: Callable[[Job], float] = lambda job: 86400.0,
-                 heartbeat: Callable[[], None] = lambda: None) -> None:
+                 heartbeat: Callable[[], None] = lambda: None,
+                 hold_after_upload: Callable[[Job], tuple[float, str] | None] = lambda job: None) -> None:
         self.queue, self.client, self.retry, self.pause, self.stop = queue, client, retry, pause, stop
         self.observer = observer or NullObserver()
         self.processed_timeout = processed_timeout
         self.heartbeat = heartbeat  # "this worker is alive": at every step and progress report
+        self.hold_after_upload = hold_after_upload  # (seconds, why) before a delete/cross-fs move may act
         self._hashes: dict[tuple[int, tuple[Any, ...]], str] = {}
         self._warned_captions = False
 
@@ -194,7 +197,7 @@ class Pipeline:
         assert job.path is not None
         key = (job.id, job.identity)
         if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
-            self._hashes[key] = sources.hash_file(job.path, self.stop)
+            self._hashes[key] = sources.hash_file(job.path, self.stop, job.identity)
         verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
         if verdict == "wait":
             return self._wait_for_copy(job)
@@ -250,7 +253,7 @@ class Pipeline:
 
     def _complete(self, job: Job) -> Job:
         assert job.media_id is not None
-        title, description = job.title or readable(Path(job.path or "media").stem), job.description or ""
+        title, description = job.title or logs.title_text(readable(Path(job.path or "media").stem)), job.description or ""
         try:
             media = self.client.complete(job.media_id, title, description, job.auto_caption and not job.captions_skipped)
         except CaptionsDisabled:
@@ -301,6 +304,12 @@ class Pipeline:
         if job.after_upload == "keep":
             return self._finish(job)
         if job.after_upload_when == "processed" and not self._processed(job):
+            return _released(job)
+        hold = self.hold_after_upload(job)
+        if hold is not None:  # a writer may still add to the file: deleting or copying it now would lose that
+            seconds, why = hold
+            log.info("after_upload_waiting", job_id=job.id, path=job.display_path, seconds=round(seconds, 1), reason=why)
+            self.queue.release(job.id, next_attempt_at=time.time() + seconds)
             return _released(job)
         assert job.path is not None
         try:
@@ -418,11 +427,14 @@ def _check_file(job: Job) -> None:
     """The file must still be exactly the one that settled."""
     assert job.path is not None
     try:
-        st = os.stat(job.path)
+        st = os.lstat(job.path)
     except FileNotFoundError:
         raise SourceVanished(job.display_path) from None
     except PermissionError as exc:
         raise SourceUnreadable(f"cannot stat {job.display_path}: {exc.strerror}") from None
+    why = sources.not_a_plain_file(job.path, st, job.folder)
+    if why is not None:  # a link or a FIFO swapped in for the file that settled: a clear error, never a hang
+        raise SourceUnreadable(f"{job.display_path}: {why}")
     if sources.identity_of(st) != job.identity:
         raise SourceChanged(f"file changed since it settled: {job.display_path}")
     if not os.access(job.path, os.R_OK):

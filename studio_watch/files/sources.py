@@ -21,6 +21,8 @@ import itertools
 import os
 import queue
 import shutil
+import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,20 +47,74 @@ def content_hasher() -> Any:
     return xxhash.xxh3_64()
 
 
-def open_source(path: str) -> Any:
-    """Open a recording for reading, unbuffered; a missing or unreadable file becomes a SourceError."""
+SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def open_source(path: str, identity: Identity | None = None, limit: int | None = None) -> Any:
+    """Open a file of a drop folder for reading, unbuffered, as the trust boundary requires.
+
+    Never through a symlink (O_NOFOLLOW: ELOOP), never blocking (O_NONBLOCK: a FIFO or device swapped in opens
+    at once instead of waiting forever for a writer), and only a regular file (fstat, on the descriptor that is
+    then read, so nothing can be swapped in between the check and the read). With `identity`, it must also be
+    the very file that settled; with `limit`, at most that many bytes. Else a SourceError naming the file.
+    """
     try:
-        return open(path, "rb", buffering=0)
+        fd = os.open(path, SOURCE_FLAGS)
     except FileNotFoundError:
         raise SourceVanished(f"file vanished: {path!r}") from None
-    except PermissionError as exc:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceUnreadable(f"not uploaded: {path!r} is a symbolic link (links are never followed)") from None
         raise SourceUnreadable(f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceUnreadable(f"not uploaded: {path!r} is {kind_of(st.st_mode)}, not a regular file")
+        if identity is not None and identity_of(st) != identity:
+            raise SourceChanged(f"file changed since it settled: {path!r}")
+        if limit is not None and st.st_size > limit:
+            raise SourceUnreadable(f"{path!r} is {st.st_size:,} bytes; at most {limit:,} are read from such a file")
+        os.set_blocking(fd, True)  # a regular file: reads never block anyway; cleared so no reader ever sees EAGAIN
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def hash_file(path: str, stop: threading.Event | None = None) -> str:
+def kind_of(mode: int) -> str:
+    """What a non-regular directory entry is, in words (for errors and `explain`)."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_a_plain_file(path: str, st: os.stat_result, folder: str | None) -> str | None:
+    """Why the entry at `path` (lstat `st`) is never uploaded, or None: it is a regular file whose real folder
+    lies inside the watched `folder` (a subfolder replaced by a link leading out of it is caught here)."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"not uploaded: {kind_of(st.st_mode)}, not a regular file (links and special files are never followed)"
+    if folder:
+        real, root = os.path.realpath(os.path.dirname(path)), os.path.realpath(folder)
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            return f"not uploaded: its folder leads out of {folder} through a symbolic link"
+    return None
+
+
+def same_filesystem(path: str, folder: str | Path) -> bool:
+    """Are `path`'s folder and `folder` on one filesystem (a move is then a rename)? False when unknown."""
+    try:
+        return os.stat(folder).st_dev == os.stat(os.path.dirname(path) or ".").st_dev
+    except OSError:
+        return False
+
+
+def hash_file(path: str, stop: threading.Event | None = None, identity: Identity | None = None) -> str:
     """Hash a whole file (only used when a duplicate is likely and must be known before uploading)."""
     hasher = content_hasher()
-    with open_source(path) as f:
+    with open_source(path, identity) as f:
         size = os.fstat(f.fileno()).st_size
         for _ in read_chunks(f, size, hasher, exact=False):
             if stop is not None and stop.is_set():
@@ -192,15 +248,15 @@ def take_aside(path: str, job_id: int, identity: Identity) -> str | None:
     """
     aside = aside_path(path, job_id)
     if os.path.lexists(aside):
-        if os.path.lexists(path) and os.path.samefile(aside, path):
+        if os.path.lexists(path) and _same_entry(aside, path):
             os.unlink(aside)  # a put-back that stopped between its link and its unlink: both names are one file
         else:
             return _checked(aside, path, identity)  # an earlier try took it aside and stopped before acting
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symlink is never the uploaded file, whatever it points to
     except FileNotFoundError:
         return None
-    if identity_of(st) != identity:  # looked at first: a new recording under the name never leaves its place
+    if not stat.S_ISREG(st.st_mode) or identity_of(st) != identity:  # looked at first: a new recording under the name never leaves its place
         raise NotTheUploadedFile(path)
     try:
         os.rename(path, aside)
@@ -214,9 +270,15 @@ def identity_of(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _same_entry(a: str, b: str) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _checked(aside: str, path: str, identity: Identity) -> str:
     """The file taken aside, if it is the uploaded one; else it goes back (NotTheUploadedFile)."""
-    if identity_of(os.stat(aside)) != identity:
+    st = os.lstat(aside)
+    if not stat.S_ISREG(st.st_mode) or identity_of(st) != identity:
         put_back(aside, path)
         raise NotTheUploadedFile(path)
     return aside
@@ -295,21 +357,26 @@ def move(path: str, job_id: int, identity: Identity, folder: Path) -> Path | Non
                 os.unlink(target)
             raise
         return target
-    partial = folder / f".studio-watch-{job_id}.partial"
-    try:
+    _remove_partials(folder, job_id)  # left by a try that died half-way (a crash, a full disk)
+    fd, partial = tempfile.mkstemp(prefix=f".studio-watch-{job_id}-", suffix=".partial", dir=folder)
+    try:  # mkstemp: O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600, a name nobody could plant a link at beforehand
         earlier = aside_path(path, job_id)  # taken aside by a try that stopped half-way
-        _copy_durably(earlier if os.path.lexists(earlier) else path, partial)
+        _copy_durably(earlier if os.path.lexists(earlier) else path, identity, fd)
         aside = take_aside(path, job_id, identity)
         if aside is None:
             return None
         target = unique_destination(folder, name)
+        if not _same_entry_fd(partial, fd):  # someone with write access to `folder` swapped our copy
+            raise OSError(errno.EEXIST, f"the copy in {folder} was replaced while it was written", partial)
         os.replace(partial, target)
         _sync_folder(folder)  # the copy has its name on disk before the source goes
         os.unlink(aside)
         return target
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
+        with contextlib.suppress(OSError):
+            if _same_entry_fd(partial, fd):  # ours and still there (every way out, a full disk included)
+                os.unlink(partial)
+        os.close(fd)
 
 
 def _restore(aside: str, path: str) -> None:
@@ -318,14 +385,51 @@ def _restore(aside: str, path: str) -> None:
         put_back(aside, path)
 
 
-def _copy_durably(source: str, target: Path) -> None:
-    shutil.copyfile(source, target)  # copy_file_range/sendfile where the kernel can
-    shutil.copystat(source, target)
-    fd = os.open(target, os.O_RDONLY)
+def _copy_durably(source: str, identity: Identity, fd: int) -> None:
+    """Copy the uploaded file (opened as every source is: no link, no FIFO, the identity that settled) into the
+    open scratch file `fd`, give it the source's mode and times, and flush it to disk."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        src = open_source(source, identity)
+    except (SourceChanged, SourceUnreadable) as exc:
+        st = os.lstat(source)
+        if not stat.S_ISREG(st.st_mode) or identity_of(st) != identity:
+            raise NotTheUploadedFile(source) from None
+        raise OSError(errno.EACCES, str(exc), source) from None
+    except SourceVanished:
+        raise FileNotFoundError(errno.ENOENT, "file vanished before it was copied", source) from None
+    with src:
+        st = os.fstat(src.fileno())
+        done = 0
+        while done < st.st_size:
+            try:
+                n = os.copy_file_range(src.fileno(), fd, st.st_size - done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                shutil.copyfileobj(src, os.fdopen(os.dup(fd), "wb", closefd=True))
+                break
+            if n == 0:
+                raise SourceChanged(f"file shrank while being copied ({done} of {st.st_size} bytes)")
+            done += n
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.fsync(fd)
+
+
+def _same_entry_fd(path: str, fd: int) -> bool:
+    """Is the directory entry `path` the file open as `fd`?"""
+    st = os.lstat(path)
+    own = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _remove_partials(folder: Path, job_id: int) -> None:
+    prefix = f".studio-watch-{job_id}-"
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".partial"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)  # a link planted there goes, never what it points to
 
 
 def _sync_folder(folder: Path) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import structlog
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent,
-                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                             FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from studio_watch.config import FolderRule
+from studio_watch.files.writers import OpenWriters, unseen_message
 
 log = structlog.get_logger(__name__)
 
@@ -35,9 +37,11 @@ LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
                         "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
-# What the kernel is asked to report: a file appearing, being renamed in, or closed after writing. Not opens,
-# reads or every write: our own reads of each upload would otherwise flood the observer with events.
-EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, DirCreatedEvent, DirMovedEvent]  # seconds between two reports of the same path from modify events
+# What the kernel is asked to report: a file appearing, being renamed in, written, closed after writing, or
+# deleted. Writes only mark the file as being written (files/writers.py), without a stat; never opens or reads:
+# our own reads of each upload would otherwise flood the observer with events.
+EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileModifiedEvent, FileDeletedEvent, DirCreatedEvent,
+          DirMovedEvent]
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,8 @@ def scan(rule: FolderRule) -> Iterator[Found]:
                 lower = name.lower()
                 kind = "link" if rule.links and lower.endswith(LINK_SUFFIXES) else \
                     "file" if include is not None and include(lower) else None
-                if kind is not None and entry.is_file():
-                    yield Found(entry.path, entry.stat(), rule, kind)
+                if kind is not None and entry.is_file(follow_symlinks=False):  # never a link, a FIFO, a device
+                    yield Found(entry.path, entry.stat(follow_symlinks=False), rule, kind)
             except OSError:
                 continue  # vanished between listing and stat: the next event or scan will tell
 
@@ -158,7 +162,18 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
-        if kind in ("deleted", "closed_no_write", "opened"):
+        writers = self.watcher.writers
+        if not event.is_directory and self.watcher.sees_writers(self.rule):  # polling makes no close events
+            if kind == "modified":  # cheap, and every write of a recording comes here: no stat, no report
+                writers.modified(os.fsdecode(event.src_path))
+                return
+            if kind == "closed":
+                writers.closed(os.fsdecode(event.src_path))
+            elif kind in ("deleted", "created"):
+                writers.closed(os.fsdecode(event.src_path))  # a new file at the path starts unwritten
+            elif kind == "moved":
+                writers.moved(os.fsdecode(event.src_path), os.fsdecode(event.dest_path))
+        if kind in ("deleted", "closed_no_write", "opened", "modified"):
             return
         path = os.fsdecode(event.dest_path if kind == "moved" else event.src_path)
         probe = self.watcher.probes.get(path)
@@ -189,12 +204,23 @@ class Watcher:
         self.forced_polling: set[Path] = set()
         self.probe_seconds = PROBE_SECONDS
         self.last_scan: dict[Path, float] = {}
+        self.writers = OpenWriters()
+        self._unseen_said: set[Path] = set()
         self._rescanner: threading.Thread | None = None
 
     def local_clock(self, rule: FolderRule) -> bool:
         """Do file times in this folder come from this machine's clock? Where the kernel reports changes
         (inotify) the folder is local; on a polled (network) filesystem they come from the server's clock."""
         return self.kinds.get(rule.path) == "inotify"
+
+    def sees_writers(self, rule: FolderRule) -> bool:
+        """Can a writer that holds a file of this folder open be seen? Only where this kernel reports the
+        folder's writes (inotify); on a polled folder only the settle time speaks."""
+        return self.kinds.get(rule.path) == "inotify"
+
+    def writing(self, path: str) -> bool:
+        """Is `path` open for writing, as far as can be seen (modified since its last close-write)?"""
+        return self.writers.writing(path)
 
     def observer_kind(self, rule: FolderRule) -> str:
         if self.observer_setting != "auto":
@@ -223,11 +249,8 @@ class Watcher:
         """
         written: dict[Path, str] = {}
         for rule in rules:
-            probe = os.path.join(str(rule.path), f".studio-watch-probe-{os.getpid()}")
-            self.probes[probe] = threading.Event()
             try:
-                with open(probe, "wb") as f:
-                    f.write(b"probe")
+                probe = _write_probe(rule.path, self.probes)
                 written[rule.path] = probe
             except OSError as exc:  # a read-only folder (after_upload: keep) cannot be probed
                 log.info("observer_probe_skipped", folder=str(rule.path), error=exc.strerror)
@@ -267,6 +290,10 @@ class Watcher:
             self.observers[kind].start()
         log.info("folder_watched", folder=str(rule.path), observer=kind, recursive=rule.recursive,
                  collection_id=rule.collection_id, user_id=rule.user_id)
+        if kind != "inotify" and rule.path not in self._unseen_said:
+            self._unseen_said.add(rule.path)  # once per folder, not at every restart of its observer
+            log.warning("open_writers_unseen", folder=str(rule.path), settle_seconds=rule.settle_seconds,
+                        message=unseen_message(rule.settle_seconds))
 
     def _unschedule(self, path: Path) -> None:
         kind, watch = self.kinds.pop(path, None), self.watches.pop(path, None)
@@ -293,7 +320,8 @@ class Watcher:
         return [{"path": str(rule.path), "observer": self.kinds.get(rule.path),
                  "alive": bool(self.kinds.get(rule.path) in self.observers
                                and self.observers[self.kinds[rule.path]].is_alive()),
-                 "last_scan": self.last_scan.get(rule.path)} for rule in self.rules]
+                 "last_scan": self.last_scan.get(rule.path), "open_writers_seen": self.sees_writers(rule)}
+                for rule in self.rules]
 
     def alive(self) -> bool:
         return all(o.is_alive() for o in self.observers.values()) and (
@@ -333,7 +361,7 @@ class Watcher:
         if kind is None:
             return
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a symlink is never followed, and never reported
         except OSError:
             return
         if stat.S_ISREG(st.st_mode):
@@ -371,3 +399,19 @@ class Watcher:
                 self.scan_all()
             except Exception:  # the safety net itself must not die
                 log.exception("rescan_failed")
+
+
+def _write_probe(folder: Path, probes: dict[str, threading.Event]) -> str:
+    """A probe file under a name nobody can predict (mkstemp: O_CREAT|O_EXCL|O_NOFOLLOW, 0600), written and
+    closed (the close-write is the event waited for); removed again if anything fails on the way."""
+    fd, probe = tempfile.mkstemp(prefix=".studio-watch-probe-", dir=folder)
+    probes[probe] = threading.Event()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"probe")
+    except BaseException:
+        probes.pop(probe, None)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        raise
+    return probe

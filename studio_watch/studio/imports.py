@@ -36,6 +36,8 @@ import structlog
 
 from studio_watch.errors import (CaptionsDisabled, ConfigError, PermanentError, SourceUnreadable, SourceVanished, Stopping,
                      StudioError, TransientError, Unreachable)
+from studio_watch import logs
+from studio_watch.files import sources
 from studio_watch.studio.client import MAX_CLIENT_WAIT, StudioClient
 
 log = structlog.get_logger(__name__)
@@ -45,6 +47,7 @@ EXTERNAL_HOSTS = frozenset({"youtube.com", "www.youtube.com", "m.youtube.com", "
                             "player.vimeo.com"})
 CLOCK_SKEW = 120.0  # seconds of tolerance when deciding a media was created after our attempt started
 SOURCE_URL_KEYS = ("source_url", "url", "media_url", "original_url")
+LINK_FILE_MAX = 64 << 10  # a .url or .webloc holds one URL: a few hundred bytes
 CAPTIONS_SKIPPED = "auto-captioning is not enabled for this account; imported without captions"
 
 
@@ -104,20 +107,28 @@ def validate_import(url: str, collection: int | None, user: int | None, title: s
         raise ConfigError(f"command line: --external: only YouTube and Vimeo URLs can be external "
                           f"({', '.join(sorted(EXTERNAL_HOSTS))}); got {urlsplit(url).hostname or url!r}")
     is_external = video_site if external is None else external
-    title = title.strip() if title and title.strip() else None
+    title = logs.title_text(title).strip() if title and logs.title_text(title).strip() else None
     if title is None and not is_external:
         raise ConfigError("command line: --title: required (only external YouTube/Vimeo links may omit it)")
     return is_external, title
 
 
 def parse_link_file(path: str) -> str:
-    """The URL in a Windows Internet Shortcut (.url) or a macOS .webloc (XML or binary plist)."""
+    """The URL in a Windows Internet Shortcut (.url) or a macOS .webloc (XML or binary plist).
+
+    Opened as every source is (never through a symlink, never blocking on a FIFO, a regular file only) and
+    read only up to LINK_FILE_MAX: a link file is a few hundred bytes, and a huge one is not a link file."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
+        with sources.open_source(path, limit=LINK_FILE_MAX) as f:
+            data = f.read(LINK_FILE_MAX + 1)
+    except SourceVanished:
         raise SourceVanished(f"link file vanished: {path!r}") from None
+    except SourceUnreadable as exc:
+        raise SourceUnreadable(f"link file: {exc}") from None
     except OSError as exc:
         raise SourceUnreadable(f"cannot read link file {path!r}: {exc.strerror}") from None
+    if len(data) > LINK_FILE_MAX:
+        raise SourceUnreadable(f"link file {path!r} is larger than {LINK_FILE_MAX:,} bytes: not a link file")
     lower = path.lower()
     if lower.endswith(".url"):
         url = _internet_shortcut_url(_decode(data))
@@ -331,7 +342,6 @@ def cmd_import_url(args: argparse.Namespace) -> int:
     """`studio-watch import-url URL [--collection ID | --user ID] [--title T] ... [--external]`."""
     import sys
 
-    from studio_watch import logs
     from studio_watch.cli.main import EXIT_OK, load_config
     from studio_watch.daemon.app import make_tokens
 
