@@ -30,8 +30,10 @@ _PATH_QUERY = re.compile(r"((?:^|(?<=[\s\"'=(<>:,\[]))/[^\s?#\"'<>]*)\?[^\s\"'<>
 _SIGNED_PARAM = re.compile(r"(?i)\b((?:x-amz-|x-goog-)?(?:signature|sig|credential|security-token|token|"
                            r"access_token|key-pair-id|policy|se?cret)=)[^\s&\"'<>]+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
-# An echoed header ("Authorization: Token abc", {"authorization": "abc"}): the whole value goes.
-_AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?![\s\"']*(?:bearer\s+)?\[redacted\])[^\s\"',}<][^\"'\r\n,}<]*")
+# An echoed header with a scheme other than Bearer ("Authorization: Basic dXNlcg=="): its credential goes.
+# (A bearer token is cut by _BEARER, and the token itself is a registered secret whatever surrounds it.)
+_AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|token|digest|negotiate|api-?key)\s+)"
+                          r"(?!\[redacted\])[^\s\"',}<]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _secrets: tuple[str, ...] = ()  # longest first; replaced whole on registration, read without a lock
 _url_secrets: tuple[str, ...] = ()  # the queries of the most recent upload URLs, newest first

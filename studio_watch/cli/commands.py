@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -20,7 +21,9 @@ from studio_watch.daemon.app import Daemon, make_tokens
 from studio_watch.errors import DatabaseLocked
 from studio_watch.queue.store import STATES, TERMINAL, Job, JobQueue, Seen, State
 from studio_watch.daemon.pipeline import NullObserver, Pipeline
-from studio_watch.studio.client import StudioClient
+from studio_watch.files.watcher import classify
+from studio_watch.files.writers import unseen_message
+from studio_watch.studio.client import StudioClient, TokenSource
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -55,17 +58,30 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
                        "healthy": (snapshot or {}).get("healthy"),
                        "upload_window_open": (snapshot or {}).get("upload_window_open")},
             "upload_by_hand_pid": upload,  # an `upload` working alone holds the database
-            "oldest_waiting": oldest.summary() if oldest else None,
+            "oldest_waiting": _summary(oldest) if oldest else None,
             "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
             "transfers": [_transfer(j) for j in queue.in_flight() if j.state is State.URL_ISSUED],
-            "recent_failures": [j.summary() for j in queue.recent_failures()],
+            "recent_failures": [_summary(j) for j in queue.recent_failures()],
             "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id,
                          "observer": watched.get(str(f.path), {}).get("observer"),
                          "watching": watched.get(str(f.path), {}).get("alive"),
-                         "last_scan": watched.get(str(f.path), {}).get("last_scan")} for f in config.folders],
+                         "last_scan": watched.get(str(f.path), {}).get("last_scan"),
+                         "settle_seconds": f.settle_seconds,
+                         # False: polled, a writer holding a file open cannot be seen (None: not watched now)
+                         "open_writers_seen": watched.get(str(f.path), {}).get("open_writers_seen")}
+                        for f in config.folders],
         }
     finally:
         queue.close()
+
+
+def _summary(job: Job) -> dict[str, Any]:
+    """A job for --json: error text redacted once more (rows written before redaction was applied on storing)."""
+    data = job.summary()
+    for key in ("last_error", "reason"):
+        if data.get(key):
+            data[key] = logs.redact(data[key])
+    return data
 
 
 def _transfer(job: Job) -> dict[str, Any]:
@@ -92,26 +108,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         state += f"; an upload by hand (pid {data['upload_by_hand_pid']}) is working on the queue"
     print(f"daemon:  {state}")
     if data["paused"]:
-        print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: {data['pause_reason']}")
+        print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: "
+              f"{logs.shown(data['pause_reason'])}")
     else:
         print("queue:   running")
     print("jobs:    " + ", ".join(f"{state} {data['jobs'][state]}" for state in STATES))
     if data["oldest_waiting"]:
         o = data["oldest_waiting"]
-        print(f"oldest waiting: job {o['id']} ({o['state']}) {human_age(data['oldest_waiting_seconds'])}: {o['path']}")
+        print(f"oldest waiting: job {o['id']} ({o['state']}) {human_age(data['oldest_waiting_seconds'])}: "
+              f"{logs.shown(o['path'])}")
     for t in data["transfers"]:
         eta = human_age(t["eta_seconds"]) if t["eta_seconds"] is not None else "?"
         print(f"uploading: job {t['id']} {t['percent']}% of {human_bytes(t['size'])} at "
-              f"{human_bytes(t['bytes_per_second'])}/s, ETA {eta}: {t['path']}")
+              f"{human_bytes(t['bytes_per_second'])}/s, ETA {eta}: {logs.shown(t['path'])}")
     for f in data["recent_failures"]:
-        print(f"failed:  job {f['id']}: {f['path']}: {f['last_error']}")
+        print(f"failed:  job {f['id']}: {logs.shown(f['path'])}: {logs.shown(f['last_error'])}")
     for f in data["folders"]:
         target = f"collection {f['collection_id']}" if f["collection_id"] else \
             f"user {f['user_id']}" if f["user_id"] else "My Uploads"
         watch = "not watched (daemon not running)" if f["watching"] is None else \
             f"{f['observer']} {'ok' if f['watching'] else 'DEAD'}" + \
             (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "")
-        print(f"folder:  {f['path']} → {target} [{watch}]")
+        writers = f"; {unseen_message(f['settle_seconds'])}" if f["open_writers_seen"] is False else ""
+        print(f"folder:  {logs.shown(f['path'])} → {target} [{watch}{writers}]")
     return EXIT_OK
 
 
@@ -123,13 +142,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     finally:
         queue.close()
     if args.json:
-        print_json([j.summary() for j in jobs])
+        print_json([_summary(j) for j in jobs])
         return EXIT_OK
     print(f"{'ID':>6}  {'STATE':<10}  {'MEDIA':>8}  {'TRIES':>5}  PATH / LAST ERROR")
     for job in jobs:
-        note = job.last_error or job.reason or ""
-        print(f"{job.id:>6}  {job.state.value:<10}  {job.media_id or '-':>8}  {job.attempts:>5}  {job.display_path}"
-              + (f"  ({note})" if note and job.state is not State.COMPLETED else ""))
+        note = logs.shown(job.last_error or job.reason or "")
+        print(f"{job.id:>6}  {job.state.value:<10}  {job.media_id or '-':>8}  {job.attempts:>5}  "
+              f"{logs.shown(job.display_path)}" + (f"  ({note})" if note and job.state is not State.COMPLETED else ""))
     return EXIT_OK
 
 
@@ -167,15 +186,10 @@ class _LocalPause:
 def cmd_upload(args: argparse.Namespace) -> int:
     config = load_config(args)
     logs.setup("warning" if config.log.level == "info" else config.log.level, config.log.format)
-    path = os.path.abspath(args.file)
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise config_error("FILE", f"{args.file}: {exc.strerror}") from None
-    if not os.path.isfile(path):
-        raise config_error("FILE", f"{args.file}: not a regular file")
-    if st.st_size == 0:
-        raise config_error("FILE", f"{args.file}: the file is empty")
+    # Everything is checked before the job is recorded: a refused command leaves nothing behind for the next
+    # daemon start to upload.
+    path, st = _upload_source(args)
+    tokens = make_tokens(config)  # a missing or loose token file refuses the command here (exit 2)
     queue = JobQueue(config.state_db)
     try:
         job_id = _enqueue_upload(queue, args, path, st)
@@ -194,11 +208,31 @@ def cmd_upload(args: argparse.Namespace) -> int:
                     return code
                 continue
             try:
-                return _upload_alone(config, queue, job_id)
+                return _upload_alone(config, queue, job_id, tokens)
             finally:
                 lock.release()
     finally:
         queue.close()
+
+
+def _upload_source(args: argparse.Namespace) -> tuple[str, os.stat_result]:
+    """The file named on the command line, checked: (its real path, its stat). A link the user names is theirs
+    to follow; what it leads to must be a non-empty regular file with a media name (or --force)."""
+    path = os.path.realpath(args.file)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise config_error("FILE", f"{args.file}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise config_error("FILE", f"{args.file}: not a regular file")
+    if st.st_size == 0:
+        raise config_error("FILE", f"{args.file}: the file is empty")
+    kind, why = classify(cfg.FolderRule(path=Path(os.path.dirname(path))), path)
+    if kind != "file" and not args.force:
+        why = "a browser link file (use import-url for its URL)" if kind == "link" else \
+            why.replace("this folder uploads", "a watched folder uploads by default")
+        raise config_error("FILE", f"{args.file}: refused: {why}; add --force to upload it anyway")
+    return path, st
 
 
 def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os.stat_result) -> int | None:
@@ -213,11 +247,11 @@ def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os
         if existing.state.value not in TERMINAL and existing.state is not State.SETTLING:
             print(f"resuming job {existing.id} ({existing.state.value})", file=sys.stderr)
             return existing.id
-    title = args.title or cfg.readable(Path(path).stem)
+    title = logs.title_text(args.title or cfg.readable(Path(path).stem))
     return queue.add(seen, State.READY, title=title, description=args.description or "")
 
 
-def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
+def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource) -> int:
     """No daemon: run the pipeline here, waiting out retries, until the job ends."""
     stop = threading.Event()
     stop_on_signals(stop)
@@ -231,7 +265,7 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
         def progress(self, job_id: int, sent: int, total: int) -> None:
             bar.update(sent, "uploading")
 
-    client = StudioClient(config.studio, config.retry, make_tokens(config), stop)
+    client = StudioClient(config.studio, config.retry, tokens, stop)
     pipeline = Pipeline(queue, client, config.retry, pause, stop, _Progress())
     try:
         while not stop.is_set():
@@ -243,18 +277,18 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int) -> int:
             if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
                 break
             if job.state is State.SETTLING:  # the file changed under the upload; nothing here waits for it to settle
-                print(f"\n{job.display_path} changed while it was being sent: run upload again once it is "
+                print(f"\n{logs.shown(job.display_path)} changed while it was being sent: run upload again once it is "
                       f"finished, or leave job {job.id} to a daemon", file=sys.stderr)
                 break
             wait = max(0.0, job.next_attempt_at - time.time())
             if pause.reason:
                 wait = max(wait, config.retry.initial_seconds)
-                print(f"\nStudio unavailable: {pause.reason}; trying again in {wait:.1f}s "
+                print(f"\nStudio unavailable: {logs.shown(pause.reason)}; trying again in {wait:.1f}s "
                       "(Ctrl-C to stop; the job stays queued)", file=sys.stderr)
                 pause.reason = None
             elif wait:
                 why = job.last_error or "a file with the same bytes is being uploaded"
-                print(f"\n{why}; trying again in {wait:.1f}s", file=sys.stderr)
+                print(f"\n{logs.shown(why)}; trying again in {wait:.1f}s", file=sys.stderr)
             stop.wait(wait)
     finally:
         client.close()
@@ -288,14 +322,14 @@ def _report(job: Job | None) -> int:
     assert job is not None
     if job.state is State.COMPLETED:
         note = " (captions skipped: not enabled for this account)" if job.captions_skipped else ""
-        print(f"uploaded {job.display_path} as media {job.media_id} (job {job.id}){note}")
+        print(f"uploaded {logs.shown(job.display_path)} as media {job.media_id} (job {job.id}){note}")
         return EXIT_OK
     if job.state is State.SKIPPED:
         extra = f" of media {job.media_id}" if job.media_id else ""
-        print(f"skipped {job.display_path}: {job.reason}{extra} (job {job.id})")
+        print(f"skipped {logs.shown(job.display_path)}: {logs.shown(job.reason)}{extra} (job {job.id})")
         return EXIT_OK
     if job.state is State.FAILED:
-        print(f"failed {job.display_path}: {job.last_error} (job {job.id}; `studio-watch retry {job.id}`)",
+        print(f"failed {logs.shown(job.display_path)}: {logs.shown(job.last_error)} (job {job.id}; `studio-watch retry {job.id}`)",
               file=sys.stderr)
         return EXIT_FAILURE
     print(f"stopped: job {job.id} is {job.state.value} and stays queued", file=sys.stderr)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     _target_args(p)
     p.add_argument("--again", action="store_true", help="upload even if this exact file was uploaded before")
+    p.add_argument("--force", action="store_true",
+                   help="upload a file whose name matches no include pattern of the default folder rules "
+                        "(e.g. notes.txt); without it such a file is refused")
     p = add("import-url", "create media from a URL (YouTube and Vimeo become external media)")
     p.add_argument("url", metavar="URL")
     _target_args(p)

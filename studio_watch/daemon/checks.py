@@ -9,10 +9,12 @@ send from the folder rule that matches a path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,9 @@ from urllib.parse import urlencode
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, StudioError, StudioWatchError, TransientError
 from studio_watch.studio.client import IMPORT_PATH, StudioClient
+from studio_watch.files import sources
 from studio_watch.files.watcher import classify, filesystem_type, is_network_fs, rule_for
+from studio_watch.files.writers import after_upload_quiet, unseen_message
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
@@ -201,6 +205,18 @@ def check_network_fs(config: cfg.Config, mountinfo: str = MOUNTINFO) -> list[Che
     return results
 
 
+def check_open_writers(config: cfg.Config, mountinfo: str = MOUNTINFO) -> list[Check]:
+    """Folders watched by polling: a writer holding a file open cannot be seen there (files/writers.py)."""
+    results = []
+    for i, rule in enumerate(config.folders):
+        if effective_observer(config, rule, mountinfo) != "polling":
+            continue
+        results.append(Check("open_writers", WARN, f"{_where(i, rule)}: {unseen_message(rule.settle_seconds)}; "
+                             f"delete and move to another filesystem wait until a file has been unchanged for "
+                             f"{after_upload_quiet(rule.settle_seconds):g} s"))
+    return results
+
+
 def check_state_db(config: cfg.Config) -> list[Check]:
     """The state database's folder (and the database, if it exists) is writable."""
     db = config.state_db
@@ -224,6 +240,7 @@ def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: 
     results += check_folders(config)
     results += check_inotify(config, max_watches, mountinfo)
     results += check_network_fs(config, mountinfo)
+    results += check_open_writers(config, mountinfo)
     results += check_state_db(config)
     return results
 
@@ -336,8 +353,11 @@ def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:
     kind, why = classify(rule, matched)
     if kind is None:
         return [f"folder: folders[{index}] {rule.path}", f"not uploaded: {why}"], 1
+    refused = _not_a_plain_file(matched, rule)
+    if refused is not None:
+        return [f"folder: folders[{index}] {rule.path}", refused], 1
     try:
-        st = os.stat(matched)
+        st = os.lstat(matched)
         size, mtime, note = st.st_size, st.st_mtime, []
     except OSError:
         size, mtime = 0, time.time()
@@ -357,11 +377,24 @@ def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:
         lines += _upload_lines(api, rule, size, title, description)
         if size > cfg.MAX_UPLOAD_BYTES:
             lines.append(f"note: {size} bytes is over Studio's 10 GB limit: the upload would fail")
-    lines += _policy_lines(rule, kind)
+    lines += _policy_lines(rule, kind, effective_observer(config, rule) != "polling")
     return lines, 0
 
 
-def _policy_lines(rule: cfg.FolderRule, kind: str) -> list[str]:
+def _not_a_plain_file(path: str, rule: cfg.FolderRule) -> str | None:
+    """Why a symlink, FIFO, device or a file reached through a linked subfolder is never uploaded."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    why = sources.not_a_plain_file(path, st, str(rule.path))
+    if why is not None and stat.S_ISLNK(st.st_mode):
+        with contextlib.suppress(OSError):
+            why += f"; it points to {os.readlink(path)}, which is never read through this name"
+    return why
+
+
+def _policy_lines(rule: cfg.FolderRule, kind: str, sees_writers: bool = True) -> list[str]:
     captions = "requested (auto_caption=true; if the account has it disabled (501), completed without)" \
         if rule.auto_caption else "not requested (auto_caption=false)"
     after = {"keep": "keep the file where it is", "delete": "delete the file",
@@ -372,8 +405,15 @@ def _policy_lines(rule: cfg.FolderRule, kind: str) -> list[str]:
     lines = [f"captions: {captions}", f"after upload: {after}" + (f" ({when})" if rule.after_upload != "keep" else "")]
     if kind == "file":
         lines.append(f"duplicates: {duplicates}")
-    lines.append(f"settle: waits until size and mtime are unchanged for {rule.settle_seconds:g}s "
-                 "and no writer holds the file open")
+    if sees_writers:
+        lines.append(f"settle: waits until size and mtime are unchanged for {rule.settle_seconds:g}s "
+                     "and no writer holds the file open")
+    else:
+        lines.append(f"settle: waits until size and mtime are unchanged for {rule.settle_seconds:g}s; "
+                     f"{unseen_message(rule.settle_seconds)}")
+        if rule.after_upload != "keep":
+            lines.append(f"note: {rule.after_upload} waits until the file has been unchanged for "
+                         f"{after_upload_quiet(rule.settle_seconds):g} s (a move within one filesystem does not)")
     return lines
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
+from studio_watch.private import private_dir
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, DatabaseLocked, StudioError
 from studio_watch.queue.store import Job, JobQueue
@@ -38,6 +39,7 @@ class DaemonLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        private_dir(self.path.parent)  # the state directory, made 0700 if it is ours to make
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

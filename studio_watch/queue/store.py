@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from studio_watch.errors import DatabaseTooNew
 from studio_watch.logs import redact
+from studio_watch.private import private_dir
 
 SCHEMA_VERSION = 3
 
@@ -263,7 +264,7 @@ class JobQueue:
     # -- connections and transactions ---------------------------------------------------------------------
 
     def _create_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
 

@@ -38,6 +38,7 @@ from studio_watch import __version__
 from studio_watch import logs
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, ConfigError, StudioError, TransientError, Unreachable
+from studio_watch.private import private_dir
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +136,7 @@ class TokenStore:
     def save(self, tokens: StoredTokens) -> None:
         """Write a temp file (0600) in the same folder, fsync it, rename it over the store, fsync the folder."""
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         try:
             os.fchmod(fd, 0o600)
@@ -159,7 +160,7 @@ class TokenStore:
     def locked(self) -> Iterator[None]:
         """An exclusive flock on `<store>.lock`, so two processes never spend the same refresh token."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
             fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:  # a read-only folder: saving will fail and say so
             yield
