@@ -115,6 +115,11 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+def redact_data(value: Any) -> Any:
+    """`redact` over a JSON-able structure (an alert): every string redacted, secret-named keys masked."""
+    return _redact_value(value)
+
+
 _PLAIN = frozenset({int, float, bool})  # values that cannot carry a secret's text (the common case: ids, sizes)
 
 
@@ -132,10 +137,12 @@ def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> 
 
 
 def _escape_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """On a console, no value may carry a control character (a file name with a newline forges a line; one with
-    an ANSI escape rewrites the screen). Tracebacks keep their line breaks. JSON escapes them by itself."""
-    for key, value in event.items():
-        if type(value) is str and key not in ("exception", "stack") and not key.startswith("_"):
+    """On a console, no message may carry a control character (a file name with a newline forges a line; one
+    with an ANSI escape rewrites the screen). The console renderer shows the other values by repr(), which
+    escapes them already; tracebacks keep their line breaks. JSON escapes everything by itself."""
+    for key in ("event", "logger", "logger_name"):
+        value = event.get(key)
+        if type(value) is str:
             event[key] = printable(value)
     return event
 

@@ -56,7 +56,7 @@ class Alerts:
 
     def _run(self) -> None:
         while (alert := self._queue.get()) is not None:
-            body = json.dumps(alert, default=str)
+            body = json.dumps(logs.redact_data(alert), default=str)  # error text may quote a server's echo
             if self.command:
                 self._run_command(body, alert["event"])
             if self.webhook:

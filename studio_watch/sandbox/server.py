@@ -321,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.state.faults.max_upload_bytes:
             self._json(413, {"error": "file too large"}, close=True)
             return
+        if self._echoed("put", length):
+            return
         fault = self.state.fault_for("put")
         if fault is not None:
             self._out.extra["fault"] = "injected"
@@ -343,6 +345,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(err.status, {"error": err.error})
             return
         self._send(200, b"", "text/plain", {"ETag": f'"{sha[:32]}"'})
+
+    def _echoed(self, endpoint: str, length: int) -> bool:
+        """Faults.echo_status: answer with an error document that repeats the request (signed query, headers)."""
+        faults = self.state.faults
+        if not faults.echo_status or endpoint not in faults.error_endpoints:
+            return False
+        self._out.extra["fault"] = "echo"
+        self._drain(length)
+        body = (f"<Error><Code>InvalidRequest</Code><RequestURI>{self.path}</RequestURI>"
+                f"<Authorization>{self.headers.get('Authorization', '')}</Authorization></Error>")
+        self._send(faults.echo_status, body.encode(), "application/xml")
+        return True
 
     def _refuse(self, length: int, status: int, error: str,
                 headers: Mapping[str, str] | None = None) -> None:
@@ -371,6 +385,8 @@ class _Handler(BaseHTTPRequestHandler):
         latency = self.state.faults.latency_seconds
         if latency > 0:
             self.server.stopping.wait(latency)
+        if self._echoed(endpoint, 0):
+            return
         if endpoint != "oauth" and not self.state.authorize_bearer(self._bearer()):
             self._json(401, {"error": "authorization missing or invalid"}, {"WWW-Authenticate": "Bearer"})
             return

@@ -55,6 +55,9 @@ class Faults:
     transcode_fail: bool = False
     forbidden_collections: frozenset[int] = frozenset()
     max_upload_bytes: int = 10 * 1024**3
+    echo_status: int = 0  # nonzero: every request to error_endpoints answers this status with a body echoing
+                          # the request URI (query and all) and Authorization header, as object stores and
+                          # proxies do in their error documents
     seed: int = 0
 
 

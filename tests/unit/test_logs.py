@@ -198,3 +198,66 @@ def test_a_full_upload_at_debug_logs_no_token_and_no_url_signature(capture: Call
     signature = dict(p.split("=", 1) for p in query.split("&"))["signature"]
     assert token not in text
     assert signature not in text and query not in text
+
+
+# -- error text echoed by servers, and names shown to humans --------------------------------------------------------
+
+@pytest.mark.parametrize("text, leaked", [
+    ("<Error><RequestURI>/uploads/1001/f.mp4?X-Amz-Signature=abc123def&X-Amz-Expires=9</RequestURI></Error>",
+     "abc123def"),
+    ("PUT /_upload/5/tok?signature=0badc0ffee HTTP/1.1 refused", "0badc0ffee"),
+    ('{"request": "/media/uploads?collection_id=2&sig=f00dfeed"}', "f00dfeed"),
+    ("X-Goog-Signature=7e57ab1e&X-Goog-Date=1", "7e57ab1e"),
+    ("echoed header Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+    ("<Authorization>Bearer s3cr3t.tok-en</Authorization>", "s3cr3t.tok-en"),
+])
+def test_echoed_requests_lose_their_signature_and_credentials(text: str, leaked: str) -> None:
+    assert leaked not in logs.redact(text) and "[redacted]" in logs.redact(text)
+
+
+def test_ordinary_text_with_question_marks_and_slashes_is_left_alone() -> None:
+    for text in ("is 1/2 done? yes", "Studio refused the authorization: access_denied", "what? /srv/drop ok"):
+        assert logs.redact(text) == text
+
+
+def test_a_registered_upload_url_is_redacted_however_it_is_quoted() -> None:
+    logs.register_url("https://up.example/_upload/9/t?signature=5eed5eed5eed&expires=1")
+    assert "5eed5eed5eed" not in logs.redact("server said: signature=5eed5eed5eed&expires=1 was bad")
+    assert "5eed5eed5eed" not in logs.redact("query was [signature=5eed5eed5eed&expires=1]")
+
+
+def test_upload_url_secrets_are_bounded() -> None:
+    for n in range(logs.URL_SECRETS_KEPT + 10):
+        logs.register_url(f"https://up.example/u?signature=bounded-{n:06d}")
+    assert len(logs._url_secrets) == logs.URL_SECRETS_KEPT
+    assert "signature=bounded-000000" not in logs._url_secrets
+    assert f"signature=bounded-{logs.URL_SECRETS_KEPT + 9:06d}" == logs._url_secrets[0]
+
+
+def test_studio_watch_errors_are_redacted_when_they_become_text() -> None:
+    from studio_watch.errors import PermanentError
+
+    exc = PermanentError("put: HTTP 400: <RequestURI>/u/1?X-Amz-Signature=deadbeef99</RequestURI>", 400)
+    assert "deadbeef99" not in str(exc) and "deadbeef99" not in f"{exc}"
+
+
+def test_control_characters_are_escaped_for_humans_and_titles_have_none() -> None:
+    name = "lecture\n2024-01-01 fake line\x1b[2J.mp4"
+    assert logs.printable(name) == "lecture\\n2024-01-01 fake line\\x1b[2J.mp4"
+    assert logs.title_text("week\t2\x1b[31m red\n") == "week 2 [31m red"
+    assert logs.title_text("plain title") == "plain title"
+
+
+def test_console_log_lines_escape_control_characters(capture: Callable[..., io.StringIO]) -> None:
+    out = capture("console")
+    structlog.get_logger("t").info("found a\nFORGED line\x1b[2J", path="b\nFORGED value\x1b[2J.mp4")
+    logging.getLogger("some.lib").warning("third party a\nFORGED line")
+    text = out.getvalue()
+    assert text.count("\n") == 2 and "\x1b" not in text
+    assert "found a\\nFORGED line\\x1b[2J" in text and "third party a\\nFORGED" in text
+    assert "b\\nFORGED value" in text  # once escaped (the console renderer's repr), not twice
+
+
+def test_alert_data_is_redacted_as_a_structure() -> None:
+    data = logs.redact_data({"job": {"last_error": "HTTP 400 /u?sig=cafe0001", "id": 3}, "token": "x"})
+    assert data == {"job": {"last_error": "HTTP 400 /u?[redacted]", "id": 3}, "token": "[redacted]"}

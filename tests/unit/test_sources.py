@@ -210,3 +210,85 @@ def test_a_read_error_is_source_unreadable_naming_the_file(read: Callable[..., A
         if not isinstance(result, bytes):
             list(result)
     assert read_ahead_threads() == []
+
+
+# -- the trust boundary: links, special files, planted names ------------------------------------------------------
+
+def test_open_source_never_follows_a_symlink(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_bytes(b"sandbox-token")
+    link = tmp_path / "lecture.mp4"
+    link.symlink_to(secret)
+    with pytest.raises(SourceUnreadable, match="symbolic link"):
+        open_source(str(link))
+
+
+def test_open_source_of_a_fifo_fails_at_once_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "lecture.mp4"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(SourceUnreadable, open_source, str(fifo))
+                                                            .value), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "open() blocked on a FIFO"
+    assert "FIFO" in str(outcome[0]) and "lecture.mp4" in str(outcome[0])
+
+
+def test_open_source_checks_the_identity_that_settled_and_a_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "lecture.mp4"
+    path.write_bytes(b"settled")
+    settled = identity(path)
+    path.unlink()
+    path.write_bytes(b"another file")
+    with pytest.raises(SourceChanged):
+        open_source(str(path), settled)
+    with open_source(str(path), identity(path)) as f:
+        assert f.read() == b"another file"
+    with pytest.raises(SourceUnreadable, match="at most 5"):
+        open_source(str(path), limit=5)
+
+
+def test_a_symlink_is_never_taken_for_the_uploaded_file(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere.mp4"
+    real.write_bytes(b"uploaded")
+    link = tmp_path / "talk.mp4"
+    link.symlink_to(real)
+    with pytest.raises(NotTheUploadedFile):
+        delete(str(link), 7, identity(real))  # stat() through the link would say "same file"
+    assert link.is_symlink() and real.read_bytes() == b"uploaded"
+
+
+def test_cross_filesystem_move_never_writes_through_a_planted_partial_name(tmp_path: Path) -> None:
+    done = other_filesystem(tmp_path)
+    try:
+        victim = done / "victim"
+        victim.write_bytes(b"precious")
+        (done / ".studio-watch-7.partial").symlink_to(victim)  # the old, predictable scratch name
+        (done / ".studio-watch-7-abc123.partial").symlink_to(victim)  # looks like a leftover of job 7
+        path = tmp_path / "talk.mp4"
+        path.write_bytes(b"recording" * 1000)
+        target = move(str(path), 7, identity(path), done)
+        assert target == done / "talk.mp4" and target.read_bytes() == b"recording" * 1000
+        assert not target.is_symlink() and victim.read_bytes() == b"precious"
+        assert not (done / ".studio-watch-7-abc123.partial").exists() and victim.exists()  # the link went, not its target
+        assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
+    finally:
+        shutil.rmtree(done)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_cross_filesystem_move_onto_a_full_disk_leaves_no_partial_and_the_source_in_place(
+        tmp_path: Path, full_filesystem: Path) -> None:
+    path = tmp_path / "talk.mp4"
+    path.write_bytes(os.urandom(1 << 20))
+    with pytest.raises(OSError) as failed:
+        move(str(path), 7, identity(path), full_filesystem)
+    assert failed.value.errno == 28  # ENOSPC
+    assert sorted(p.name for p in full_filesystem.iterdir()) == ["filler"]
+    assert path.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -360,3 +360,52 @@ def test_dead_observer_is_restarted_and_folder_rescanned(tmp_path):
     finally:
         stop.set()
         watcher.close()
+
+
+def test_the_probe_never_writes_through_a_link_planted_at_its_old_name(tmp_path):
+    drop, victim = tmp_path / "drop", tmp_path / "victim"
+    drop.mkdir()
+    victim.write_bytes(b"precious")
+    planted = drop / f".studio-watch-probe-{os.getpid()}"  # the name the probe used to have
+    planted.symlink_to(victim)
+    watcher, found, cond, stop = _collecting_watcher(FolderRule(path=drop, settle_seconds=0))
+    try:
+        watcher.start()
+        assert watcher.kinds[drop] == "inotify"  # the probe was written and seen: under a name of its own
+        assert victim.read_bytes() == b"precious" and planted.is_symlink()
+        assert [p.name for p in drop.iterdir()] == [planted.name]
+    finally:
+        stop.set()
+        watcher.close()
+
+
+def test_a_probe_on_a_full_filesystem_is_not_left_behind(full_filesystem):
+    watcher, found, cond, stop = _collecting_watcher(FolderRule(path=full_filesystem, settle_seconds=0))
+    try:
+        watcher.start()
+        assert sorted(p.name for p in full_filesystem.iterdir()) == ["filler"]
+    finally:
+        stop.set()
+        watcher.close()
+
+
+def test_scan_and_events_never_report_symlinks_or_fifos(tmp_path):
+    drop, outside = tmp_path / "drop", tmp_path / "outside.mp4"
+    drop.mkdir()
+    outside.write_bytes(b"not in the folder")
+    (drop / "before.mp4").symlink_to(outside)
+    os.mkfifo(drop / "pipe-before.mp4")
+    watcher, found, cond, stop = _collecting_watcher(FolderRule(path=drop, settle_seconds=0))
+    try:
+        watcher.start()
+        (drop / "after.mp4").symlink_to(outside)
+        os.mkfifo(drop / "pipe-after.mp4")
+        (drop / "real.mp4").write_bytes(b"a recording")  # the control: this one is reported
+        assert _wait_for_name(found, cond, "real.mp4")
+        watcher.scan_all()
+        with cond:
+            names = {os.path.basename(f.path) for f in found}
+        assert names == {"real.mp4"}
+    finally:
+        stop.set()
+        watcher.close()
