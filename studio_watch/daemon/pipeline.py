@@ -287,10 +287,14 @@ class Pipeline:
 
         assert job.path is not None
         maybe_sent_at = job.url_issued_at if job.state is State.URL_ISSUED else None
+        # Before anything is sent it must be the file that settled; once it may have been sent, its URL is read
+        # again whatever became of the file, so the import is reconciled rather than left half-known.
+        identity = job.identity if job.state is State.READY else None
         if job.state is State.READY:  # recorded before the request goes out: a crash after it means "maybe sent"
             job = self._commit(job, state=State.URL_ISSUED, url_issued_at=time.time())
         media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
-                            job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at)
+                            job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at,
+                            identity=identity)
         done = self._finish if job.after_upload == "keep" else self._commit
         job = done(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
                            transcoding_status=media.get("transcoding_status"), last_error=None,

@@ -113,13 +113,14 @@ def validate_import(url: str, collection: int | None, user: int | None, title: s
     return is_external, title
 
 
-def parse_link_file(path: str) -> str:
+def parse_link_file(path: str, identity: sources.Identity | None = None) -> str:
     """The URL in a Windows Internet Shortcut (.url) or a macOS .webloc (XML or binary plist).
 
     Opened as every source is (never through a symlink, never blocking on a FIFO, a regular file only) and
-    read only up to LINK_FILE_MAX: a link file is a few hundred bytes, and a huge one is not a link file."""
+    read only up to LINK_FILE_MAX: a link file is a few hundred bytes, and a huge one is not a link file.
+    With `identity`, it must be the file that settled (else SourceChanged)."""
     try:
-        with sources.open_source(path, limit=LINK_FILE_MAX) as f:
+        with sources.open_source(path, identity, limit=LINK_FILE_MAX) as f:
             data = f.read(LINK_FILE_MAX + 1)
     except SourceVanished:
         raise SourceVanished(f"link file vanished: {path!r}") from None
@@ -320,14 +321,15 @@ def _done(store: AttemptStore | None, request: ImportRequest, result: ImportResu
 
 def import_link(client: StudioClient, path: str, title: str, description: str, auto_caption: bool,
                 collection_id: int | None, user_id: int | None, *, maybe_sent_at: float | None = None,
-                store: AttemptStore | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+                store: AttemptStore | None = None, stop: threading.Event | None = None,
+                identity: sources.Identity | None = None) -> dict[str, Any]:
     """Import the URL of a link file dropped in a watched folder (YouTube/Vimeo become external media).
 
     `maybe_sent_at`: when an earlier attempt of this job may have sent the request (reconciled before sending).
     Returns Studio's media object plus "captions_skipped", "reconciled", "is_external" and "source_url". A link
     file that is malformed or holds a URL Studio cannot import raises SourceUnreadable / PermanentError.
     """
-    url = parse_link_file(path)
+    url = parse_link_file(path, identity)
     try:
         is_external, checked_title = validate_import(url, collection_id, user_id, title, None)
     except ConfigError as exc:

@@ -138,3 +138,17 @@ def test_the_upload_url_is_cleared_once_the_bytes_are_in_studio(tmp_path):
     queue.close()
     assert job.state is State.COMPLETED and job.media_id is not None and job.upload_url is None
     assert "signature" not in "\n".join(sqlite3.connect(db).iterdump())
+
+
+def test_a_link_file_is_read_only_up_to_its_cap(tmp_path):
+    from studio_watch.errors import SourceUnreadable
+    from studio_watch.studio.imports import LINK_FILE_MAX, parse_link_file
+
+    huge = tmp_path / "huge.url"
+    huge.write_text("[InternetShortcut]\nURL=https://example.org/a\n" + "x" * LINK_FILE_MAX)
+    with pytest.raises(SourceUnreadable, match="at most"):
+        parse_link_file(str(huge))
+    link = tmp_path / "elsewhere.url"
+    link.symlink_to(huge)
+    with pytest.raises(SourceUnreadable, match="symbolic link"):
+        parse_link_file(str(link))
