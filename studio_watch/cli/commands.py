@@ -329,7 +329,8 @@ def _report(job: Job | None) -> int:
         print(f"skipped {logs.shown(job.display_path)}: {logs.shown(job.reason)}{extra} (job {job.id})")
         return EXIT_OK
     if job.state is State.FAILED:
-        print(f"failed {logs.shown(job.display_path)}: {logs.shown(job.last_error)} (job {job.id}; `studio-watch retry {job.id}`)",
+        print(f"failed {logs.shown(job.display_path)}: {logs.shown(job.last_error)} "
+              f"(job {job.id}; `studio-watch retry {job.id}`)",
               file=sys.stderr)
         return EXIT_FAILURE
     print(f"stopped: job {job.id} is {job.state.value} and stays queued", file=sys.stderr)

@@ -253,7 +253,8 @@ class Pipeline:
 
     def _complete(self, job: Job) -> Job:
         assert job.media_id is not None
-        title, description = job.title or logs.title_text(readable(Path(job.path or "media").stem)), job.description or ""
+        title = job.title or logs.title_text(readable(Path(job.path or "media").stem))
+        description = job.description or ""
         try:
             media = self.client.complete(job.media_id, title, description, job.auto_caption and not job.captions_skipped)
         except CaptionsDisabled:
@@ -312,7 +313,8 @@ class Pipeline:
         hold = self.hold_after_upload(job)
         if hold is not None:  # a writer may still add to the file: deleting or copying it now would lose that
             seconds, why = hold
-            log.info("after_upload_waiting", job_id=job.id, path=job.display_path, seconds=round(seconds, 1), reason=why)
+            log.info("after_upload_waiting", job_id=job.id, path=job.display_path, seconds=round(seconds, 1),
+                     reason=why)
             self.queue.release(job.id, next_attempt_at=time.time() + seconds)
             return _released(job)
         assert job.path is not None

@@ -256,7 +256,8 @@ def take_aside(path: str, job_id: int, identity: Identity) -> str | None:
         st = os.lstat(path)  # a symlink is never the uploaded file, whatever it points to
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(st.st_mode) or identity_of(st) != identity:  # looked at first: a new recording under the name never leaves its place
+    # Looked at first: a new recording under the name never leaves its place.
+    if not stat.S_ISREG(st.st_mode) or identity_of(st) != identity:
         raise NotTheUploadedFile(path)
     try:
         os.rename(path, aside)
@@ -406,10 +407,11 @@ def _copy_durably(source: str, identity: Identity, fd: int) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                shutil.copyfileobj(src, os.fdopen(os.dup(fd), "wb", closefd=True))
+                with os.fdopen(os.dup(fd), "wb") as out:  # flushed when closed, before the fsync below
+                    shutil.copyfileobj(src, out)
                 break
-            if n == 0:
-                raise SourceChanged(f"file shrank while being copied ({done} of {st.st_size} bytes)")
+            if n == 0:  # it shrank while being copied: not the uploaded file any more, left where it is
+                raise NotTheUploadedFile(source)
             done += n
         os.fchmod(fd, stat.S_IMODE(st.st_mode))
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -32,7 +32,8 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-STALE_SECONDS = 12 * 3600.0  # no lecture pauses this long with the file open; a lost close event must not hold a file forever
+# No lecture pauses this long with the file open; a lost close event must not hold a file back forever.
+STALE_SECONDS = 12 * 3600.0
 QUIET_MIN_SECONDS = 300.0  # where writers cannot be seen: the least quiet time before a delete or cross-fs move
 QUIET_SETTLE_FACTOR = 10  # ... or this many settle periods, whichever is longer
 

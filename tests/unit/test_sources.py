@@ -271,7 +271,8 @@ def test_cross_filesystem_move_never_writes_through_a_planted_partial_name(tmp_p
         target = move(str(path), 7, identity(path), done)
         assert target == done / "talk.mp4" and target.read_bytes() == b"recording" * 1000
         assert not target.is_symlink() and victim.read_bytes() == b"precious"
-        assert not (done / ".studio-watch-7-abc123.partial").exists() and victim.exists()  # the link went, not its target
+        # The leftover link went, not what it pointed to.
+        assert not (done / ".studio-watch-7-abc123.partial").exists() and victim.exists()
         assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
     finally:
         shutil.rmtree(done)
