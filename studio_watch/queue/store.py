@@ -112,6 +112,7 @@ _UPDATABLE = frozenset({
 _PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
 _TEXT_COLUMNS = frozenset({"last_error", "reason"})  # error text: redacted before it is stored (logs.redact)
 # Once the bytes are in Studio (or the job ended without needing them), the upload URL is never used again.
+_REDACTED_KEY = "error_text_redacted"  # meta: older rows' error text has been passed through redact() once
 _URL_SPENT = frozenset({State.UPLOADED.value, State.COMPLETED.value, State.SKIPPED.value})
 # Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
 _CLAIM_ORDER = (
@@ -518,7 +519,19 @@ class JobQueue:
                          "WHERE claimed_by IS NOT NULL")
             conn.execute(f"UPDATE jobs SET upload_url = NULL WHERE upload_url IS NOT NULL AND state IN "
                          f"({', '.join(repr(s) for s in sorted(_URL_SPENT))})")  # rows written before this rule
+            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_REDACTED_KEY,)).fetchone() is None:
+                self._redact_stored(conn)  # once: error text stored before it was redacted on the way in
         return [_job(r) for r in rows]
+
+    @staticmethod
+    def _redact_stored(conn: sqlite3.Connection) -> None:
+        rows = conn.execute("SELECT id, last_error, reason FROM jobs WHERE last_error IS NOT NULL OR "
+                            "(reason IS NOT NULL AND reason NOT IN ('duplicate', 'vanished', 'empty'))").fetchall()
+        for job_id, error, reason in rows:
+            clean = (redact(error) if error else error, redact(reason) if reason else reason)
+            if clean != (error, reason):
+                conn.execute("UPDATE jobs SET last_error = ?, reason = ? WHERE id = ?", (*clean, job_id))
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (_REDACTED_KEY,))
 
     def content_verdict(self, job: Job, content_hash: str) -> tuple[str, int | None]:
         """Record `content_hash` for a job about to be uploaded, unless the same bytes went to the same target.

@@ -526,3 +526,29 @@ def test_newline_and_nfd_paths_round_trip_unchanged(queue: JobQueue) -> None:
     paths = {queue.get(job_id).path for job_id, _ in created}  # type: ignore[union-attr]
     assert paths == {nfd, nfc, newline}
     assert {j.display_path for j in queue.jobs()} == {nfd, nfc, newline}
+
+
+def test_recover_redacts_error_text_stored_before_redaction_once_and_clears_spent_urls(tmp_path):
+    import sqlite3
+
+    from studio_watch.queue.store import JobQueue
+
+    db = tmp_path / "state.db"
+    queue = JobQueue(db)
+    queue.close()
+    raw = sqlite3.connect(db)
+    raw.execute("INSERT INTO jobs (kind, state, path, folder, collection_id, user_id, auto_caption, after_upload, "
+                "duplicates, settle_seconds, size, stable_since, created_at, updated_at, attempts, next_attempt_at, "
+                "last_error, upload_url) VALUES ('file', 'completed', X'2f612e6d7034', X'2f', NULL, NULL, 0, 'keep', "
+                "'skip', 0, 1, 0, 0, 0, 0, 0, 'put: HTTP 400: /u/1?signature=0ldsecret1', "
+                "'https://up.example/u/1?signature=0ldsecret1')")
+    raw.commit()
+    raw.close()
+    queue = JobQueue(db)
+    try:
+        queue.recover()
+        [job] = queue.jobs()
+        assert job.last_error == "put: HTTP 400: /u/1?[redacted]" and job.upload_url is None
+        assert queue.meta("error_text_redacted") == "1"
+    finally:
+        queue.close()
