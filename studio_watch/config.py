@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import ssl
 import stat
 from dataclasses import dataclass, field
@@ -53,6 +54,19 @@ class StudioConfig:
 
 
 @dataclass(frozen=True)
+class ExpectConfig:
+    """A folder's timetable: a recording is due for every lecture in `calendar` (docs: README "Timetables")."""
+
+    calendar: str | None = None  # an iCalendar file's absolute path, or an http(s) URL; None: no checks
+    grace_seconds: float = 1200.0  # how long after a lecture ends its file may still arrive
+    refresh_seconds: float = 900.0  # how often a calendar URL is fetched again (a file: whenever it changes)
+
+    @property
+    def is_url(self) -> bool:
+        return self.calendar is not None and self.calendar.startswith(("https://", "http://"))
+
+
+@dataclass(frozen=True)
 class FolderRule:
     """Everything that decides what happens to a file found in one watched folder."""
 
@@ -72,6 +86,7 @@ class FolderRule:
     move_to: Path | None = None
     duplicates: str = "skip"
     links: bool = True
+    expect: ExpectConfig | None = None  # None: no timetable, no checks
 
 
 # The folder keys that may also appear under `defaults:`.
@@ -347,6 +362,7 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
         "move_to": r.path("move_to", base.move_to),
         "duplicates": r.choice("duplicates", ("skip", "upload"), base.duplicates),
         "links": r.get("links", bool, base.links),
+        "expect": _expect(r, base.expect),
     }
     own = [k for k in ("collection_id", "user_id") if r.data.get(k) is not None]
     if len(own) == 1:  # a folder naming its target replaces the other one inherited from defaults
@@ -354,6 +370,57 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
     if values["collection_id"] is not None and values["user_id"] is not None:
         r.fail("user_id", "set collection_id or user_id, not both (neither means the token owner's My Uploads)")
     return dataclasses.replace(base, **values)
+
+
+def _expect(r: _Reader, base: ExpectConfig | None) -> ExpectConfig | None:
+    """`expect:` over the one inherited from `defaults:` key by key (`expect: false` turns it off). A folder's
+    own `expect:` must end up with a calendar; `defaults:` may set only grace and refresh."""
+    if r.data.get("expect") is False:
+        r.used.add("expect")
+        return None
+    data = r.get("expect", dict)
+    if data is None:
+        return base
+    e = _Reader(r.source, r.key("expect"), data)
+    base = base or ExpectConfig()
+    calendar = e.get("calendar", str)
+    if calendar is not None:
+        if calendar.startswith(("https://", "http://")):
+            _check_url(e, calendar, "calendar", allow_path=True)
+        else:
+            calendar = str(resolve_path(r.source, calendar))
+    expect = ExpectConfig(calendar=calendar or base.calendar,
+                          grace_seconds=_duration(e, "grace", base.grace_seconds, zero_ok=True),
+                          refresh_seconds=_duration(e, "refresh", base.refresh_seconds))
+    e.finish()
+    if expect.calendar is None and r.where != "defaults":
+        e.fail("calendar", "required: the room's timetable, an iCalendar file or an https:// URL")
+    return expect
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in `90`, `90s`, `20m`, `1h30m`, `2d`; raises ValueError."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+                         r"(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+    if not parts or not any(parts.groups()):
+        raise ValueError(f"expected a duration such as 90s, 20m, 1h30m or 2d, got {text!r}")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def _duration(r: _Reader, name: str, default: float, zero_ok: bool = False) -> float:
+    value = r.get(name, (str, int, float))
+    if value is None:
+        return default
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        r.fail(name, str(exc))
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        r.fail(name, f"must be {'zero or more' if zero_ok else 'greater than zero'}, got {value!r}")
+    return seconds
 
 
 def _id(r: _Reader, name: str, default: int | None) -> int | None:
@@ -379,6 +446,10 @@ def _folder(source: Path, where: str, data: Any, defaults: FolderRule) -> Folder
         r.fail("path", "required: the folder to watch")
     rule = dataclasses.replace(_folder_fields(r, defaults), path=path)
     r.finish()
+    if rule.expect is not None and rule.expect.calendar is None:  # defaults gave grace only
+        rule = dataclasses.replace(rule, expect=None)
+    if rule.expect is not None and not rule.expect.is_url and not Path(rule.expect.calendar or "").is_file():
+        r.fail("expect.calendar", f"no such file: {rule.expect.calendar}")
     if not path.is_dir():
         r.fail("path", f"folder does not exist or is not a directory: {path}")
     if rule.after_upload == "move" and rule.move_to is None:

@@ -23,7 +23,7 @@ from studio_watch.errors import DatabaseTooNew
 from studio_watch.logs import redact
 from studio_watch.private import private_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class State(str, Enum):
@@ -100,6 +100,15 @@ _MIGRATIONS = (
         # jobs that failed before this column existed: those whose complete failed are known by their error
         "UPDATE jobs SET failed_state = 'uploaded' WHERE state = 'failed' AND media_id IS NOT NULL AND "
         "(last_error LIKE 'complete:%' OR last_error LIKE 'gave up after % attempts: complete:%')"),
+    # Timetables: the files each folder saw by when (jobs.created_at is when a file was first seen), the verdict
+    # on each expected lecture (one row, so it is never alerted twice), and since when a folder was judged.
+    (4, "CREATE INDEX jobs_folder_seen ON jobs (folder, created_at);"
+        "CREATE TABLE lectures (folder BLOB NOT NULL, lecture TEXT NOT NULL, summary TEXT NOT NULL, zone TEXT, "
+        "starts_at REAL NOT NULL, ends_at REAL NOT NULL, due_at REAL NOT NULL, late_until REAL NOT NULL, "
+        "outcome TEXT NOT NULL, job_id INTEGER, judged_at REAL NOT NULL, resolved_at REAL, "
+        "PRIMARY KEY (folder, lecture));"
+        "CREATE INDEX lectures_open ON lectures (outcome, late_until);"
+        "CREATE TABLE timetable_watch (folder BLOB PRIMARY KEY, since REAL NOT NULL)"),
 )
 
 # Columns a caller may set through `update()`; everything else has a dedicated transition.
@@ -194,6 +203,29 @@ class Job:
                 "created_at": self.created_at, "updated_at": self.updated_at}
 
 
+@dataclass(frozen=True)
+class LectureRecord:
+    """The verdict on one expected lecture (see expect/judge.py): recorded, missing, or late."""
+
+    folder: str
+    lecture: str  # the lecture's key: UID and start instant
+    summary: str
+    zone: str | None
+    starts_at: float
+    ends_at: float
+    due_at: float
+    late_until: float
+    outcome: str
+    job_id: int | None
+    judged_at: float
+    resolved_at: float | None = None
+
+    def summary_dict(self) -> dict[str, Any]:
+        return {"folder": show_path(self.folder), "lecture": self.lecture, "summary": self.summary,
+                "zone": self.zone, "start": self.starts_at, "end": self.ends_at, "outcome": self.outcome,
+                "job_id": self.job_id, "judged_at": self.judged_at, "resolved_at": self.resolved_at}
+
+
 def show_path(path: str) -> str:
     """A path for humans and logs: bytes that are not UTF-8 shown as escapes, never a crash."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -209,6 +241,12 @@ def _job(row: sqlite3.Row) -> Job:
         values[name] = bool(values[name])
     values["state"] = State(values["state"])
     return Job(**values)
+
+
+def _lecture(row: sqlite3.Row) -> LectureRecord:
+    values = dict(zip(row.keys(), row))
+    values["folder"] = os.fsdecode(bytes(values["folder"]))
+    return LectureRecord(**values)
 
 
 @dataclass(frozen=True)
@@ -385,6 +423,54 @@ class JobQueue:
     def meta(self, key: str) -> str | None:
         row = self._read_one("SELECT value FROM meta WHERE key = ?", (key,))
         return row[0] if row else None
+
+    # -- timetables: what each folder saw, and the verdict on each lecture ---------------------------------------
+
+    def watching_since(self, folder: str, now: float) -> float:
+        """When this folder's timetable began to be judged (set by the first call; lectures before are not)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO timetable_watch (folder, since) VALUES (?, ?)", (_fs(folder), now))
+            return float(conn.execute("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),)).fetchone()[0])
+
+    def seen_in(self, folder: str, since: float, until: float) -> list[Job]:
+        """The files first seen in a watched folder between two instants (a recursive folder's subfolders too)."""
+        rows = self._read("SELECT * FROM jobs WHERE folder = ? AND created_at >= ? AND created_at <= ? AND "
+                          "kind = 'file' ORDER BY created_at, id", (_fs(folder), since, until))
+        return [_job(r) for r in rows]
+
+    def record_lecture(self, record: LectureRecord) -> bool:
+        """Store a verdict unless the lecture already has one; True when this call stored it."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO lectures (folder, lecture, summary, zone, starts_at, ends_at, due_at, late_until, "
+                "outcome, job_id, judged_at, resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_fs(record.folder), record.lecture, record.summary, record.zone, record.starts_at, record.ends_at,
+                 record.due_at, record.late_until, record.outcome, record.job_id, record.judged_at,
+                 record.resolved_at))
+            return cur.rowcount == 1
+
+    def lecture_late(self, folder: str, lecture: str, job_id: int, now: float) -> bool:
+        """A missing lecture's file turned up: missing becomes late (True only for the call that changed it)."""
+        with self._tx() as conn:
+            cur = conn.execute("UPDATE lectures SET outcome = 'late', job_id = ?, resolved_at = ? WHERE folder = ? "
+                               "AND lecture = ? AND outcome = 'missing'", (job_id, now, _fs(folder), lecture))
+            return cur.rowcount == 1
+
+    def lectures(self, folder: str | None = None, since: float | None = None, until: float | None = None,
+                 outcome: str | None = None, open_at: float | None = None, limit: int | None = None) -> list[LectureRecord]:
+        """Verdicts, newest lecture first: by folder, lectures starting in [since, until), by outcome, or (open_at)
+        missing ones that a late file may still resolve."""
+        where, args = [], []
+        for clause, value in (("folder = ?", _fs(folder) if folder is not None else None), ("starts_at >= ?", since),
+                              ("starts_at < ?", until), ("outcome = ?", outcome),
+                              ("outcome = 'missing' AND late_until >= ?", open_at)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM lectures" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY starts_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_lecture(r) for r in self._read(sql, args)]
 
     # -- writing ----------------------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     if wal.exists():
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
 
 
 # What older databases looked like: the statements that take a current one back to that version.
@@ -77,7 +77,7 @@ def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> Non
     raw(db_path, f"PRAGMA user_version = {version}")
     again = JobQueue(db_path)
     try:
-        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
         assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_after'") == [("jobs_after",)]
         job = again.get(job_id)
         assert job is not None and (job.title, job.state, job.failed_state) == ("Kept", State.FAILED, None)

@@ -1,0 +1,85 @@
+"""Did a lecture get its recording? Pure decisions over lectures and the files the queue saw; the caller passes `now`.
+
+A file counts for a lecture when it was first seen between the lecture's start and its end + grace. A file the
+daemon could not see arrive (it was written while the daemon was down, or copied in with its times kept)
+counts when its modification time falls in that window. Files skipped as junk (empty, vanished, the same
+bytes as an earlier one) never count; a file that arrived but failed to upload does (that is another alert).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from studio_watch.expect.timetable import Lecture
+
+RECORDED, MISSING, LATE = "recorded", "missing", "late"
+LATE_HORIZON = 86400.0  # a file this long after a missed lecture's grace is not its recording
+LOOKBACK = 35 * 86400.0  # after a downtime, lectures that ended up to this long ago are still judged
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A file the queue saw in a folder."""
+
+    job_id: int
+    first_seen: float
+    written: float | None  # its modification time
+    junk: bool
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # recorded | missing
+    arrival: Arrival | None
+
+
+def due_at(lecture: Lecture, grace: float) -> float:
+    """When a lecture without a file becomes a missing recording."""
+    return lecture.ends_at + grace
+
+
+def counts_for(arrival: Arrival, lo: float, hi: float) -> bool:
+    if arrival.junk:
+        return False
+    if lo <= arrival.first_seen <= hi:
+        return True
+    return arrival.written is not None and lo <= arrival.written <= hi and arrival.written <= arrival.first_seen
+
+
+def judge(lecture: Lecture, grace: float, arrivals: Iterable[Arrival], now: float) -> Verdict | None:
+    """None while the lecture may still get its file; else recorded (with the first file that counts) or missing."""
+    if now < due_at(lecture, grace):
+        return None
+    lo, hi = lecture.starts_at, due_at(lecture, grace)
+    matching = sorted((a for a in arrivals if counts_for(a, lo, hi)), key=lambda a: (a.first_seen, a.job_id))
+    return Verdict(RECORDED, matching[0]) if matching else Verdict(MISSING, None)
+
+
+def late_until(lecture: Lecture, grace: float, next_start: float | None) -> float:
+    """Until when a file may still turn up as a missed lecture's late recording: the folder's next lecture
+    (whose own file it would be), or LATE_HORIZON, whichever comes first."""
+    due = due_at(lecture, grace)
+    horizon = due + LATE_HORIZON
+    if next_start is not None and next_start > lecture.starts_at:
+        horizon = min(horizon, next_start)
+    return max(due, horizon)
+
+
+def late_arrival(starts_at: float, due: float, until: float, arrivals: Iterable[Arrival]) -> Arrival | None:
+    """The first file that turned up for a missed lecture after its grace and by `until`."""
+    late = [a for a in arrivals if not a.junk and (due < a.first_seen <= until or counts_for(a, starts_at, due))]
+    return min(late, key=lambda a: (a.first_seen, a.job_id)) if late else None
+
+
+def to_judge(lectures: Sequence[Lecture], grace: float, now: float, since: float,
+             judged: set[str] | frozenset[str]) -> list[Lecture]:
+    """Lectures whose grace is over, that ended after the folder began to be watched, not judged yet."""
+    floor = max(since, now - LOOKBACK)
+    return [x for x in lectures if due_at(x, grace) <= now and x.ends_at > floor and x.key not in judged]
+
+
+def next_start_after(lectures: Sequence[Lecture], lecture: Lecture) -> float | None:
+    later = [x.starts_at for x in lectures if x.starts_at > lecture.starts_at]
+    return min(later) if later else None
