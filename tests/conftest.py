@@ -271,3 +271,33 @@ def full_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def ical_event(uid: str, summary: str, start: Any, end: Any, rrule: str | None = None,
+               exdates: tuple[Any, ...] = (), tzid: str | None = None) -> str:
+    """One VEVENT: `start`/`end` are datetimes (aware ones in UTC are written with Z) or, with `tzid`, naive
+    local times written as TZID=... (the way calendar servers export a room's timetable)."""
+    def stamp(value: Any) -> str:
+        if tzid:
+            return f";TZID={tzid}:{value:%Y%m%dT%H%M%S}"
+        if value.tzinfo is not None:
+            value = value.astimezone(__import__("datetime").timezone.utc)
+            return f":{value:%Y%m%dT%H%M%SZ}"
+        return f":{value:%Y%m%dT%H%M%S}"
+
+    lines = ["BEGIN:VEVENT", f"UID:{uid}", "DTSTAMP:20260101T000000Z", f"SUMMARY:{summary}",
+             f"DTSTART{stamp(start)}", f"DTEND{stamp(end)}"]
+    if rrule:
+        lines.append(f"RRULE:{rrule}")
+    lines += [f"EXDATE{stamp(x)}" for x in exdates]
+    return "\r\n".join(lines + ["END:VEVENT"])
+
+
+def write_calendar(path: Path, *events: str) -> Path:
+    """An iCalendar file holding `events` (from ical_event), written whole by a rename."""
+    text = "\r\n".join(["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//studio-watch tests//EN", *events,
+                        "END:VCALENDAR"]) + "\r\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+    return path

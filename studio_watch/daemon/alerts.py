@@ -1,6 +1,8 @@
 """Alerting hooks: a command (the alert as JSON on stdin) and/or a webhook (HTTP POST of the same JSON).
 
-Alerts fire when a job fails permanently and when the queue has been paused longer than a threshold. They run
+Alerts fire when a job fails permanently, when the queue has been paused longer than a threshold, and when a
+lecture of a folder's timetable brought no recording (`recording_missing`; `resolve()` sends its resolution, the
+same event with `"resolved": true`, when the file turns up late). They run
 on a background thread so a slow hook never holds up an upload; a failing hook is logged, never fatal.
 """
 
@@ -53,6 +55,10 @@ class Alerts:
             self._queue.put_nowait(alert)
         except queue.Full:
             log.warning("alert_dropped", alert=kind)
+
+    def resolve(self, kind: str, **data: Any) -> None:
+        """The condition an earlier alert of `kind` reported is over: the same event, with `resolved: true`."""
+        self.send(kind, **{**data, "resolved": True})
 
     def _run(self) -> None:
         while (alert := self._queue.get()) is not None:

@@ -96,6 +96,7 @@ class Daemon:
         self.limiter = RateLimiter(config.schedule.max_upload_rate, self.stop)
         self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio.ca_bundle)
         self.queue: JobQueue | None = None
+        self.expectations: Any = None  # daemon.expectations.Expectations when a folder has a timetable
         self._not_before = 0.0
         self._pause_alerted = False
 
@@ -122,6 +123,7 @@ class Daemon:
             self.watcher = watcher = Watcher(self.config.folders, self.config.observer, self.config.rescan_seconds,
                                              self._on_found, self.stop)
             watcher.start()
+            self._start_expectations(queue)  # after the startup scan: lectures of a downtime are judged from it
             self._start_thread("settler", self._settle_loop)
             self._start_thread("prober", self.pause.probe_loop)
             jitter = self.config.schedule.start_jitter_seconds
@@ -185,13 +187,32 @@ class Daemon:
             return None
         from studio_watch.daemon.metrics import Metrics, MetricsServer
 
-        metrics = Metrics(queue, lambda: self.pause.paused)
+        metrics = Metrics(queue, lambda: self.pause.paused,
+                          [str(f.path) for f in self.config.folders if f.expect is not None])
         self.activity.listeners.append(metrics.on_event)
         server = MetricsServer(self.config.metrics.listen, metrics, self.healthy,
                                lambda: self.ready.is_set() and not self.pause.paused)
         server.start()
         log.info("metrics_listening", listen=self.config.metrics.listen)
         return server
+
+    def _start_expectations(self, queue: JobQueue) -> None:
+        """The timetable check, only when some folder has `expect:` (quiet by default)."""
+        if self.expectations is None and not any(f.expect is not None for f in self.config.folders):
+            return
+        if self.expectations is None:
+            from studio_watch.daemon.expectations import Expectations
+            from studio_watch.studio.fetch import fetch_document
+
+            studio = self.config.studio
+            self.expectations = Expectations(
+                queue, self.alerts, self.config.state_db,
+                lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds),
+                on_missing=self.activity.recording_missing)
+            self.expectations.update_rules(self.config.folders)
+            self._start_thread("timetable", lambda: self.expectations.run(self.stop))
+        else:
+            self.expectations.update_rules(self.config.folders)
 
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -246,6 +267,8 @@ class Daemon:
         snapshot = {"pid": os.getpid(), "at": time.time(), "folders": self.watcher.folder_status(),
                     "transfers": transfers, "healthy": self.healthy(), "upload_window_open": self.schedule.open(),
                     "uploaded_bytes": self.activity.uploaded_bytes}
+        if self.expectations is not None:
+            snapshot["timetables"] = self.expectations.snapshot()
         self.queue.set_meta(STATUS_KEY, json.dumps(snapshot))
 
     # -- reload and alerts -------------------------------------------------------------------------------------
@@ -265,6 +288,8 @@ class Daemon:
         self.alerts.command, self.alerts.webhook = new.notify.command, new.notify.webhook
         self.watcher.rescan_seconds = new.rescan_seconds
         self.watcher.update_rules(new.folders)
+        if self.queue is not None:
+            self._start_expectations(self.queue)
         log.info("config_reloaded", folders=len(new.folders), needs_restart=fixed or None)
 
     def _alert_on_failure(self, kind: str, data: dict[str, Any]) -> None:

@@ -195,7 +195,7 @@ class Activity(Observer):
     """Live facts for status lines, metrics and alerts: current transfers, bytes sent, failures.
 
     Listeners receive ("put_done", {"bytes", "seconds"}), ("failure", {"reason"}) and
-    ("job_failed", {"job": summary}) events.
+    ("job_failed", {"job": summary}) and ("recording_missing", {"folder"}) events.
     """
 
     def __init__(self) -> None:
@@ -211,6 +211,9 @@ class Activity(Observer):
 
     def failure(self, reason: str) -> None:
         self._emit("failure", {"reason": reason})
+
+    def recording_missing(self, folder: str) -> None:
+        self._emit("recording_missing", {"folder": folder})
 
     def job_failed(self, job: Job, error: str) -> None:
         self._emit("job_failed", {"job": {**job.summary(), "last_error": error}})

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -66,7 +66,7 @@ class QueueCollector(Collector):
 class Metrics:
     """Every metric studio-watch exports, in its own registry."""
 
-    def __init__(self, queue: JobQueue, paused: Callable[[], bool]) -> None:
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool], expect_folders: Iterable[str] = ()) -> None:
         """Create the registry, the counters and histogram, and the scrape-time queue collector."""
         self.registry = CollectorRegistry(auto_describe=False)
         self.uploaded_bytes = Counter("studio_watch_uploaded_bytes", "Bytes sent to Studio in completed PUTs.",
@@ -75,6 +75,11 @@ class Metrics:
                                         buckets=UPLOAD_BUCKETS, registry=self.registry)
         self.failures = Counter("studio_watch_failures", "Failures, by reason (transient ones included).",
                                 ["reason"], registry=self.registry)
+        self.recordings_missing = Counter("studio_watch_recordings_missing", "Lectures of a folder's timetable "
+                                          "that brought no recording by their end + grace.", ["folder"],
+                                          registry=self.registry)
+        for folder in expect_folders:  # a series from the start, so a rate() sees the first one
+            self.recordings_missing.labels(folder=folder)
         self.queue_collector = QueueCollector(queue, paused)
         self.registry.register(self.queue_collector)
 
@@ -85,6 +90,8 @@ class Metrics:
             self.upload_seconds.observe(data["seconds"])
         elif kind == "failure":
             self.failures.labels(reason=data["reason"]).inc()
+        elif kind == "recording_missing":
+            self.recordings_missing.labels(folder=data["folder"]).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in the registry."""

@@ -68,8 +68,10 @@ def late_until(lecture: Lecture, grace: float, next_start: float | None) -> floa
 
 
 def late_arrival(starts_at: float, due: float, until: float, arrivals: Iterable[Arrival]) -> Arrival | None:
-    """The first file that turned up for a missed lecture after its grace and by `until`."""
-    late = [a for a in arrivals if not a.junk and (due < a.first_seen <= until or counts_for(a, starts_at, due))]
+    """The first file that turned up for a missed lecture after its grace and by `until`; one written before the
+    lecture began (found by a scan after a downtime) is not its recording."""
+    late = [a for a in arrivals if not a.junk and (a.written is None or a.written >= starts_at)
+            and (due < a.first_seen <= until or counts_for(a, starts_at, due))]
     return min(late, key=lambda a: (a.first_seen, a.job_id)) if late else None
 
 

@@ -57,6 +57,9 @@ class Timetable:
     def __init__(self, calendar: Any, source: str, floating_zone: dt.tzinfo | None = None) -> None:
         self.calendar, self.source = calendar, source
         self.floating_zone = floating_zone
+        # By UID: an expanded occurrence no longer carries the TZID its series named.
+        self._unknown = {str(e.get("UID")) for e in calendar.walk("VEVENT")
+                         if any(e.get(n) is not None and _unknown_zone(e.get(n)) for n in ("DTSTART", "DTEND"))}
 
     @classmethod
     def parse(cls, data: bytes, source: str, floating_zone: dt.tzinfo | None = None) -> Timetable:
@@ -104,7 +107,7 @@ class Timetable:
         if start_prop is None or str(event.get("STATUS", "")).upper() == "CANCELLED":
             return None
         start = start_prop.dt
-        if not isinstance(start, dt.datetime) or _unknown_zone(start_prop):
+        if not isinstance(start, dt.datetime) or _unknown_zone(start_prop) or str(event.get("UID")) in self._unknown:
             return None  # an all-day event, or a zone nobody knows
         end_prop = event.get("DTEND")
         end = end_prop.dt if end_prop is not None else None

@@ -63,8 +63,9 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
 
 
 # What older databases looked like: the statements that take a current one back to that version.
-OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state"],
-                 2: ["ALTER TABLE jobs DROP COLUMN failed_state"]}
+_V4 = ["DROP INDEX jobs_folder_seen", "DROP TABLE lectures", "DROP TABLE timetable_watch"]
+OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state", *_V4],
+                 2: ["ALTER TABLE jobs DROP COLUMN failed_state", *_V4], 3: _V4}
 
 
 @pytest.mark.parametrize("version", sorted(OLDER_SCHEMAS))
