@@ -70,6 +70,7 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
                          # False: polled, a writer holding a file open cannot be seen (None: not watched now)
                          "open_writers_seen": watched.get(str(f.path), {}).get("open_writers_seen")}
                         for f in config.folders],
+            "timetables": _timetables(config, queue, (snapshot or {}).get("timetables")),
         }
     finally:
         queue.close()
@@ -82,6 +83,14 @@ def _summary(job: Job) -> dict[str, Any]:
         if data.get(key):
             data[key] = logs.redact(data[key])
     return data
+
+
+def _timetables(config: cfg.Config, queue: JobQueue, snapshot: Any) -> list[dict[str, Any]]:
+    if not any(f.expect is not None for f in config.folders):
+        return []
+    from studio_watch.daemon.timetable_report import status_timetables
+
+    return status_timetables(config, queue, time.time(), snapshot)
 
 
 def _transfer(job: Job) -> dict[str, Any]:
@@ -131,7 +140,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "")
         writers = f"; {unseen_message(f['settle_seconds'])}" if f["open_writers_seen"] is False else ""
         print(f"folder:  {logs.shown(f['path'])} → {target} [{watch}{writers}]")
+    for t in data["timetables"]:
+        _print_timetable(t)
     return EXIT_OK
+
+
+def _print_timetable(t: dict[str, Any]) -> None:
+    name = logs.shown(Path(t["path"]).name)
+    problem = f" [calendar: {logs.shown(t['calendar_error'])}]" if t["calendar_error"] else ""
+    nxt = t["next"]
+    upcoming = "no lecture in the next days" if nxt is None else \
+        f"{'now' if nxt['in_progress'] else 'next'}: {nxt['summary']!r} {nxt['when']}"
+    print(f"timetable: {name}: {upcoming}{problem}")
+    for r in t["recent"]:
+        print(f"  {r['outcome']:<8} {r['summary']!r} {r['when']}" + (f" (job {r['job_id']})" if r["job_id"] else ""))
+    for m in t["missing"]:
+        print(f"MISSING: {logs.shown(m['line'])}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

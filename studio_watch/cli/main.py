@@ -77,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-external", dest="external", action="store_false", default=None,
                    help="import a YouTube/Vimeo URL as a regular media instead of an external link")
     add("check", "validate the config, reach the API, check the token, folders and targets")
-    p = add("explain", "which folder rule a path matches and exactly what would be sent")
+    p = add("explain", "which folder rule a path matches and exactly what would be sent; with --date, what a "
+            "folder's timetable expected that day and what arrived (e.g. explain --date 2026-12-07 /srv/room-101)")
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--date", metavar="DAY", help="YYYY-MM-DD, today or yesterday: the lectures PATH's folder expected "
+                   "that day, their outcome, and the files first seen")
     p = add("auth", "OAuth authorization and the stored token's state")
     auth = p.add_subparsers(dest="auth_command", metavar="ACTION", parser_class=_Parser)
     auth.required = True

@@ -106,9 +106,14 @@ class CalendarSource:
             self.state.from_copy = self.timetable is not None
             self._problem(str(exc))
             return
-        if self._use(data, self.state.shown, from_copy=False):
-            self._next_fetch = now + self.expect.refresh_seconds
-            write_private(self.copy, data)
+        try:
+            Timetable.parse(data, self.state.shown)
+        except TimetableError as exc:  # a broken answer never replaces the last good copy
+            self._problem(str(exc))
+            return
+        write_private(self.copy, data)
+        self._use(data, self.state.shown, from_copy=False)
+        self._next_fetch = now + self.expect.refresh_seconds
 
     def _use(self, data: bytes, source: str, from_copy: bool, quiet: bool = False) -> bool:
         try:
@@ -130,6 +135,23 @@ class CalendarSource:
             log.warning("calendar_unavailable", calendar=self.state.shown, error=error,
                         using="the last good copy" if self.timetable is not None else "nothing: lectures not judged")
         self.state.error = error
+
+
+def load_local(expect: ExpectConfig, state_db: Path) -> tuple[Timetable | None, str | None]:
+    """The timetable as the daemon last had it, without the network and without logging (for `status`,
+    `explain`): the file, or a URL's last good copy. Returns (timetable or None, the problem or None)."""
+    assert expect.calendar is not None
+    where = cache_path(state_db, expect.calendar) if expect.is_url else Path(expect.calendar)
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        return None, ("no copy of the calendar yet (the daemon fetches it)" if expect.is_url else f"no such file: {where}")
+    except OSError as exc:
+        return None, f"cannot read {where}: {exc.strerror}"
+    try:
+        return Timetable.parse(data, str(where)), None
+    except TimetableError as exc:
+        return None, str(exc)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -242,6 +242,13 @@ def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: 
     results += check_network_fs(config, mountinfo)
     results += check_open_writers(config, mountinfo)
     results += check_state_db(config)
+    if any(rule.expect is not None for rule in config.folders):
+        from studio_watch.daemon.timetable_report import check_timetables
+        from studio_watch.studio.fetch import fetch_document
+
+        studio = config.studio
+        results += check_timetables(config, lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds),
+                                    time.time())
     return results
 
 
@@ -422,6 +429,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from studio_watch.cli.main import load_config
 
     config = load_config(args)
+    if getattr(args, "date", None):
+        return _explain_date(config, args)
     lines, code = explain(config, os.path.abspath(args.path))
+    print("\n".join(lines))
+    return code
+
+
+def _explain_date(config: cfg.Config, args: argparse.Namespace) -> int:
+    """`studio-watch explain --date DAY FOLDER`: what the folder's timetable expected that day, and what arrived."""
+    from studio_watch.cli.main import config_error
+    from studio_watch.daemon.timetable_report import explain_date, parse_day
+    from studio_watch.queue.store import JobQueue
+
+    try:
+        day = parse_day(args.date)
+    except ValueError:
+        raise config_error("--date", f"expected YYYY-MM-DD, today or yesterday; got {args.date!r}") from None
+    queue = JobQueue(config.state_db)
+    try:
+        lines, code = explain_date(config, queue, os.path.abspath(args.path), day, time.time())
+    finally:
+        queue.close()
     print("\n".join(lines))
     return code

@@ -89,6 +89,7 @@ class Expectations:
                     old.rule = rule
                     continue
                 since = self.queue.watching_since(str(path), now)
+                assert since is not None
                 judged = {r.lecture for r in self.queue.lectures(str(path), since=since - j.LOOKBACK - AHEAD)}
                 self.folders[path] = _Folder(rule, CalendarSource(rule.expect, self.state_db, self.fetch),  # type: ignore[arg-type]
                                              since, judged)

@@ -73,6 +73,14 @@ class Timetable:
             raise TimetableError(f"{source}: not an iCalendar file (no BEGIN:VCALENDAR)")
         return cls(calendar, source, floating_zone)
 
+    def zone(self) -> dt.tzinfo | None:
+        """The zone the timetable is written in (its first event's): the days `explain --date` means."""
+        for event in self.calendar.walk("VEVENT"):
+            value = getattr(event.get("DTSTART"), "dt", None)
+            if isinstance(value, dt.datetime) and value.tzinfo is not None:
+                return value.tzinfo
+        return None
+
     def problems(self) -> list[str]:
         """Events whose time zone is unknown (their lectures are left out rather than judged at a wrong hour)."""
         found = []
@@ -138,6 +146,31 @@ def _instant(value: dt.datetime | float) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo is not None else value.astimezone()
     return dt.datetime.fromtimestamp(value, UTC)
+
+
+def zone_named(name: str | None) -> dt.tzinfo:
+    """A stored zone name as a tzinfo (the machine's zone when there is none or it is unknown here)."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        if name:
+            return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        pass
+    return dt.datetime.now().astimezone().tzinfo or UTC
+
+
+def describe_span(start: float, end: float, zone: str | None, now: float) -> str:
+    """'09:00–10:30 today' (or yesterday, tomorrow, 'Mon 7 Dec'), in the timetable's zone; the zone is named when
+    it is not the machine's."""
+    tz = zone_named(zone)
+    a, b, today = (dt.datetime.fromtimestamp(x, tz) for x in (start, end, now))
+    days = (a.date() - today.date()).days
+    day = {0: "today", -1: "yesterday", 1: "tomorrow"}.get(days, f"{a:%a} {a.day} {a:%b}" + (
+        f" {a.year}" if a.year != today.year else ""))
+    local = dt.datetime.fromtimestamp(start).astimezone()
+    named = f" ({zone})" if zone and local.utcoffset() != a.utcoffset() else ""
+    return f"{a:%H:%M}\u2013{b:%H:%M} {day}{named}"
 
 
 def week_of(moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:

@@ -426,8 +426,12 @@ class JobQueue:
 
     # -- timetables: what each folder saw, and the verdict on each lecture ---------------------------------------
 
-    def watching_since(self, folder: str, now: float) -> float:
-        """When this folder's timetable began to be judged (set by the first call; lectures before are not)."""
+    def watching_since(self, folder: str, now: float | None) -> float | None:
+        """When this folder's timetable began to be judged (set by the first call with `now`; lectures before are
+        not judged). With `now` None, only read (None: never judged)."""
+        if now is None:
+            row = self._read_one("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),))
+            return None if row is None else float(row[0])
         with self._tx() as conn:
             conn.execute("INSERT OR IGNORE INTO timetable_watch (folder, since) VALUES (?, ?)", (_fs(folder), now))
             return float(conn.execute("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),)).fetchone()[0])
