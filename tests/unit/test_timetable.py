@@ -270,3 +270,27 @@ def test_quiet_without_expect(tmp_path: Path) -> None:
         assert not [p for p in os.listdir(tmp_path) if ".calendar-" in p]
     finally:
         queue.close()
+
+
+def test_the_status_line_reads_as_the_timetable_states_it() -> None:
+    from studio_watch.daemon.timetable_report import missing_line
+    from studio_watch.queue.store import LectureRecord
+
+    start = dt.datetime(2026, 12, 7, 9, 0, tzinfo=BERLIN).timestamp()
+    record = LectureRecord(folder="/srv/capture/room-101", lecture="k", summary="CS101 Lecture", zone="Europe/Berlin",
+                           starts_at=start, ends_at=start + 5400, due_at=start + 6600, late_until=start + 90000,
+                           outcome="missing", job_id=None, judged_at=start + 6600)
+    line = missing_line(record, now=start + 7200)
+    assert line.startswith("room-101: no recording for 'CS101 Lecture' 09:00\u201310:30 today")
+    assert missing_line(record, now=start + 86400).split(" ", 7)[-1].startswith("yesterday")
+
+
+def test_a_reload_keeps_verdicts_and_starts_or_stops_folders(room: Room, tmp_path: Path) -> None:
+    room.at(0)
+    room.at(470)
+    assert set(room.outcomes()) == {"A", "B"}
+    room.checker.update_rules([FolderRule(path=room.folder)])  # expect: removed by a reload
+    assert room.checker.folders == {}
+    room.checker.update_rules([room.rule])
+    room.at(480)
+    assert len(room.events()) == 2, "a reload made old lectures alert again"

@@ -1,0 +1,194 @@
+"""Calendar sources over real loopback HTTP(S): fetched with the project's TLS settings, the last good copy kept
+0600 beside the state database and used when the server is gone or answers rubbish; `expect:` in the config."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import ssl
+import stat
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from studio_watch import config
+from studio_watch.config import ExpectConfig
+from studio_watch.daemon.calendars import CalendarSource, cache_path, load_local
+from studio_watch.errors import ConfigError, TransientError
+from studio_watch.studio.fetch import fetch_document, shown_url
+from tests.conftest import ical_event, write_calendar
+
+START = dt.datetime(2026, 12, 7, 9, 0)
+
+
+class _Served(BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def do_GET(self) -> None:
+        status, headers, body = self.routes.get(self.path, (404, {}, b"no"))
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Served)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def http() -> Iterator[ThreadingHTTPServer]:
+    server = _serve()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _ics(tmp_path: Path, summary: str = "CS101 Lecture") -> bytes:
+    return write_calendar(tmp_path / f"{summary}.ics", ical_event("u", summary, START, START.replace(hour=10),
+                                                                  tzid="Europe/Berlin")).read_bytes()
+
+
+def test_https_with_the_configured_ca_bundle_and_nothing_else(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = _serve(server_side)
+    try:
+        body = _ics(tmp_path)
+        _Served.routes = {"/cal/secret-key/room.ics": (200, {"Content-Type": "text/calendar"}, body)}
+        url = f"https://127.0.0.1:{server.server_port}/cal/secret-key/room.ics"
+        assert fetch_document(url, cert, 5) == body
+        with pytest.raises(TransientError) as refused:  # the system's trust store does not know this CA
+            fetch_document(url, None, 5)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value) or "certificate" in str(refused.value).lower()
+        assert "secret-key" not in str(refused.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_errors_name_the_host_never_the_private_path(http: ThreadingHTTPServer) -> None:
+    url = f"http://127.0.0.1:{http.server_port}/private/t0ken/room.ics?auth=abc"
+    _Served.routes = {}
+    with pytest.raises(TransientError, match=r"HTTP 404") as failed:
+        fetch_document(url, None, 5)
+    assert "t0ken" not in str(failed.value) and "abc" not in str(failed.value)
+    assert shown_url(url) == f"http://127.0.0.1:{http.server_port}/…"
+
+
+def test_last_good_copy_is_kept_and_used_when_the_server_fails(tmp_path: Path, http: ThreadingHTTPServer) -> None:
+    state_db = tmp_path / "state.db"
+    url = f"http://127.0.0.1:{http.server_port}/room.ics"
+    expect = ExpectConfig(calendar=url, refresh_seconds=60)
+    fetch = lambda u: fetch_document(u, None, 5)  # noqa: E731
+    good = _ics(tmp_path)
+    _Served.routes = {"/room.ics": (200, {}, good)}
+    source = CalendarSource(expect, state_db, fetch)
+    timetable = source.current(1000.0)
+    assert timetable is not None and source.state.error is None and not source.state.from_copy
+    copy = cache_path(state_db, url)
+    assert copy.read_bytes() == good and stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert copy.parent == state_db.parent and "room" not in copy.name  # named by a hash of the URL
+
+    _Served.routes = {"/room.ics": (200, {}, b"<html>maintenance</html>")}
+    assert source.current(1001.0) is timetable, "fetched again before refresh was due"
+    assert source.current(1061.0) is timetable  # rubbish answer: the old timetable stays...
+    assert "not a valid iCalendar" in (source.state.error or "")
+    assert copy.read_bytes() == good  # ...and so does the copy
+
+    _Served.routes = {}
+    restarted = CalendarSource(expect, state_db, fetch)  # a restart during the outage
+    again = restarted.current(2000.0)
+    assert again is not None and restarted.state.from_copy and "HTTP 404" in (restarted.state.error or "")
+    lectures = again.lectures(dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc),
+                              dt.datetime(2026, 12, 14, tzinfo=dt.timezone.utc))
+    assert [x.summary for x in lectures] == ["CS101 Lecture"]
+    assert load_local(expect, state_db)[0] is not None  # what `status` reads, without the network
+
+    _Served.routes = {"/room.ics": (200, {}, _ics(tmp_path, "Moved Lecture"))}
+    newer = restarted.current(2061.0)
+    assert newer is not None and restarted.state.error is None and not restarted.state.from_copy
+    assert "Moved Lecture" in copy.read_text()
+
+
+def test_a_calendar_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "room.ics"
+    path.write_bytes(_ics(tmp_path))
+    source = CalendarSource(ExpectConfig(calendar=str(path)), tmp_path / "state.db", fetch=None)
+    first = source.current(0.0)
+    assert first is not None and source.current(1.0) is first
+    path.write_text("BEGIN:VCALENDAR\r\nbroken")
+    assert source.current(2.0) is first and source.state.error  # a half-saved edit keeps the last good one
+    path.write_bytes(_ics(tmp_path, "Edited"))
+    edited = source.current(3.0)
+    assert edited is not first and source.state.error is None
+    assert not list(tmp_path.glob("state.db.calendar-*")), "a file calendar needs no copy"
+
+
+# -- the config -----------------------------------------------------------------------------------------------------
+
+def _parse(tmp_path: Path, defaults: dict[str, Any], *folders: dict[str, Any]) -> config.Config:
+    token = tmp_path / "token"
+    token.write_text("t")
+    for f in folders:
+        (tmp_path / f["path"]).mkdir(exist_ok=True)
+    return config.parse(tmp_path / "config.yaml", {
+        "studio": {"url": "https://studio.example.edu", "token_file": "token"}, "state_db": "state.db",
+        "defaults": defaults, "folders": list(folders)})
+
+
+def test_expect_in_defaults_and_per_folder(tmp_path: Path) -> None:
+    (tmp_path / "r101.ics").write_bytes(_ics(tmp_path))
+    cfg = _parse(tmp_path, {"expect": {"grace": "30m"}},
+                 {"path": "room-101", "expect": {"calendar": "r101.ics"}},
+                 {"path": "room-102", "expect": {"calendar": "https://tt.example.edu/102.ics", "grace": "5m",
+                                                 "refresh": "1h"}},
+                 {"path": "lobby"})
+    r101, r102, lobby = cfg.folders
+    assert r101.expect == ExpectConfig(calendar=str(tmp_path / "r101.ics"), grace_seconds=1800.0)
+    assert r102.expect == ExpectConfig(calendar="https://tt.example.edu/102.ics", grace_seconds=300.0,
+                                       refresh_seconds=3600.0)
+    assert lobby.expect is None  # defaults gave only a grace: no calendar, no checks
+    cfg = _parse(tmp_path, {"expect": {"calendar": "r101.ics"}}, {"path": "room-101"},
+                 {"path": "lobby", "expect": False})
+    assert cfg.folders[0].expect is not None and cfg.folders[0].expect.grace_seconds == 1200.0
+    assert cfg.folders[1].expect is None
+
+
+@pytest.mark.parametrize("expect, message", [
+    ({"calendar": "missing.ics"}, "folders[0].expect.calendar: no such file"),
+    ({"grace": "20m"}, "folders[0].expect.calendar: required"),
+    ({"calendar": "https://tt.example.edu/x.ics", "grace": "-5m"}, "folders[0].expect.grace: expected a duration"),
+    ({"calendar": "https://tt.example.edu/x.ics", "refresh": 0}, "folders[0].expect.refresh: must be greater"),
+    ({"calendar": "ftp://tt.example.edu/x.ics"}, "folders[0].expect.calendar: no such file"),
+    ({"calendar": "http://tt.example.edu/x.ics"}, "folders[0].expect.calendar: http:// is only allowed for loopback"),
+    ({"calendar": "https://tt.example.edu/x.ics", "grcae": "5m"}, "folders[0].expect.grcae: unknown key"),
+])
+def test_bad_expect_names_the_key(tmp_path: Path, expect: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re_escape(message)):
+        _parse(tmp_path, {}, {"path": "room", "expect": expect})
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
