@@ -24,6 +24,12 @@ MISSING_SHOWN_FOR = 7 * 86400.0  # an unresolved missing recording stays in `sta
 CHECK_AHEAD = 14 * 86400.0
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    return f"{seconds / 60:g}m" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g}s"
+
+
 def _shown(expect: cfg.ExpectConfig) -> str:
     return shown_url(expect.calendar or "") if expect.is_url else str(expect.calendar)
 
@@ -93,7 +99,7 @@ def check_timetables(config: cfg.Config, fetch: Callable[[str], bytes] | None, n
         days = ", ".join(f"{d} {n}" for d, n in count_by_day(week).items())
         span = f"{monday:%a %d %b}\u2013{sunday_night - dt.timedelta(days=1):%a %d %b}"
         summary = (f"{where}: {len(week)} lecture(s) expected this week ({span}{': ' + days if days else ''}), "
-                   f"grace {rule.expect.grace_seconds:g}s")
+                   f"grace {_duration(rule.expect.grace_seconds)}")
         if not ahead:
             results.append(Check("timetable", WARN, f"{summary}; no lecture in the next 14 days: is this the "
                                  f"right calendar ({_shown(rule.expect)})?"))
@@ -117,7 +123,7 @@ def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date, n
                 "nothing is expected"], 0
     timetable, problem = load_local(rule.expect, config.state_db)
     lines = [f"folder: folders[{index}] {rule.path} (timetable {_shown(rule.expect)}, grace "
-             f"{rule.expect.grace_seconds:g}s)"]
+             f"{_duration(rule.expect.grace_seconds)})"]
     if timetable is None:
         return lines + [f"timetable unavailable: {problem}"], 1
     zone = timetable.zone() or dt.datetime.now().astimezone().tzinfo
