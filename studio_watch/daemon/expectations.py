@@ -74,6 +74,7 @@ class Expectations:
         self.on_missing, self.clock, self.tick_seconds = on_missing, clock, tick_seconds
         self.folders: dict[Path, _Folder] = {}
         self._lock = threading.Lock()
+        self._newest_job = -1  # late files are looked for only when the queue saw a file since the last round
 
     def update_rules(self, rules: Iterable[FolderRule], now: float | None = None) -> None:
         """Start (or stop) judging folders; a folder seen with a timetable for the first time is judged from now."""
@@ -109,9 +110,11 @@ class Expectations:
     def tick(self, now: float) -> None:
         with self._lock:
             folders = list(self.folders.values())
+        newest = self.queue.newest_job_id() if folders else self._newest_job
+        new_files, self._newest_job = newest != self._newest_job, newest
         for folder in folders:
             try:
-                self._tick_folder(folder, now)
+                self._tick_folder(folder, now, new_files)
             except Exception:  # one folder's bad calendar or a database hiccup must not stop the others
                 log.exception("timetable_check_failed", folder=str(folder.rule.path))
 
@@ -124,7 +127,7 @@ class Expectations:
 
     # -- one folder -----------------------------------------------------------------------------------------------
 
-    def _tick_folder(self, folder: _Folder, now: float) -> None:
+    def _tick_folder(self, folder: _Folder, now: float, new_files: bool = True) -> None:
         timetable = folder.source.current(now)
         if timetable is None:
             return
@@ -143,6 +146,9 @@ class Expectations:
             folder.judged.add(lecture.key)
             if self.queue.record_lecture(record):
                 self._report(record, verdict.arrival)
+                new_files = new_files or record.outcome == j.MISSING  # a file written before it was judged
+        if not new_files:
+            return
         for record in self.queue.lectures(path, open_at=now):
             arrivals = [arrival(job) for job in self.queue.seen_in(path, record.starts_at, min(now, record.late_until))]
             late = j.late_arrival(record.starts_at, record.due_at, record.late_until, arrivals)

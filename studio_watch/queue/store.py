@@ -436,6 +436,11 @@ class JobQueue:
             conn.execute("INSERT OR IGNORE INTO timetable_watch (folder, since) VALUES (?, ?)", (_fs(folder), now))
             return float(conn.execute("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),)).fetchone()[0])
 
+    def newest_job_id(self) -> int:
+        """The id of the newest job (0 for none): a cheap "has any file been seen since?" """
+        row = self._read_one("SELECT max(id) FROM jobs")
+        return int(row[0] or 0) if row else 0
+
     def seen_in(self, folder: str, since: float, until: float) -> list[Job]:
         """The files first seen in a watched folder between two instants (a recursive folder's subfolders too)."""
         rows = self._read("SELECT * FROM jobs WHERE folder = ? AND created_at >= ? AND created_at <= ? AND "

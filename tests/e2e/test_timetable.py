@@ -4,14 +4,13 @@ dropped (or not) in time, SIGKILL in the middle, a calendar URL on loopback that
 from __future__ import annotations
 
 import json
-import os
 import socket
 import stat
 import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
