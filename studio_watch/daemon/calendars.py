@@ -44,9 +44,10 @@ class SourceState:
 class CalendarSource:
     """One folder's timetable. `current(now)` re-reads when due and returns the last good timetable (or None)."""
 
-    def __init__(self, expect: ExpectConfig, state_db: Path, fetch: Fetch | None) -> None:
+    def __init__(self, expect: ExpectConfig, state_db: Path, fetch: Fetch | None, keep_copy: bool = True) -> None:
+        """`keep_copy=False` (for `check`, perhaps run as another user) reads the copy but never writes it."""
         assert expect.calendar is not None
-        self.expect, self.fetch = expect, fetch
+        self.expect, self.fetch, self.keep_copy = expect, fetch, keep_copy
         self.url = expect.calendar if expect.is_url else None
         self.path = None if expect.is_url else Path(expect.calendar)
         self.copy = cache_path(state_db, expect.calendar) if self.url else None
@@ -111,7 +112,8 @@ class CalendarSource:
         except TimetableError as exc:  # a broken answer never replaces the last good copy
             self._problem(str(exc))
             return
-        write_private(self.copy, data)
+        if self.keep_copy:
+            write_private(self.copy, data)
         self._use(data, self.state.shown, from_copy=False)
         self._next_fetch = now + self.expect.refresh_seconds
 

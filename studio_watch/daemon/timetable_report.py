@@ -83,7 +83,7 @@ def check_timetables(config: cfg.Config, fetch: Callable[[str], bytes] | None, n
         if rule.expect is None:
             continue
         where = f"folders[{i}] {rule.path}"
-        source = CalendarSource(rule.expect, config.state_db, fetch)
+        source = CalendarSource(rule.expect, config.state_db, fetch, keep_copy=False)
         timetable = source.current(now)
         if timetable is None:
             results.append(Check("timetable", FAIL, f"{where}: {_shown(rule.expect)}: {source.state.error}"))

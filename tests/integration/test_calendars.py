@@ -192,3 +192,15 @@ def re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_check_fetches_but_never_writes_the_daemons_copy(tmp_path: Path, http: ThreadingHTTPServer) -> None:
+    from studio_watch.daemon.timetable_report import check_timetables
+
+    _Served.routes = {"/room.ics": (200, {}, _ics(tmp_path))}
+    url = f"http://127.0.0.1:{http.server_port}/room.ics"
+    cfg = _parse(tmp_path, {}, {"path": "room", "expect": {"calendar": url}})
+    now = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.timezone.utc).timestamp()
+    [result] = check_timetables(cfg, lambda u: fetch_document(u, None, 5), now)
+    assert result.verdict == "ok" and "1 lecture(s) expected this week" in result.detail, result.line()
+    assert not cache_path(cfg.state_db, url).exists()

@@ -225,6 +225,13 @@ def test_junk_does_not_count(room: Room) -> None:
     assert room.outcomes() == {"A": "missing"}
 
 
+def test_a_file_in_a_subfolder_of_a_recursive_folder_counts(room: Room) -> None:
+    room.at(0)
+    room.file("2026-12-07/a.mp4", seen_at=150)  # the queue records the watched folder, not the subfolder
+    room.at(270)
+    assert room.outcomes() == {"A": "recorded"}
+
+
 def test_downtime_is_judged_at_the_next_start_from_what_the_queue_saw(room: Room) -> None:
     room.at(0)
     room.queue.close()
