@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import ssl
 import stat
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,15 +60,11 @@ def _ics(tmp_path: Path, summary: str = "CS101 Lecture") -> bytes:
 
 
 def test_https_with_the_configured_ca_bundle_and_nothing_else(tmp_path: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
-    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_side.load_cert_chain(cert, key)
+    from studio_watch.sandbox.tls import make_certificates
+
+    tls = make_certificates(tmp_path / "tls", ["127.0.0.1"])  # a private CA and a server certificate it signed
+    cert = tls.ca
+    server_side = tls.server_context()
     server = _serve(server_side)
     try:
         body = _ics(tmp_path)
@@ -204,3 +198,38 @@ def test_check_fetches_but_never_writes_the_daemons_copy(tmp_path: Path, http: T
     [result] = check_timetables(cfg, lambda u: fetch_document(u, None, 5), now)
     assert result.verdict == "ok" and "1 lecture(s) expected this week" in result.detail, result.line()
     assert not cache_path(cfg.state_db, url).exists()
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that answers every plain-http request itself, recording the absolute URL it was asked for."""
+
+    asked: list[str] = []
+    body = b""
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_fetch_follows_the_proxy_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        _Proxy.body, _Proxy.asked = _ics(tmp_path), []
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert fetch_document("http://127.0.0.1:9/rooms/101.ics", None, 5) == _Proxy.body  # nothing listens on :9
+        assert _Proxy.asked == ["http://127.0.0.1:9/rooms/101.ics"]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        with pytest.raises(TransientError, match="ConnectError"):
+            fetch_document("http://127.0.0.1:9/rooms/101.ics", None, 5)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
