@@ -301,3 +301,21 @@ def test_a_reload_keeps_verdicts_and_starts_or_stops_folders(room: Room, tmp_pat
     room.checker.update_rules([room.rule])
     room.at(480)
     assert len(room.events()) == 2, "a reload made old lectures alert again"
+
+
+def test_a_moved_session_and_a_calendar_wide_zone(tmp_path: Path) -> None:
+    first = dt.datetime(2026, 11, 2, 9, 0)
+    series = ical_event("cs", "CS101", first, first.replace(hour=10), rrule="FREQ=WEEKLY;COUNT=3", tzid="Europe/Berlin")
+    moved = ical_event("cs", "CS101 (moved)", dt.datetime(2026, 11, 10, 14, 0), dt.datetime(2026, 11, 10, 15, 0),
+                       tzid="Europe/Berlin").replace(
+        "END:VEVENT", "RECURRENCE-ID;TZID=Europe/Berlin:20261109T090000\r\nEND:VEVENT")
+    lectures = _calendar(tmp_path, series, moved).lectures(dt.datetime(2026, 11, 1, tzinfo=BERLIN),
+                                                           dt.datetime(2026, 11, 30, tzinfo=BERLIN))
+    assert [(x.summary, f"{x.start:%a %H:%M}") for x in lectures] == [
+        ("CS101", "Mon 09:00"), ("CS101 (moved)", "Tue 14:00"), ("CS101", "Mon 09:00")]
+    # Floating times in a calendar that names its zone once (X-WR-TIMEZONE, as Google exports) are in that zone.
+    path = write_calendar(tmp_path / "g.ics", ical_event("f", "Floating", first, first.replace(hour=10)))
+    path.write_text(path.read_text().replace("VERSION:2.0", "VERSION:2.0\r\nX-WR-TIMEZONE:Asia/Tokyo"))
+    [floating] = Timetable.parse(path.read_bytes(), str(path)).lectures(
+        dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc))
+    assert floating.starts_at == dt.datetime(2026, 11, 2, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
