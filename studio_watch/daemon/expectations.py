@@ -91,7 +91,8 @@ class Expectations:
                     continue
                 since = self.queue.watching_since(str(path), now)
                 assert since is not None
-                judged = {r.lecture for r in self.queue.lectures(str(path), since=since - j.LOOKBACK - AHEAD)}
+                # Only lectures this recent can still be judged (to_judge): older verdicts need not be read.
+                judged = {r.lecture for r in self.queue.lectures(str(path), since=now - j.LOOKBACK - AHEAD)}
                 self.folders[path] = _Folder(rule, CalendarSource(rule.expect, self.state_db, self.fetch),  # type: ignore[arg-type]
                                              since, judged)
                 log.info("timetable_watched", folder=str(path), calendar=self.folders[path].source.state.shown,
@@ -134,9 +135,11 @@ class Expectations:
         lectures = self._expanded(folder, timetable, now)
         assert folder.rule.expect is not None
         grace, path = folder.rule.expect.grace_seconds, str(folder.rule.path)
-        for lecture in j.to_judge(lectures, grace, now, folder.since, folder.judged):
-            arrivals = [arrival(job) for job in self.queue.seen_in(path, lecture.starts_at, now)]
-            verdict = j.judge(lecture, grace, arrivals, now)
+        due = j.to_judge(lectures, grace, now, folder.since, folder.judged)
+        taken = self._taken(path, now) if due or new_files else set()
+        for lecture in due:
+            arrivals = [arrival(job) for job in self.queue.seen_in(path, lecture.starts_at - j.EARLY, now)]
+            verdict = j.judge(lecture, grace, arrivals, now, taken)
             assert verdict is not None
             record = LectureRecord(
                 folder=path, lecture=lecture.key, summary=lecture.summary, zone=lecture.zone,
@@ -144,16 +147,24 @@ class Expectations:
                 late_until=j.late_until(lecture, grace, j.next_start_after(lectures, lecture)),
                 outcome=verdict.outcome, job_id=verdict.arrival.job_id if verdict.arrival else None, judged_at=now)
             folder.judged.add(lecture.key)
+            if record.job_id is not None:
+                taken.add(record.job_id)
             if self.queue.record_lecture(record):
                 self._report(record, verdict.arrival)
                 new_files = new_files or record.outcome == j.MISSING  # a file written before it was judged
         if not new_files:
             return
         for record in self.queue.lectures(path, open_at=now):
-            arrivals = [arrival(job) for job in self.queue.seen_in(path, record.starts_at, min(now, record.late_until))]
-            late = j.late_arrival(record.starts_at, record.due_at, record.late_until, arrivals)
+            arrivals = [arrival(job) for job in self.queue.seen_in(path, record.starts_at - j.EARLY,
+                                                                   min(now, record.late_until))]
+            late = j.late_arrival(record.starts_at, record.due_at, record.late_until, arrivals, taken)
             if late is not None and self.queue.lecture_late(path, record.lecture, late.job_id, now):
+                taken.add(late.job_id)
                 self._resolved(record, late)
+
+    def _taken(self, path: str, now: float) -> set[int]:
+        """The files that already count for a lecture of this folder (each counts for one only)."""
+        return {r.job_id for r in self.queue.lectures(path, since=now - j.LOOKBACK - AHEAD) if r.job_id is not None}
 
     def _expanded(self, folder: _Folder, timetable: Timetable, now: float) -> list[Lecture]:
         done_for, at = folder.expanded

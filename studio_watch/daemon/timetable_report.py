@@ -149,8 +149,9 @@ def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date, n
         elif since is None or lecture.ends_at <= since:
             lines.append(head + "not judged (it ended before the daemon watched this folder with a timetable)")
         else:
-            verdict = j.judge(lecture, grace, [arrival(x) for x in queue.seen_in(str(rule.path), lecture.starts_at,
-                                                                                  now)], now)
+            taken = {r.job_id for r in verdicts.values() if r.job_id is not None}
+            verdict = j.judge(lecture, grace, [arrival(x) for x in queue.seen_in(
+                str(rule.path), lecture.starts_at - j.EARLY, now)], now, taken)
             lines.append(head + f"not judged yet by the daemon; from what the queue saw: {verdict.outcome}"  # type: ignore[union-attr]
                          )
     arrived = queue.seen_in(str(rule.path), start.timestamp(), end.timestamp())

@@ -1,9 +1,11 @@
 """Did a lecture get its recording? Pure decisions over lectures and the files the queue saw; the caller passes `now`.
 
-A file counts for a lecture when it was first seen between the lecture's start and its end + grace. A file the
-daemon could not see arrive (it was written while the daemon was down, or copied in with its times kept)
-counts when its modification time falls in that window. Files skipped as junk (empty, vanished, the same
-bytes as an earlier one) never count; a file that arrived but failed to upload does (that is another alert).
+A file counts for a lecture when it was first seen between the lecture's start and its end + grace, or when its
+modification time falls in that window: a file the daemon could not see arrive (written while the daemon was
+down, copied in with its times kept), or one a recorder began a few minutes early and was still writing. Files
+skipped as junk (empty, vanished, the same bytes as an earlier one) never count; a file that arrived but failed
+to upload does (that is another alert). A file counts for one lecture only, the first judged: with back-to-back
+lectures, the first one's recording (still written as the second begins) does not hide the second one's absence.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from studio_watch.expect.timetable import Lecture
 RECORDED, MISSING, LATE = "recorded", "missing", "late"
 LATE_HORIZON = 86400.0  # a file this long after a missed lecture's grace is not its recording
 LOOKBACK = 35 * 86400.0  # after a downtime, lectures that ended up to this long ago are still judged
+EARLY = 6 * 3600.0  # a file first seen this long before a lecture may still be its recording (written during it)
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,18 @@ def counts_for(arrival: Arrival, lo: float, hi: float) -> bool:
         return False
     if lo <= arrival.first_seen <= hi:
         return True
-    return arrival.written is not None and lo <= arrival.written <= hi and arrival.written <= arrival.first_seen
+    return arrival.written is not None and lo <= arrival.written <= hi and arrival.first_seen >= lo - EARLY
 
 
-def judge(lecture: Lecture, grace: float, arrivals: Iterable[Arrival], now: float) -> Verdict | None:
-    """None while the lecture may still get its file; else recorded (with the first file that counts) or missing."""
+def judge(lecture: Lecture, grace: float, arrivals: Iterable[Arrival], now: float,
+          taken: set[int] | frozenset[int] = frozenset()) -> Verdict | None:
+    """None while the lecture may still get its file; else recorded (with the first file that counts, not one
+    `taken` by another lecture) or missing."""
     if now < due_at(lecture, grace):
         return None
     lo, hi = lecture.starts_at, due_at(lecture, grace)
-    matching = sorted((a for a in arrivals if counts_for(a, lo, hi)), key=lambda a: (a.first_seen, a.job_id))
+    matching = sorted((a for a in arrivals if a.job_id not in taken and counts_for(a, lo, hi)),
+                      key=lambda a: (a.first_seen, a.job_id))
     return Verdict(RECORDED, matching[0]) if matching else Verdict(MISSING, None)
 
 
@@ -67,10 +73,11 @@ def late_until(lecture: Lecture, grace: float, next_start: float | None) -> floa
     return max(due, horizon)
 
 
-def late_arrival(starts_at: float, due: float, until: float, arrivals: Iterable[Arrival]) -> Arrival | None:
-    """The first file that turned up for a missed lecture after its grace and by `until`; one written before the
-    lecture began (found by a scan after a downtime) is not its recording."""
-    late = [a for a in arrivals if not a.junk and (a.written is None or a.written >= starts_at)
+def late_arrival(starts_at: float, due: float, until: float, arrivals: Iterable[Arrival],
+                 taken: set[int] | frozenset[int] = frozenset()) -> Arrival | None:
+    """The first file that turned up for a missed lecture after its grace and by `until`, not `taken` by another
+    lecture; one written before the lecture began (found by a scan after a downtime) is not its recording."""
+    late = [a for a in arrivals if not a.junk and a.job_id not in taken and (a.written is None or a.written >= starts_at)
             and (due < a.first_seen <= until or counts_for(a, starts_at, due))]
     return min(late, key=lambda a: (a.first_seen, a.job_id)) if late else None
 

@@ -319,3 +319,21 @@ def test_a_moved_session_and_a_calendar_wide_zone(tmp_path: Path) -> None:
     [floating] = Timetable.parse(path.read_bytes(), str(path)).lectures(
         dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc))
     assert floating.starts_at == dt.datetime(2026, 11, 2, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+
+
+def test_a_recording_begun_early_counts_and_one_file_counts_once(tmp_path: Path) -> None:
+    r = Room(tmp_path, [("early", 100, 200), ("A", 300, 400), ("B", 400, 500), ("old", 700, 800)])
+    try:
+        r.at(0)
+        r.file("early.mp4", seen_at=90, written_at=199)  # started 10 s before, written until the end
+        r.file("a.mp4", seen_at=310, written_at=405)  # A's, still written as B begins: not B's too
+        r.at(560)
+        assert r.outcomes() == {"early": "recorded", "A": "recorded", "B": "missing"}
+        r.file("b.mp4", seen_at=690, written_at=690)  # after B's grace, before the next lecture: B's, late
+        r.at(691)
+        r.at(900)
+        assert r.outcomes() == {"early": "recorded", "A": "recorded", "B": "late", "old": "missing"}
+        assert r.events() == [("recording_missing", "B", False), ("recording_missing", "B", True),
+                              ("recording_missing", "old", False)]
+    finally:
+        r.queue.close()
