@@ -49,7 +49,8 @@ def alerts_in(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _room(root: Path, sandbox_url: str, account: Account, calendar: str, **expect: Any) -> tuple[Path, Path]:
+def _room(root: Path, sandbox_url: str, account: Account, calendar: str, webhook: str | None = None,
+          **expect: Any) -> tuple[Path, Path]:
     """A config with room-101 (timetable) and lobby (none), alerts appended to alerts.jsonl, run as `account`."""
     out = root / "alerts"
     out.mkdir()
@@ -59,7 +60,7 @@ def _room(root: Path, sandbox_url: str, account: Account, calendar: str, **expec
         {"path": "room-101", "settle_seconds": 0.05,
          "expect": {"calendar": calendar, "grace": f"{GRACE}s", **expect}},
         {"path": "lobby", "settle_seconds": 0.05}],
-        state_db="state/state.db", notify={"command": command}, **_metrics())
+        state_db="state/state.db", notify={"command": command, "webhook": webhook}, **_metrics())
     (root / "state").mkdir()
     account.chown(root / "state", out, root / "token")
     return config, out / "alerts.jsonl"
@@ -80,9 +81,31 @@ def _scrape(config: Path) -> str:
         return r.read().decode()
 
 
-def test_recorded_missing_late_across_time_zones(open_tmp, sandbox, daemons, service_account):
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    _Hook.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def test_recorded_missing_late_across_time_zones(open_tmp, sandbox, daemons, service_account, hook):
     calendar = write_calendar(open_tmp / "room.ics", far_future())
-    config, alerts = _room(open_tmp, sandbox.url, service_account, str(calendar))
+    config, alerts = _room(open_tmp, sandbox.url, service_account, str(calendar), webhook=hook)
     daemon = daemons(config, env={"TZ": MACHINE_TZ}, user=service_account)
     daemon.wait_ready()
     assert daemon.wait_event("timetable_watched")
@@ -126,6 +149,9 @@ def test_recorded_missing_late_across_time_zones(open_tmp, sandbox, daemons, ser
     status = json.loads(run_cli("status", "--json", "-c", str(config)).stdout)
     assert [r["outcome"] for r in status["timetables"][0]["recent"]] == ["late", "recorded"]
     assert status["timetables"][0]["missing"] == []
+    assert wait_until(lambda: len(_Hook.received) == 2, 15), daemon.output()
+    assert [(h["event"], h["lecture"], h["resolved"]) for h in _Hook.received] == [
+        ("recording_missing", "CS102 Lab", False), ("recording_missing", "CS102 Lab", True)]
     assert daemon.stop() == 0
     assert len(alerts_in(alerts)) == 2
 
