@@ -275,3 +275,26 @@ def test_expect_config_errors_name_the_key(tmp_path, sandbox):
     config = write_config(tmp_path, sandbox.url, [{"path": "room", "expect": {"calendar": "http://example.edu/r.ics"}}])
     done = run_cli("status", "-c", str(config))
     assert done.returncode == 2 and "http:// is only allowed for loopback hosts" in done.stderr, done.stderr
+
+
+def test_quiet_without_expect_until_a_reload_adds_one(tmp_path, sandbox, daemons):
+    import signal
+
+    import yaml
+
+    calendar = write_calendar(tmp_path / "room.ics", far_future())
+    config = write_config(tmp_path, sandbox.url, [{"path": "room-101", "settle_seconds": 0.05}])
+    daemon = daemons(config)
+    daemon.wait_ready()
+    data = yaml.safe_load(config.read_text())
+    assert json.loads(run_cli("status", "--json", "-c", str(config)).stdout)["timetables"] == []
+    t = time.time() + 2
+    write_calendar(calendar, lecture("After the reload", t, t + 1))
+    data["folders"][0]["expect"] = {"calendar": str(calendar), "grace": "1s"}
+    config.write_text(yaml.safe_dump(data))
+    before = "\n".join(daemon.lines)
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert daemon.wait_event("timetable_watched", timeout=20), daemon.output()
+    assert daemon.wait_event("recording_missing", timeout=30), daemon.output()
+    assert daemon.stop() == 0
+    assert "timetable" not in before and "calendar" not in before, "timetable work without expect:"
