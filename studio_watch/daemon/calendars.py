@@ -53,6 +53,7 @@ class CalendarSource:
         self.copy = cache_path(state_db, expect.calendar) if self.url else None
         self.state = SourceState(shown_url(self.url) if self.url else expect.calendar)
         self.timetable: Timetable | None = None
+        self.version = 0  # counts the timetables taken into use (a new one is expanded again)
         self._identity: tuple[int, int, int] | None = None
         self._next_fetch = 0.0
 
@@ -125,6 +126,7 @@ class CalendarSource:
             return False
         changed = self.timetable is None or self.timetable.calendar.to_ical() != timetable.calendar.to_ical()
         self.timetable = timetable
+        self.version += 1
         self.state.loaded_at, self.state.from_copy, self.state.error = time.time(), from_copy, None
         if changed and not quiet:
             log.info("calendar_loaded", calendar=self.state.shown, events=len(timetable.calendar.walk("VEVENT")))

@@ -61,7 +61,7 @@ class _Folder:
     since: float
     judged: set[str] = field(default_factory=set)
     lectures: list[Lecture] = field(default_factory=list)
-    expanded: tuple[int, float] = (0, 0.0)  # (id of the timetable expanded, when)
+    expanded: tuple[int, float] = (-1, 0.0)  # (the source's version expanded, when)
 
 
 class Expectations:
@@ -146,10 +146,11 @@ class Expectations:
                 starts_at=lecture.starts_at, ends_at=lecture.ends_at, due_at=j.due_at(lecture, grace),
                 late_until=j.late_until(lecture, grace, j.next_start_after(lectures, lecture)),
                 outcome=verdict.outcome, job_id=verdict.arrival.job_id if verdict.arrival else None, judged_at=now)
+            stored = self.queue.record_lecture(record)
             folder.judged.add(lecture.key)
             if record.job_id is not None:
                 taken.add(record.job_id)
-            if self.queue.record_lecture(record):
+            if stored:
                 self._report(record, verdict.arrival)
                 new_files = new_files or record.outcome == j.MISSING  # a file written before it was judged
         if not new_files:
@@ -168,10 +169,10 @@ class Expectations:
 
     def _expanded(self, folder: _Folder, timetable: Timetable, now: float) -> list[Lecture]:
         done_for, at = folder.expanded
-        if done_for != id(timetable) or now - at >= EXPAND_EVERY:
+        if done_for != folder.source.version or now - at >= EXPAND_EVERY:
             floor = max(folder.since, now - j.LOOKBACK)
             folder.lectures = timetable.lectures(floor, now + AHEAD)
-            folder.expanded = (id(timetable), now)
+            folder.expanded = (folder.source.version, now)
         return folder.lectures
 
     def _about(self, record: LectureRecord) -> dict[str, Any]:
