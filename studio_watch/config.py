@@ -374,7 +374,7 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
 
 def _expect(r: _Reader, base: ExpectConfig | None) -> ExpectConfig | None:
     """`expect:` over the one inherited from `defaults:` key by key (`expect: false` turns it off). A folder's
-    own `expect:` must end up with a calendar; `defaults:` may set only grace and refresh."""
+    own `expect:` must end up with a calendar; one in `defaults:` may leave it out (then it sets grace and refresh)."""
     if r.data.get("expect") is False:
         r.used.add("expect")
         return None
