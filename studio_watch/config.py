@@ -47,6 +47,8 @@ class StudioConfig:
     oauth: OAuthConfig | None = None
     timeout_seconds: float = 30.0
     ca_bundle: Path | None = None
+    proxy: str | None = None  # http(s)://host:port; else HTTPS_PROXY and friends (studio/proxies.py)
+    proxy_auth_file: Path | None = None  # one line, user:password, for the proxy
 
     @property
     def api_url(self) -> str:
@@ -87,6 +89,17 @@ class FolderRule:
     duplicates: str = "skip"
     links: bool = True
     expect: ExpectConfig | None = None  # None: no timetable, no checks
+
+
+def target_text(collection_id: int | None, user_id: int | None) -> str:
+    """Where an upload lands, in words: both ids mean on behalf of the user, into the collection."""
+    if collection_id is not None and user_id is not None:
+        return f"collection {collection_id} on behalf of user {user_id}"
+    if collection_id is not None:
+        return f"collection {collection_id}"
+    if user_id is not None:
+        return f"user {user_id}'s My Uploads"
+    return "My Uploads"
 
 
 # The folder keys that may also appear under `defaults:`.
@@ -300,10 +313,33 @@ def _studio(source: Path, data: Any) -> StudioConfig:
             ssl.create_default_context(cafile=str(ca_bundle))
         except (OSError, ssl.SSLError) as exc:
             r.fail("ca_bundle", f"{ca_bundle} is not a readable PEM file of CA certificates: {exc}")
+    proxy, proxy_auth_file = r.get("proxy", str), r.path("proxy_auth_file")
+    if proxy is not None:
+        _check_proxy(r, proxy)
+    if proxy_auth_file is not None:
+        if proxy is None:
+            r.fail("proxy_auth_file", "set studio.proxy too: the credentials are for that proxy")
+        if not proxy_auth_file.is_file():
+            r.fail("proxy_auth_file", f"no such file: {proxy_auth_file}")
     studio = StudioConfig(url=url.rstrip("/"), token_file=token_file, token_env=token_env, oauth=oauth,
-                          timeout_seconds=r.positive("timeout_seconds", 30.0), ca_bundle=ca_bundle)
+                          timeout_seconds=r.positive("timeout_seconds", 30.0), ca_bundle=ca_bundle,
+                          proxy=proxy, proxy_auth_file=proxy_auth_file)
     r.finish()
     return studio
+
+
+def _check_proxy(r: _Reader, proxy: str) -> None:
+    parts = urlsplit(proxy)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail("proxy", f"expected http://host:port or https://host:port, got {parts.scheme or 'no'} scheme")
+    if parts.username is not None or parts.password is not None:
+        r.fail("proxy", "no credentials in the URL: put user:password in a file named by studio.proxy_auth_file")
+    if parts.path.rstrip("/") or parts.query:
+        r.fail("proxy", "expected http://host:port, without a path")
+    try:
+        parts.port
+    except ValueError:
+        r.fail("proxy", "bad port")
 
 
 def _check_url(r: _Reader, url: str, key: str = "url", allow_path: bool = False) -> None:
@@ -367,8 +403,7 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
     own = [k for k in ("collection_id", "user_id") if r.data.get(k) is not None]
     if len(own) == 1:  # a folder naming its target replaces the other one inherited from defaults
         values["user_id" if own[0] == "collection_id" else "collection_id"] = None
-    if values["collection_id"] is not None and values["user_id"] is not None:
-        r.fail("user_id", "set collection_id or user_id, not both (neither means the token owner's My Uploads)")
+    # Both: on behalf of the user, into the collection; neither: the token owner's My Uploads.
     return dataclasses.replace(base, **values)
 
 

@@ -133,8 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for f in data["recent_failures"]:
         print(f"failed:  job {f['id']}: {logs.shown(f['path'])}: {logs.shown(f['last_error'])}")
     for f in data["folders"]:
-        target = f"collection {f['collection_id']}" if f["collection_id"] else \
-            f"user {f['user_id']}" if f["user_id"] else "My Uploads"
+        target = cfg.target_text(f["collection_id"], f["user_id"])
         watch = "not watched (daemon not running)" if f["watching"] is None else \
             f"{f['observer']} {'ok' if f['watching'] else 'DEAD'}" + \
             (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "")

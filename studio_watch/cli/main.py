@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     auth.required = True
     login = auth.add_parser("login", help="authorize studio-watch (prints a URL, reads the code)", parents=[common])
     login.add_argument("--code", help="the authorization code (or the whole redirect URL), without prompting")
-    login.add_argument("--redirect-uri", default=None, help="the redirect URI registered with the Developer Key")
+    login.add_argument("--redirect-uri", default=None, help="the https:// redirect URI registered with the Developer Key; required unless --code "
+                       "is given (Studio has no out-of-band flow); the browser is sent there with ?code=...")
     auth.add_parser("status", help="whether a token is stored and when it expires (never the token)",
                     parents=[common])
     add("health", "exit 0 when the daemon is alive and healthy (for container and monitoring health checks)")
@@ -106,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--collection", type=_positive_int, metavar="ID", help="into this collection")
-    group.add_argument("--user", type=_positive_int, metavar="ID", help="into this user's My Uploads (admin)")
+    p.add_argument("--collection", type=_positive_int, metavar="ID", help="into this collection")
+    p.add_argument("--user", type=_positive_int, metavar="ID",
+                   help="on behalf of this user (admin token): into their My Uploads, or with --collection into it")
     p.add_argument("--title", help="the media title")
     p.add_argument("--description", default="", help="the media description")
     p.add_argument("--auto-caption", action="store_true", help="ask Studio for automatic captions")

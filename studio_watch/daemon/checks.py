@@ -309,11 +309,11 @@ def _find_rule(config: cfg.Config, path: str) -> tuple[int, cfg.FolderRule, str]
 
 
 def _target(rule: cfg.FolderRule) -> tuple[str, dict[str, int]]:
-    if rule.collection_id is not None:
-        return f"collection {rule.collection_id}", {"collection_id": rule.collection_id}
+    params = {k: v for k, v in (("collection_id", rule.collection_id), ("user_id", rule.user_id)) if v is not None}
+    text = cfg.target_text(rule.collection_id, rule.user_id)
     if rule.user_id is not None:
-        return f"user {rule.user_id}'s My Uploads (on behalf of, admin token)", {"user_id": rule.user_id}
-    return "the token owner's My Uploads", {}
+        text += " (on behalf of, admin token)"
+    return ("the token owner's " + text) if not params else text, params
 
 
 def _upload_lines(api: str, rule: cfg.FolderRule, size: int, title: str, description: str) -> list[str]:

@@ -44,7 +44,6 @@ log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/api/public/oauth/token"
 AUTHORIZE_PATH = "/api/public/oauth/authorize"
-OOB_REDIRECT = "urn:ietf:wg:oauth:2.0:oob"
 AUTH_NEEDED = "authorization needed: run studio-watch auth login"
 PROACTIVE_SECONDS = 300.0  # refresh when less than this (or 10% of the lifetime, whichever is less) remains
 PROACTIVE_FRACTION = 0.1
@@ -205,10 +204,12 @@ def post_token(http: httpx.Client, url: str, form: dict[str, str], invalid_grant
 
 
 def token_http(studio: cfg.StudioConfig) -> httpx.Client:
-    """A small client of its own for the token endpoint, verifying TLS like the API client."""
-    verify: Any = str(studio.ca_bundle) if studio.ca_bundle else True
-    return httpx.Client(timeout=httpx.Timeout(studio.timeout_seconds), verify=verify, trust_env=False,
-                        headers={"User-Agent": f"studio-watch/{__version__}"})
+    """A client for the token endpoint over the program's one HTTP stack (same TLS checks and proxies)."""
+    from studio_watch.studio.client import http_pool
+
+    http = http_pool(studio).httpx(owned=True)
+    http.headers["User-Agent"] = f"studio-watch/{__version__}"
+    return http
 
 
 class OAuthTokens:
@@ -340,8 +341,10 @@ def check_redirect_uri(uri: str) -> str:
     if parts.scheme == "http" or (parts.hostname or "") == "localhost" or \
             (parts.hostname and cfg.is_loopback(parts.hostname)):
         raise ConfigError(f"command line: --redirect-uri: Studio refuses http:// and localhost redirect URIs "
-                          f"({uri!r}); register an https:// redirect URI with the Developer Key, or use the "
-                          f"default {OOB_REDIRECT}")
+                          f"({uri!r}); register an https:// redirect URI with the Developer Key and pass that")
+    if parts.scheme == "urn":
+        raise ConfigError(f"command line: --redirect-uri: Studio refuses out-of-band redirect URIs ({uri!r}); "
+                          "pass the https:// redirect URI registered with the Developer Key")
     if not parts.scheme:
         raise ConfigError(f"command line: --redirect-uri: expected an absolute URI, got {uri!r}")
     return uri
@@ -366,10 +369,7 @@ def _when(epoch: float) -> str:
 def _read_code(url: str, redirect_uri: str) -> str:
     print("Open this address in a browser, sign in to Canvas Studio and allow access:\n")
     print(f"  {url}\n")
-    if redirect_uri == OOB_REDIRECT:
-        print("Studio shows a code (or sends the browser to your redirect URI with ?code=...).")
-    print("The redirect URI must be the https:// one registered with the Developer Key "
-          "(Studio refuses http:// and localhost).")
+    print(f"Studio then sends the browser to {redirect_uri} with ?code=... in the address.")
     print("Paste the code, or the whole address the browser was sent to:", flush=True)
     line = sys.stdin.readline()
     if not line.strip():
@@ -382,13 +382,19 @@ def login(config: cfg.Config, code_text: str | None, redirect_uri: str | None) -
     oauth = _oauth_config(config)
     secret = cfg.client_secret(config)
     logs.register_secret(secret)
-    redirect = check_redirect_uri(redirect_uri or OOB_REDIRECT)
+    if not redirect_uri and code_text is None:  # Studio has no out-of-band flow: such a URL cannot work
+        raise ConfigError("command line: auth login: --redirect-uri is required: the https:// redirect URI "
+                          "registered with the Developer Key (Studio refuses out-of-band, http:// and localhost "
+                          "redirect URIs); or pass a code obtained elsewhere with --code")
+    redirect = check_redirect_uri(redirect_uri) if redirect_uri else None
     if code_text is None:
+        assert redirect is not None
         code_text = _read_code(authorize_url(config.studio.url, oauth.client_id, redirect), redirect)
     code = extract_code(code_text)
     logs.register_secret(code)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
-            "client_id": oauth.client_id, "client_secret": secret}
+    form = {"grant_type": "authorization_code", "code": code, "client_id": oauth.client_id, "client_secret": secret}
+    if redirect:  # the one used to authorize; a code from elsewhere (--code alone) is sent without one
+        form["redirect_uri"] = redirect
     with token_http(config.studio) as http:
         data = post_token(http, config.studio.url + TOKEN_PATH, form,
                           "Studio refused the authorization code (invalid_grant): codes are single-use and short-"

@@ -24,10 +24,11 @@ import structlog
 from studio_watch import __version__, logs
 
 from studio_watch.files import sources
-from studio_watch.config import RetryConfig, StudioConfig
+from studio_watch.config import RetryConfig, StudioConfig, target_text
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
                      StudioError, TransientError, Unreachable, UploadUrlExpired)
 from studio_watch.schedule import RateLimiter
+from studio_watch.studio.proxies import Proxies
 from studio_watch.studio.transport import Pool, Reply
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,15 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
         raise Unreachable(f"cannot set up TLS with {cafile} ({key}): {exc.strerror or exc}") from None
 
 
+def http_pool(studio: StudioConfig | None, stop: threading.Event | None = None,
+              timeout: float | None = None) -> Pool:
+    """The program's HTTP pool for this config: verified TLS (studio.ca_bundle), proxies (studio.proxy, else the
+    environment), stopped by `stop`. Without a config (health, a bare webhook), the system CAs and the environment."""
+    ca_bundle = studio.ca_bundle if studio else None
+    return Pool(lambda: tls_context(ca_bundle), timeout or (studio.timeout_seconds if studio else 30.0),
+                proxies=Proxies.from_config(studio), stop=stop)
+
+
 class StudioClient:
     """One keep-alive connection pool for the API and the upload URLs; thread-safe.
 
@@ -121,11 +131,16 @@ class StudioClient:
         self.retry = retry
         self.tokens = tokens
         self.stop = stop or threading.Event()
-        self.pool = pool or Pool(lambda: tls_context(studio.ca_bundle), studio.timeout_seconds)
+        self.pool = pool or http_pool(studio, self.stop)
         self._refresh_lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.close()
+
+    def route(self, url: str | None = None) -> str:
+        """How requests to `url` (default: the API) go: 'directly' or 'through proxy URL (from SOURCE)'."""
+        describe = getattr(self.pool, "describe", None)
+        return describe(url or self.studio.api_url) if describe else "directly"
 
     # -- the retry layer -----------------------------------------------------------------------------------
 
@@ -228,14 +243,15 @@ class StudioClient:
 
     def generate(self, collection_id: int | None, user_id: int | None) -> tuple[int, str]:
         """Step 1: POST /media/uploads; returns (media id, upload URL)."""
-        params = {"collection_id": collection_id} if collection_id else {"user_id": user_id} if user_id else None
+        # Both: on behalf of the user, into the collection (Instructure's own uploader sends them together).
+        params = {k: v for k, v in (("collection_id", collection_id), ("user_id", user_id)) if v is not None} or None
         response = self._send("POST", "/media/uploads", params=params, what="generate")
         status = response.status_code
         if status in (200, 201):
             upload = response.json()["upload"]
             logs.register_url(str(upload["url"]))  # its signature, wherever a server echoes it, is redacted
             return int(upload["id"]), str(upload["url"])
-        target = f"collection {collection_id}" if collection_id else f"user {user_id}" if user_id else "My Uploads"
+        target = target_text(collection_id, user_id)
         reasons = {403: f"not permitted to upload into {target} (403)",
                    404: f"{target} not found (404): check collection_id/user_id",
                    422: f"invalid target {target} (422)"}
@@ -292,7 +308,7 @@ class StudioClient:
         status = response.status_code
         if status in (200, 201):
             return _media(response)
-        target = f"collection {collection_id}" if collection_id else f"user {user_id}" if user_id else "My Uploads"
+        target = target_text(collection_id, user_id)
         if status == 501:
             raise CaptionsDisabled("import: auto-captioning is not enabled for this account (501)", 501)
         reasons = {403: f"not permitted to create media in {target} (403)", 404: f"{target} not found (404)",

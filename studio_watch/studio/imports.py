@@ -100,8 +100,6 @@ def validate_import(url: str, collection: int | None, user: int | None, title: s
     """Check an import before any request; returns (is_external, title). ConfigError names what is wrong."""
     if not URL_PATTERN.match(url):
         raise ConfigError(f"command line: URL: must start with http:// or https:// (got {url!r})")
-    if collection is not None and user is not None:
-        raise ConfigError("command line: --collection/--user: give one target, not both")
     video_site = is_external_url(url)
     if external and not video_site:
         raise ConfigError(f"command line: --external: only YouTube and Vimeo URLs can be external "

@@ -1,33 +1,41 @@
-"""HTTP/1.1 for the Studio client: a thread-safe keep-alive connection pool over the standard library's http.client.
+"""All of the program's HTTP: httpcore (httpx's transport) over `netio`, with proxies chosen per request.
 
-Why not httpx or httpcore here: for a drop folder of thousands of small clips, the client's per-request CPU is
-most of what the daemon does. Measured on the benchmark machine against the same loopback server, one small
-POST costs ~0.10 ms of CPU through http.client, ~0.29 ms through httpcore and ~0.62 ms through httpx. A streamed
-body goes from the caller's buffer to `sendall` untouched (no join, no copy), which is what lets a PUT keep up
-with `curl -T`. What this module adds is what http.client lacks: a pool shared by threads, a liveness check
-before a kept-alive connection is reused, and transport failures mapped onto the exception tree in `errors.py`
-(no connection → Unreachable; anything after it → TransientError).
+One stack for everything (the API, upload URLs, the OAuth token endpoint, alert webhooks, `check`, `health`,
+fetched calendars): `Pool.request` for the Studio client's raw requests, `Pool.httpx()` for callers that want
+httpx's conveniences (forms, JSON), both through the same connections, proxies and TLS. httpcore does the
+protocol (keep-alive, liveness of idle connections, CONNECT tunnels, an https:// proxy's own TLS, informational
+answers, an early answer to a body it could not finish sending); `netio` does the sockets (a stop interrupts them)
+and TLS (one `sendall` per encrypted MiB). Why not plain httpx or the former http.client pool:
+docs/decisions/http-stack.md.
+
+Failures map onto `errors.py`: no connection → Unreachable, naming the proxy when it was the proxy that could not
+be reached; anything after the connection → TransientError; any failure once the pool is interrupted → Stopping.
 """
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
-import select
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import structlog
 
-from studio_watch.errors import TransientError, Unreachable
+from httpcore._sync.interfaces import RequestInterface  # public as the base of ConnectionPool; not re-exported
+
+from studio_watch.errors import Stopping, TransientError, Unreachable
+from studio_watch.studio import netio
+from studio_watch.studio.proxies import Proxies, Proxy, ProxyUnusable
 
 log = structlog.get_logger(__name__)
 
-MAX_IDLE = 16  # kept-alive connections across all hosts; more are closed when handed back
+MAX_IDLE = 16  # kept-alive connections per route (direct, or one proxy); more are closed when handed back
 TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # what may stay as it is in a request target; anything else is %-encoded
+STOP_POLL = 5.0  # how often the stop watcher notices a closed pool (a stop itself is noticed at once)
 
 
 @dataclass(frozen=True)
@@ -47,16 +55,27 @@ class Reply:
 
 
 class Pool:
-    """Keep-alive connections by (scheme, host, port); each is used by one thread at a time."""
+    """Keep-alive connections for every route (direct, or through a proxy); thread-safe.
+
+    `tls` is the context for https, or what makes it when the first https connection needs it (loading a CA
+    bundle takes ~40 ms: a daemon talking plain http to a local stand-in never pays it). When `stop` is set,
+    every request in flight fails at once with Stopping, and so does every later one.
+    """
 
     def __init__(self, tls: ssl.SSLContext | Callable[[], ssl.SSLContext], timeout: float,
-                 max_idle: int = MAX_IDLE) -> None:
-        """`tls` is the context for https, or what makes it when the first https connection needs it (loading a
-        CA bundle takes ~40 ms: a daemon talking plain http to a local stand-in never pays it)."""
+                 max_idle: int = MAX_IDLE, proxies: Proxies | None = None,
+                 stop: threading.Event | None = None) -> None:
         self._tls, self.timeout, self.max_idle = tls, timeout, max_idle
-        self._idle: list[tuple[tuple[str, str, int], http.client.HTTPConnection]] = []
+        self.proxies = proxies if proxies is not None else Proxies(None, {})
+        self.backend = netio.Backend()
+        self._routes: dict[tuple[str | None, bool], httpcore.ConnectionInterface] = {}
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = threading.Event()
+        self.router = _Router(self)
+        if stop is not None:
+            threading.Thread(target=self._watch, args=(stop,), name="http-stop", daemon=True).start()
+
+    # -- requests ---------------------------------------------------------------------------------------------
 
     def request(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: Any = b"") -> Reply:
         """Send one request and read its whole answer.
@@ -67,64 +86,98 @@ class Pool:
         """
         parts = urlsplit(url)
         scheme, host = parts.scheme.lower(), parts.hostname
-        origin = f"{scheme}://{parts.netloc.rpartition('@')[2]}"  # never user:password, a path or a query
+        netloc = parts.netloc.rpartition("@")[2]  # never user:password
+        origin = f"{scheme}://{netloc}"
         if scheme not in ("http", "https") or not host:
             raise Unreachable(f"cannot reach {origin}: not an http(s) URL")
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             raise Unreachable(f"cannot reach {origin}: bad port") from None
-        key = (scheme, host, port)
-        # Spaces, control characters and non-ASCII would be refused by http.client (with the query, which may be
-        # a signature, in its message): they are percent-encoded, as a browser or httpx would.
+        # Spaces, control characters and non-ASCII would be refused by h11: percent-encoded, as a browser would.
         target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
-        conn = self._take(key)
-        reused = conn is not None
-        conn = conn or self._connect(key, origin)
+        content: Any = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else _Counted(body)
         try:
-            reply, reusable = _exchange(conn, method, target, headers, body)
-        except BaseException as exc:
-            conn.close()
-            log.debug("http_failed", method=method, origin=origin, reused=reused, error=reason(exc))
+            response = self.router.request(
+                method.encode(), httpcore.URL(scheme=scheme.encode(), host=host.encode("idna"), port=port,
+                                              target=target.encode()),
+                headers=[(b"Host", netloc.encode("idna")), *((k.encode(), v.encode()) for k, v in headers)],
+                content=content, extensions={"timeout": self._timeouts()})
+        except httpcore.TimeoutException as exc:
+            self._failed(exc, method, origin)
+            if isinstance(exc, httpcore.ConnectTimeout):
+                raise Unreachable(self._unreachable(exc, origin)) from None
+            raise TransientError("timed out") from None
+        except (httpcore.ConnectError, httpcore.ProxyError) as exc:
+            self._failed(exc, method, origin)
+            raise Unreachable(self._unreachable(exc, origin)) from None
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            self._failed(exc, method, origin)
+            raise TransientError(reason(exc)) from None
+        except BaseException:
+            if self.backend.interrupted:
+                raise Stopping("stopping") from None
             raise
-        log.debug("http_request", method=method, origin=origin, status=reply.status_code, reused=reused,
-                  kept=reusable)
-        if reusable:
-            self._give(key, conn)
-        else:
-            conn.close()
-        return reply
+        if self.backend.interrupted:
+            raise Stopping("stopping")
+        if isinstance(content, _Counted) and not content.done and 200 <= response.status < 300:
+            raise TransientError(f"HTTP {response.status} before the whole body was sent")
+        log.debug("http_request", method=method, origin=origin, status=response.status)
+        return Reply(response.status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
+                     response.content)
+
+    def httpx(self, timeout: float | None = None, owned: bool = False) -> Any:
+        """An httpx.Client over this pool's routes (same proxies, TLS and stop); the caller closes it, and with
+        `owned` closing it closes the pool."""
+        import httpx  # here: only the token endpoint, webhooks and fetches use it, and most commands do not
+
+        return httpx.Client(transport=_httpx_transport()(self, owned), trust_env=False,
+                            timeout=self.timeout if timeout is None else timeout)
+
+    def idle(self) -> int:
+        """Kept-alive connections waiting for a request, across routes."""
+        with self._lock:
+            routes = list(self._routes.values())
+        return sum(1 for route in routes for conn in route.connections if conn.is_idle())
+
+    def describe(self, url: str) -> str:
+        """How a request to `url` would go: 'directly' or 'through proxy URL (from SOURCE)'."""
+        return self.proxies.describe(url)
+
+    def interrupt(self) -> None:
+        """Fail every request in flight now, and every later one (the program is stopping)."""
+        self.backend.interrupt()
 
     def close(self) -> None:
+        """Close every connection; a request still in flight fails at once with Stopping."""
+        self._closed.set()
+        self.backend.interrupt()
         with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.close()
+            routes, self._routes = list(self._routes.values()), {}
+        for route in routes:
+            route.close()
 
-    def _take(self, key: tuple[str, str, int]) -> http.client.HTTPConnection | None:
-        """The most recently used idle connection to `key` that the server has not closed meanwhile."""
-        while True:
-            with self._lock:
-                found = next((i for i in range(len(self._idle) - 1, -1, -1) if self._idle[i][0] == key), None)
-                if found is None:
-                    return None
-                conn = self._idle.pop(found)[1]
-            if _still_open(conn):
-                return conn
-            conn.close()
+    # -- internals --------------------------------------------------------------------------------------------
 
-    def _give(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if self._closed:
-                surplus = [conn]
-            else:
-                self._idle.append((key, conn))
-                excess = max(0, len(self._idle) - self.max_idle)
-                surplus = [old for _, old in self._idle[:excess]]
-                del self._idle[:excess]
-        for old in surplus:
-            old.close()
+    def _timeouts(self) -> dict[str, float]:
+        return {"connect": self.timeout, "read": self.timeout, "write": self.timeout, "pool": self.timeout}
+
+    def _failed(self, exc: BaseException, method: str, origin: str) -> None:
+        if self.backend.interrupted:
+            raise Stopping("stopping") from None
+        log.debug("http_failed", method=method, origin=origin, error=reason(exc))
+
+    def _unreachable(self, exc: BaseException, origin: str) -> str:
+        """Whom we could not reach: the proxy (by its URL, never its credentials) or the host."""
+        proxy: Proxy | None = getattr(exc, "proxy", None)
+        if isinstance(exc, httpcore.ProxyError):
+            return f"cannot reach {origin}: proxy {proxy} refused the tunnel: {exc}"
+        where, tls = getattr(exc, "where", None), getattr(exc, "tls", False)
+        why = ("TLS: " if tls else "") + (getattr(exc, "why", None) or reason(exc))
+        if proxy is not None and where in (proxy.address, proxy.host):
+            return f"cannot reach proxy {proxy}: {why}"
+        via = f" through proxy {proxy}" if proxy is not None else ""
+        return f"cannot reach {origin}{via}: {why}"
 
     def _tls_context(self) -> ssl.SSLContext:
         with self._lock:
@@ -132,100 +185,106 @@ class Pool:
                 self._tls = self._tls()
             return self._tls
 
-    def _connect(self, key: tuple[str, str, int], origin: str) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        conn: http.client.HTTPConnection | None = None
-        try:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls_context())
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-            conn.response_class = _Response
-            conn.connect()  # TCP (with TCP_NODELAY) and, for https, the verified TLS handshake
-        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
-            if conn is not None:
-                conn.close()
-            raise Unreachable(f"cannot reach {origin}: {reason(exc)}") from None
-        log.debug("http_connected", origin=origin)
-        return conn
-
-
-def _exchange(conn: http.client.HTTPConnection, method: str, target: str, headers: Sequence[tuple[str, str]],
-              body: Any) -> tuple[Reply, bool]:
-    """(the answer, whether the connection may be kept); transport failures become TransientError."""
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        whole = True
-        if isinstance(body, (bytes, bytearray)):
-            conn.endheaders(bytes(body) or None)  # headers and a small body leave in one segment
+    def route(self, proxy: Proxy | None, https: bool) -> httpcore.ConnectionInterface:
+        """The connection pool for requests through `proxy` (None: direct), made when first needed."""
+        key = (proxy.url if proxy else None, https)
+        with self._lock:
+            found = self._routes.get(key)
+        if found is not None:
+            return found
+        needs_tls = https or (proxy is not None and proxy.url.startswith("https:"))
+        context = self._tls_context() if needs_tls else None
+        common: dict[str, Any] = {"ssl_context": context, "max_keepalive_connections": self.max_idle,
+                                  "network_backend": self.backend}
+        made: httpcore.ConnectionInterface
+        if proxy is None:
+            made = httpcore.ConnectionPool(**common)
         else:
-            conn.endheaders()
-            whole = _send_body(conn, body)
-        response = conn.getresponse()
-        data = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise TransientError(reason(exc)) from None
-    if not whole and 200 <= response.status < 300:  # "done" before it had the whole body: it cannot be
-        raise TransientError(f"HTTP {response.status} before the whole body was sent")
-    reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-    return reply, whole and not response.will_close  # after a half-sent body the stream is out of step
+            made = httpcore.HTTPProxy(proxy_url=proxy.url, proxy_auth=proxy.auth, proxy_ssl_context=context,
+                                      **common)
+        with self._lock:
+            if self._closed.is_set():
+                made.close()
+                raise Unreachable("the HTTP pool is closed")
+            return self._routes.setdefault(key, made)
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not self._closed.is_set():
+            if stop.wait(STOP_POLL):
+                self.interrupt()
+                return
 
 
-def _send_body(conn: http.client.HTTPConnection, body: Iterable[Any]) -> bool:
-    """Send each buffer as it comes; True if all of them went.
+class _Router(RequestInterface):
+    """httpcore's request interface over the pool's routes: each request goes where `Proxies` says."""
 
-    If the server stops reading (it answered early, e.g. a refused upload URL), the send fails: the answer it
-    sent, if any, is what the caller gets, not the send error, and the connection is not used again.
-    """
-    sock = conn.sock
-    assert sock is not None
-    for chunk in body:  # what the iterable raises (a read error, a stop) is the caller's, never a send error
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        scheme, host = request.url.scheme.decode(), request.url.host.decode()
         try:
-            sock.sendall(chunk)
-        except OSError:
-            if not _readable(sock):
-                raise
-            return False  # getresponse() reads the early answer (or raises, mapped by the caller)
-    return True
+            proxy = self.pool.proxies.for_url(scheme, host)
+        except ProxyUnusable as exc:
+            raise httpcore.ConnectError(f"cannot use the proxy {exc}") from None
+        route = self.pool.route(proxy, scheme == "https")
+        try:
+            return route.handle_request(request)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.ProxyError) as exc:
+            exc.proxy = proxy  # type: ignore[attr-defined]
+            raise
 
 
-class _Response(http.client.HTTPResponse):
-    """http.client skips a `100 Continue` before the final answer, but takes any other informational answer
-    (`103 Early Hints`, `102 Processing`) for the final one; HTTP/1.1 says to skip them all (101 aside)."""
+@functools.cache
+def _httpx_transport() -> type:
+    """httpx's own transport class (its request/response and error mapping) over a pool's router; made at first
+    use, since importing httpx costs every command ~40 ms."""
+    import httpx
 
-    def _read_status(self) -> tuple[str, int, str]:
-        while True:
-            version, status, why = super()._read_status()  # type: ignore[misc]
-            if not 100 < status < 200 or status == 101:  # 100 itself: begin() skips it
-                return version, status, why
-            while self.fp.readline(65537) not in (b"\r\n", b"\n", b""):  # its headers
-                pass
+    class HttpxTransport(httpx.HTTPTransport):
+        def __init__(self, pool: Pool, owned: bool) -> None:  # not super().__init__: it would make its own pool
+            self._pool, self._owner, self._owned = pool.router, pool, owned
+
+        def __enter__(self) -> HttpxTransport:
+            return self
+
+        def __exit__(self, *exc_info: Any) -> None:
+            self.close()
+
+        def close(self) -> None:
+            if self._owned:
+                self._owner.close()
+
+    return HttpxTransport
 
 
-def _readable(sock: Any) -> bool:
-    """Data (or an end of stream) waiting on the socket, without blocking."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+class _Counted:
+    """A streamed body that knows whether all of it was taken (httpcore asks for the next buffer only after it
+    sent the previous one, so 'exhausted' means 'sent'); a success answered before that is not a success."""
+
+    def __init__(self, body: Iterable[Any]) -> None:
+        self.body, self.done = body, False
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.body
+        self.done = True
 
 
-def _still_open(conn: http.client.HTTPConnection) -> bool:
-    """A kept-alive connection between requests must have nothing to read: if it has, the server closed it
-    (or broke the protocol), and a request sent on it would fail."""
-    return conn.sock is not None and not _readable(conn.sock)
+def fetch(pool: Pool, url: str, max_bytes: int, headers: Sequence[tuple[str, str]] = ()) -> Reply:
+    """GET `url` through the pool (proxies, TLS, stop), refusing an answer larger than `max_bytes`.
+
+    For documents the daemon reads from the web (an iCalendar timetable): Unreachable / TransientError as for
+    any request; a body over the limit is a TransientError naming the limit.
+    """
+    reply = pool.request("GET", url, [("Accept", "*/*"), *headers])
+    if len(reply.body) > max_bytes:
+        raise TransientError(f"{urlsplit(url).hostname}: the answer is larger than {max_bytes} bytes")
+    return reply
 
 
 def reason(exc: BaseException) -> str:
     """A transport exception's message without any URL in it."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, httpcore.TimeoutException)):
         return "timed out"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "server disconnected without sending a response"
-    if isinstance(exc, http.client.IncompleteRead):
-        return "connection closed before the whole answer arrived"
     text = str(exc) or type(exc).__name__
     return text.split(" for url ")[0]

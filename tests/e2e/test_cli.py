@@ -21,7 +21,8 @@ def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:
 
 @pytest.mark.parametrize("mutate, key, words", [
     (lambda d: d.update(wrokers=3), "wrokers", "unknown key"),
-    (lambda d: d["folders"][0].update(collection_id=1, user_id=2), "folders[0].user_id", "not both"),
+    (lambda d: d["studio"].update(proxy="http://u:pw@proxy.example:3128"), "studio.proxy", "proxy_auth_file"),
+    (lambda d: d["studio"].update(proxy_auth_file="nope"), "studio.proxy_auth_file", "studio.proxy"),
     (lambda d: d["folders"][0].update(collection_id="abc"), "folders[0].collection_id", "integer"),
     (lambda d: d["folders"][0].update(path="nope"), "folders[0].path", "does not exist"),
     (lambda d: d["folders"][0].update(after_upload="move"), "folders[0].move_to", "required"),

@@ -105,8 +105,7 @@ def test_external_flag_refuses_other_hosts(sb: Sandbox, tmp_path: Path, capsys: 
 
 
 def test_validation_rules() -> None:
-    with pytest.raises(ConfigError, match="not both"):
-        validate_import(LECTURE, 1, 42, "T", None)
+    assert validate_import(LECTURE, 1, 42, "T", None) == (False, "T")  # both: on behalf of 42, into 1
     with pytest.raises(ConfigError, match="--title"):
         validate_import(LECTURE, None, None, None, None)
     with pytest.raises(ConfigError, match="--title"):
@@ -119,14 +118,15 @@ def test_validation_rules() -> None:
         validate_import("https://youtube.com.evil.example/x", None, None, "T", True)
 
 
-def test_collection_and_user_together_are_refused(sb: Sandbox, tmp_path: Path) -> None:
+def test_collection_and_user_together_import_into_the_collection_on_behalf_of_the_user(sb: Sandbox,
+                                                                                     tmp_path: Path) -> None:
     config = write_config(tmp_path, sb.url)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["import-url", LECTURE, "--title", "T", "--collection", "1", "--user", "42", "-c", str(config)])
-    assert exit_info.value.code == 2
-    with pytest.raises(ConfigError, match="not both"):
-        cmd_import_url(args(config, LECTURE, title="T", collection=1, user=42))
-    assert sb.events() == []
+    assert main(["import-url", LECTURE, "--title", "T", "--collection", "3", "--user", "43", "-c", str(config)]) == 0
+    [media] = sb.media()
+    assert (media["collection_id"], media["user_id"], media["title"]) == (3, 43, "T")
+    [seen] = imports_seen(sb)
+    assert seen["path"] == "/api/public/v1/collections/3/media"  # POST /media's body may not carry both
+    assert sb.violations() == []
 
 
 def test_captions_disabled_imports_without_captions_and_says_so(tmp_path: Path,

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from studio_watch.errors import TransientError, Unreachable
+from studio_watch.errors import Stopping, TransientError, Unreachable
 from studio_watch.studio.transport import Pool, Reply
 
 from ..conftest import wait_until
@@ -311,10 +311,9 @@ def test_connection_closed_by_server_while_idle_is_replaced_transparently(serve:
 
     server = serve(answer_once)
     assert get(pool, server).body == b"ok"
-    [(_, conn)] = pool._idle
-    # Wait for the server's FIN to reach the idle socket: a request sent before it arrives races the close, which
-    # no client can avoid; this test is about a close that happened while the connection sat idle.
-    assert wait_until(lambda: readable(conn.sock), WAIT, 0.01)
+    # Wait for the server's close: a request sent before its FIN arrives races the close, which no client can
+    # avoid; this test is about a close that happened while the connection sat idle.
+    assert wait_until(lambda: not any(t.is_alive() for t in server._threads[1:]), WAIT, 0.01)
 
     assert get(pool, server).body == b"ok"
     assert server.connections() == 2
@@ -328,7 +327,7 @@ def test_connection_close_in_reply_is_honoured(serve: Callable[..., Server], poo
     assert get(pool, server).body == b"bye"
     assert server.connections() == 2
     assert server.peers[0].eof.wait(WAIT)  # and the first one was closed, not leaked
-    assert pool._idle == []
+    assert pool.idle() == 0
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -386,7 +385,7 @@ def test_read_timeout_is_transient_and_bounded(serve: Callable[..., Server]) -> 
     assert elapsed < WAIT
     assert not isinstance(exc.value, Unreachable)  # it was reached: this is the answer being late
     assert "timed out" in str(exc.value) and "secret" not in str(exc.value)
-    assert pool._idle == []
+    assert pool.idle() == 0
     pool.close()
 
 
@@ -503,14 +502,13 @@ def test_threads_get_their_own_answers_and_idle_connections_stay_bounded(serve: 
         thread.join(WAIT * 2)
 
     assert wrong == [] and len(server.requests) == 160
-    assert len(pool._idle) <= 2
+    assert pool.idle() <= 2
     # the surplus was closed, not just forgotten: the server sees at most max_idle connections still open
     assert wait_until(lambda: sum(not p.eof.is_set() for p in server.peers) <= 2, WAIT, 0.01)
     pool.close()
 
 
-def test_close_closes_idle_connections_and_one_in_flight_when_it_ends(serve: Callable[..., Server],
-                                                                    pool: Pool) -> None:
+def test_close_closes_idle_connections_and_the_one_in_flight(serve: Callable[..., Server], pool: Pool) -> None:
     idle = serve(each_request(echo))
     arrived, go = threading.Event(), threading.Event()
 
@@ -521,21 +519,27 @@ def test_close_closes_idle_connections_and_one_in_flight_when_it_ends(serve: Cal
 
     busy = serve(each_request(slow))
     assert get(pool, idle).status_code == 200
-    replies: list[Reply] = []
-    in_flight = threading.Thread(target=lambda: replies.append(get(pool, busy, "/slow")))
+    failures: list[BaseException] = []
+
+    def slow_get() -> None:
+        try:
+            get(pool, busy, "/slow")
+        except Stopping as exc:
+            failures.append(exc)
+
+    in_flight = threading.Thread(target=slow_get)
     in_flight.start()
     assert arrived.wait(WAIT)
 
-    held = list(pool._idle)  # so that only close(), not the garbage collector, can close the idle connection
-    pool.close()
+    assert pool.idle() == 1
+    pool.close()  # the daemon closes its pool after its workers stopped: one still in flight ends at once
     assert idle.peers[0].eof.wait(WAIT)
-    assert not busy.peers[0].eof.is_set()
-    go.set()
     in_flight.join(WAIT)
-
-    assert [r.body for r in replies] == [b"GET /slow None "]
-    assert busy.peers[0].eof.wait(WAIT)  # handed back after close(): closed, not kept
-    assert pool._idle == [] and len(held) == 1
+    assert not in_flight.is_alive()
+    go.set()
+    assert len(failures) == 1
+    assert busy.peers[0].eof.wait(WAIT)
+    assert pool.idle() == 0
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------------
@@ -614,6 +618,6 @@ def test_max_idle_zero_keeps_no_connection(serve: Callable[..., Server]) -> None
     try:
         for _ in range(3):
             assert get(pool, server, "/a").status_code == 200
-        assert pool._idle == []
+        assert pool.idle() == 0
     finally:
         pool.close()

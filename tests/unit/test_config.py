@@ -148,9 +148,10 @@ ERROR_CASES: list[tuple[str, Mutation, str]] = [
     ("unknown folder key", _set("folders", "0", "recursiv", value=True), "folders[0].recursiv"),
     ("unknown defaults key", _set("defaults", "settle", value=3), "defaults.settle"),
     ("unknown retry key", _set("retry", "max_tries", value=3), "retry.max_tries"),
-    ("collection and user", lambda d, t: d["folders"][0].update(collection_id=1, user_id=2), "folders[0].user_id"),
-    ("collection and user in defaults", lambda d, t: d.update(defaults={"collection_id": 1, "user_id": 2}),
-     "defaults.user_id"),
+    ("proxy with credentials", _set("studio", "proxy", value="http://u:pw@proxy.example:3128"), "studio.proxy"),
+    ("socks proxy", _set("studio", "proxy", value="socks5://proxy.example:1080"), "studio.proxy"),
+    ("proxy auth file without a proxy", _set("studio", "proxy_auth_file", value="/etc/hostname"),
+     "studio.proxy_auth_file"),
     ("non-integer id", _set("folders", "0", "collection_id", value="abc"), "folders[0].collection_id"),
     ("zero id", _set("folders", "0", "user_id", value=0), "folders[0].user_id"),
     ("bool for an int", _set("workers", value=True), "workers"),
@@ -268,6 +269,18 @@ def test_folder_target_replaces_the_inherited_one(base: dict[str, Any], source: 
     cfg = config.parse(source, base)
     assert (cfg.folders[0].collection_id, cfg.folders[0].user_id) == (5, None)
     assert (cfg.folders[1].collection_id, cfg.folders[1].user_id) == (None, 42)
+
+
+def test_a_folder_may_name_both_a_collection_and_a_user(base: dict[str, Any], source: Path) -> None:
+    """Both: on behalf of the user, into the collection (what an admin token uploads for an instructor)."""
+    base["folders"][0].update(collection_id=7, user_id=42)
+    cfg = config.parse(source, base)
+    assert (cfg.folders[0].collection_id, cfg.folders[0].user_id) == (7, 42)
+    assert config.target_text(7, 42) == "collection 7 on behalf of user 42"
+    base["folders"][0].pop("user_id")
+    base["defaults"] = {"collection_id": 1, "user_id": 2}
+    assert (config.parse(source, base).folders[0].collection_id, config.parse(source, base).folders[0].user_id) \
+        == (7, None)  # a folder naming one target replaces both inherited ones, as before
 
 
 def test_defaults_apply_and_folders_override(base: dict[str, Any], source: Path, tmp_path: Path) -> None:
