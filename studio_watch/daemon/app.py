@@ -140,6 +140,8 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.wake.set()
             self.kick_settler.set()
+            if getattr(self, "pause", None) is not None:  # the prober's idle wait would add up to 1 s
+                self.pause.wake()
             deadline = time.monotonic() + STOP_WAIT  # a PUT may still be waiting for its response: bounded
             for thread in reversed(self.threads):
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))

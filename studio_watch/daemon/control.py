@@ -102,6 +102,10 @@ class PauseSwitch:
     def paused(self) -> bool:
         return not self._resumed.is_set()
 
+    def wake(self) -> None:
+        """End the probe loop's idle wait now (the stop sequence calls it after setting `stop`)."""
+        self._tripped.set()
+
     def trip(self, reason: str) -> None:
         with self._lock:
             if self.paused:

@@ -96,7 +96,18 @@ class Pipeline:
         """Carry one claimed job as far as it goes; always leaves it unclaimed."""
         log.debug("job_claimed", job_id=job.id, state=job.state.value, path=job.display_path)
         try:
-            self._advance(job)
+            self._handle(job)
+        except Stopping:  # from a handler's own request (the outage probe) once the stop began
+            self.queue.release(job.id)
+
+    def _handle(self, job: Job) -> None:
+        try:
+            try:
+                self._advance(job)
+            except Exception as exc:
+                if self.stop.is_set():  # the stop interrupted its I/O, so the error says nothing about the job:
+                    raise Stopping("stopping") from exc  # unclaimed as it is, it resumes at this step next time
+                raise
         except Stopping:
             self.queue.release(job.id)
         except AuthError as exc:
