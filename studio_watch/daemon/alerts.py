@@ -14,12 +14,15 @@ import shlex
 import socket
 import subprocess
 import threading
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from studio_watch import logs
+from studio_watch.config import StudioConfig
+from studio_watch.errors import ConfigError, StudioError
+from studio_watch.studio.client import http_pool
+from studio_watch.studio.transport import Pool, post
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +30,10 @@ HOOK_TIMEOUT = 30.0
 
 
 class Alerts:
-    def __init__(self, command: str | None, webhook: str | None, ca_bundle: Path | None = None) -> None:
-        self.command, self.webhook, self.ca_bundle = command, webhook, ca_bundle
+    def __init__(self, command: str | None, webhook: str | None, studio: StudioConfig | None = None) -> None:
+        """`studio` gives the webhook the API's TLS trust (ca_bundle) and proxy settings."""
+        self.command, self.webhook, self.studio = command, webhook, studio
+        self._pool: Pool | None = None
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1000)
         self._thread: threading.Thread | None = None
 
@@ -45,6 +50,8 @@ class Alerts:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=HOOK_TIMEOUT + 5)
+        if self._pool is not None:
+            self._pool.close()
 
     def send(self, kind: str, **data: Any) -> None:
         """Queue one alert; dropped (with a log line) if hooks are hopelessly behind."""
@@ -82,14 +89,14 @@ class Alerts:
             log.info("alert_sent", alert=kind, via="command")
 
     def _post(self, body: str, kind: str) -> None:
-        import httpx  # here: only a daemon with a webhook ever needs it, and every start would pay its import
-
         try:
-            response = httpx.post(self.webhook or "", content=body, timeout=HOOK_TIMEOUT,
-                                  headers={"Content-Type": "application/json"},
-                                  verify=str(self.ca_bundle) if self.ca_bundle else True)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
+            if self._pool is None:  # in the alerts thread, at the first alert: most daemons never send one
+                self._pool = http_pool(self.studio, timeout=HOOK_TIMEOUT)
+            reply = post(self._pool, self.webhook or "", body.encode(), "application/json")
+        except (StudioError, ConfigError) as exc:
             log.warning("alert_webhook_failed", alert=kind, error=str(exc))
+            return
+        if not 200 <= reply.status_code < 300:
+            log.warning("alert_webhook_failed", alert=kind, error=f"HTTP {reply.status_code}")
             return
         log.info("alert_sent", alert=kind, via="webhook")

@@ -94,7 +94,7 @@ class Daemon:
         self.busy: dict[str, int | None] = {}
         self.schedule = schedule_of(config)
         self.limiter = RateLimiter(config.schedule.max_upload_rate, self.stop)
-        self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio.ca_bundle)
+        self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio)
         self.queue: JobQueue | None = None
         self.expectations: Any = None  # daemon.expectations.Expectations when a folder has a timetable
         self._not_before = 0.0

@@ -50,18 +50,22 @@ def _where(i: int, rule: cfg.FolderRule) -> str:
 # -- the API ------------------------------------------------------------------------------------------------------
 
 def check_api(client: StudioClient) -> list[Check]:
-    """GET /ping answers pong (reachability), and the token is accepted (ping is authenticated)."""
+    """GET /ping answers pong (reachability), and the token is accepted (ping is authenticated); which proxy,
+    if any, the requests went through."""
+    route = client.route()
+    proxy = Check("proxy", FAIL if route.startswith("nowhere") else OK,
+                  f"requests to {client.studio.url} go {route}")
     try:
         client.ping()
     except AuthError as exc:
-        return [Check("api", OK, f"{client.studio.api_url} answers"), Check("token", FAIL, str(exc))]
+        return [proxy, Check("api", OK, f"{client.studio.api_url} answers"), Check("token", FAIL, str(exc))]
     except TransientError as exc:
-        return [Check("api", FAIL, f"no answer from {client.studio.api_url}: {exc}"),
+        return [proxy, Check("api", FAIL, f"no answer from {client.studio.api_url}: {exc}"),
                 Check("token", WARN, "not checked: the API did not answer")]
     except StudioError as exc:
-        return [Check("api", FAIL, f"{client.studio.api_url}: {exc}"),
+        return [proxy, Check("api", FAIL, f"{client.studio.api_url}: {exc}"),
                 Check("token", WARN, "not checked: the API did not answer pong")]
-    return [Check("api", OK, f"GET {client.studio.api_url}/ping answered pong"),
+    return [proxy, Check("api", OK, f"GET {client.studio.api_url}/ping answered pong"),
             Check("token", OK, "accepted by the API")]
 
 

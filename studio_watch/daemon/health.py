@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
 
 from studio_watch import config as cfg
 from studio_watch.daemon.app import DaemonLock
 from studio_watch.daemon.metrics import parse_listen
+from studio_watch.errors import StudioError
+from studio_watch.studio.client import tls_context
+from studio_watch.studio.proxies import Proxies
+from studio_watch.studio.transport import Pool
 
 EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
 TIMEOUT_SECONDS = 3.0
@@ -45,17 +47,17 @@ def healthz_url(listen: str) -> str:
 
 def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
     """(True, "") on a 200 from `url`, else (False, why)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
+    # The daemon's own endpoint, on this host or container: never through a proxy, whatever the environment says.
+    pool = Pool(lambda: tls_context(None), timeout, proxies=Proxies(None, {}))
     try:
-        with opener.open(url, timeout=timeout) as response:
-            if response.status == 200:
-                return True, ""
-            return False, f"{url} answered {response.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"{url} answered {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        why = getattr(exc, "reason", exc)
-        return False, f"{url}: {why}"
+        reply = pool.request("GET", url, [])
+    except StudioError as exc:
+        return False, f"{url}: {exc}"
+    finally:
+        pool.close()
+    if reply.status_code == 200:
+        return True, ""
+    return False, f"{url} answered {reply.status_code}"
 
 
 def check_lock(config: cfg.Config) -> tuple[bool, str]:

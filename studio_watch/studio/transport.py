@@ -270,6 +270,11 @@ class _Counted:
         self.done = True
 
 
+def post(pool: Pool, url: str, body: bytes, content_type: str) -> Reply:
+    """POST `body` to `url` through the pool (a webhook): its answer, whatever the status."""
+    return pool.request("POST", url, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body)
+
+
 def fetch(pool: Pool, url: str, max_bytes: int, headers: Sequence[tuple[str, str]] = ()) -> Reply:
     """GET `url` through the pool (proxies, TLS, stop), refusing an answer larger than `max_bytes`.
 
