@@ -200,7 +200,8 @@ class Pool:
         if proxy is None:
             made = httpcore.ConnectionPool(**common)
         else:
-            made = httpcore.HTTPProxy(proxy_url=proxy.url, proxy_auth=proxy.auth, proxy_ssl_context=context,
+            proxy_tls = context if proxy.url.startswith("https:") else None  # httpcore refuses one for http://
+            made = httpcore.HTTPProxy(proxy_url=proxy.url, proxy_auth=proxy.auth, proxy_ssl_context=proxy_tls,
                                       **common)
         with self._lock:
             if self._closed.is_set():

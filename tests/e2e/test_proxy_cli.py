@@ -1,0 +1,54 @@
+"""The installed command behind a campus proxy: HTTPS_PROXY in the environment, a Studio host only the proxy can
+resolve, its certificate from a private CA named by studio.ca_bundle (see tests/netstubs.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from studio_watch.sandbox.server import Sandbox
+
+from ..conftest import write_config, write_media
+from ..netstubs import STUDIO_NAME, ConnectProxy, TlsFront, make_ca
+
+
+def cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    return subprocess.run([sys.executable, "-m", "studio_watch", *args, "-c", str(config)], capture_output=True,
+                          text=True, timeout=60, env={**clean, **env})
+
+
+def test_upload_check_and_auth_login_behind_a_proxy(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+            ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
+        url = f"https://{STUDIO_NAME}:{front.port}"
+        sb._state.base_url = url  # upload URLs on the TLS name too (until the sandbox serves TLS itself)
+        config = write_config(tmp_path, url, [{"path": "in", "collection_id": 2, "user_id": 42}])
+        data = yaml.safe_load(config.read_text())
+        data["studio"]["ca_bundle"] = str(ca.cert)
+        config.write_text(yaml.safe_dump(data))
+        media = write_media(tmp_path / "in" / "lecture.mp4", 2_000_000, seed=5)
+        env = {"HTTPS_PROXY": proxy.url, "NO_PROXY": "localhost,127.0.0.1"}
+
+        checked = cli(config, env, "check")
+        assert f"ok   proxy: requests to {url} go through proxy {proxy.url} (from HTTPS_PROXY)" in checked.stdout
+        assert "ok   api: " in checked.stdout, checked.stdout + checked.stderr
+        # both ids: each is checked (the user exists, the collection is one the token sees)
+        assert "ok   user: folders[0]" in checked.stdout and "ok   collection: folders[0]" in checked.stdout
+
+        done = cli(config, env, "upload", str(media), "--collection", "3", "--user", "43")
+        assert done.returncode == 0, done.stdout + done.stderr
+        [uploaded] = sb.media()
+        assert uploaded["state"] == "completed" and (uploaded["collection_id"], uploaded["user_id"]) == (3, 43)
+        generate = [e for e in sb.events() if e["endpoint"] == "generate"]
+        assert [(e["query"].get("collection_id"), e["query"].get("user_id")) for e in generate] == [("3", "43")]
+
+        direct = cli(config, {}, "check")  # without the proxy the name does not even resolve
+        assert direct.returncode != 0 and f"no answer from {url}" in direct.stdout and STUDIO_NAME in direct.stdout
+        assert sb.violations() == []
+    assert proxy.tunnels() and set(proxy.tunnels()) == {f"{STUDIO_NAME}:{front.port}"}
