@@ -190,6 +190,15 @@ def test_explain_user_folder_and_captions(tmp_path: Path) -> None:
     assert "(the file does not exist yet" in text and "auto_caption=true" in text
 
 
+def test_explain_both_ids(tmp_path: Path) -> None:
+    folders = [{"path": folder(tmp_path, "both"), "collection_id": 2, "user_id": 42}]
+    config = cfg.load(write_config(tmp_path, "https://myschool.instructuremedia.com", folders))
+    lines, code = explain(config, str(tmp_path / "both" / "talk.mp4"))
+    text = "\n".join(lines)
+    assert code == 0 and "media/uploads?collection_id=2&user_id=42" in text
+    assert "collection 2 on behalf of user 42" in text
+
+
 def test_explain_an_excluded_partial_file(tmp_path: Path) -> None:
     lines, code = explained(tmp_path, tmp_path / "room-101" / "Lecture 1.mp4.part")
     assert code == 1 and "matches exclude pattern '*.part'" in lines[-1]

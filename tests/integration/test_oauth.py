@@ -101,6 +101,15 @@ def test_auth_login_reads_a_pasted_redirect_url(sb: Sandbox, tmp_path: Path) -> 
     assert (tmp_path / "store" / "token.json").exists()
 
 
+def test_auth_login_without_a_redirect_uri_says_it_is_needed_before_printing_a_url(sb: Sandbox,
+                                                                                   tmp_path: Path) -> None:
+    done = cli(write_config(tmp_path, sb.url), "auth", "login", stdin="")
+    assert done.returncode == 2
+    assert "--redirect-uri is required" in done.stderr and "Developer Key" in done.stderr
+    assert "authorize" not in done.stdout and "urn:" not in done.stdout + done.stderr
+    assert sb.events() == []
+
+
 def test_auth_status_without_a_token_fails(sb: Sandbox, tmp_path: Path) -> None:
     done = cli(write_config(tmp_path, sb.url), "auth", "status")
     assert done.returncode == 1 and "auth login" in done.stdout
@@ -121,7 +130,8 @@ def test_codes_and_redirect_uris() -> None:
     for bad in ("http://x.example/cb", "https://localhost/cb", "https://127.0.0.1/cb"):
         with pytest.raises(ConfigError, match="https://"):
             check_redirect_uri(bad)
-    assert "redirect_uri=urn%3Aietf" in authorize_url("https://s.example", "c", "urn:ietf:wg:oauth:2.0:oob")
+    with pytest.raises(ConfigError, match="out-of-band"):
+        check_redirect_uri("urn:ietf:wg:oauth:2.0:oob")
 
 
 # -- tokens ------------------------------------------------------------------------------------------------------------

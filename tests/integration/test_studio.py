@@ -94,6 +94,14 @@ def test_generate_targets_user_and_my_uploads(sb: Sandbox, client: StudioClient)
     assert by_id[theirs]["user_id"] == 43
 
 
+def test_generate_with_both_ids_uploads_on_behalf_of_the_user_into_the_collection(sb: Sandbox,
+                                                                                 client: StudioClient) -> None:
+    media_id, _ = client.generate(2, 43)
+    [media] = sb.media()
+    assert (media["id"], media["collection_id"], media["user_id"]) == (media_id, 2, 43)
+    assert sb.violations() == []
+
+
 # -- generate errors ---------------------------------------------------------------------------------------------
 
 
