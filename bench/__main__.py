@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only ROW,...]`: run the benchmark rows, print the table, write RESULTS.md.
 
-Rows: sink, goodput, memory, overhead, detection, scan, idle, reads (goodput and memory share their runs).
+Rows: sink, goodput, memory, tls, rtt, overhead, detection, scan, idle, reads (goodput and memory share their runs).
 Everything talks to 127.0.0.1 only; the baselines run in the same invocation as what they are compared with.
 """
 
@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import daemons, uploads
+from . import daemons, tls, uploads
 from .harness import SCRATCH_DISK, Sink, filesystem_of
 from .report import Result, render
 
@@ -25,6 +25,8 @@ ROWS: list[tuple[tuple[str, ...], RowFn]] = [
     (("sink",), uploads.sink_rows),
     (("goodput", "memory"), uploads.goodput_memory_rows),
     (("reads",), uploads.disk_read_rows),
+    (("tls",), tls.tls_rows),
+    (("rtt",), tls.rtt_rows),
     (("overhead",), daemons.overhead_rows),
     (("detection",), daemons.detection_rows),
     (("scan",), daemons.scan_rows),

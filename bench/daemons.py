@@ -24,11 +24,12 @@ SCAN_EVENTS = ("folder_scanned", "folders_scanned")  # the watcher's debug event
 
 # -- per-file overhead ------------------------------------------------------------------------------------------
 
-def _bare_loop(sink: Sink, folder: Path, count: int) -> tuple[float, float]:
-    """(seconds from spawning the bare httpx loop to the sink's `count`-th complete, its CPU seconds)."""
+def _bare_loop(sink: Sink, folder: Path, count: int, url: str | None = None) -> tuple[float, float]:
+    """(seconds from spawning the bare httpx loop to the sink's `count`-th complete, its CPU seconds); `url` is
+    where it sends (default the sink; a delay proxy in front of it)."""
     sink.reset()
     started = time.monotonic()
-    run = run_child([sys.executable, "-m", "bench.bareloop", sink.url, str(folder)])
+    run = run_child([sys.executable, "-m", "bench.bareloop", url or sink.url, str(folder)])
     if run.returncode != 0:
         raise RuntimeError(f"bare loop failed: {run.output[-500:]}")
     done = sink.wait("completes", count, 5)
@@ -37,11 +38,12 @@ def _bare_loop(sink: Sink, folder: Path, count: int) -> tuple[float, float]:
     return float(done["t"]) - started, run.cpu_seconds
 
 
-def _daemon_batch(sink: Sink, folder: Path, count: int, workers: int, timeout: float) -> tuple[float, float]:
+def _daemon_batch(sink: Sink, folder: Path, count: int, workers: int, timeout: float,
+                  url: str | None = None) -> tuple[float, float]:
     """(seconds from spawning a fresh `run` to the sink's `count`-th complete, the daemon's CPU seconds then)."""
     root = scratch("perfile")
     try:
-        config = write_config(root, sink.url, [{"path": str(folder), "settle_seconds": 0, "collection_id": 1}],
+        config = write_config(root, url or sink.url, [{"path": str(folder), "settle_seconds": 0, "collection_id": 1}],
                               workers=workers)
         sink.reset()
         daemon = Daemon(config, capture=False)

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -38,19 +39,23 @@ TIME = "/usr/bin/time"  # GNU time: the peak RSS of exactly the process it runs
 class Sink:
     """`python -m bench.sink` as a separate process, and a tiny client for its control endpoints."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0"], cwd=REPO,
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        """With `tls`, the sink speaks https with tls.cert; clients trust tls.ca."""
+        self.tls = tls
+        extra = ["--tls", str(tls.cert), str(tls.key)] if tls else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0", *extra], cwd=REPO,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "listening":
             raise RuntimeError(f"sink did not start: {line!r}")
         self.port = int(line[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._context = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
 
     def _call(self, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
         request = urllib.request.Request(self.url + path, method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=self._context) as response:
             return dict(json.loads(response.read() or b"{}"))
 
     def stats(self) -> dict[str, Any]:
@@ -83,15 +88,41 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int | No
     return proc.returncode
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path  # what clients trust: curl --cacert, studio.ca_bundle
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path) -> TlsFiles:
+    """A private CA and a certificate for 127.0.0.1 it signed, made with the openssl command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, cert, key, ext = folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (["req", "-x509", *ec, "-keyout", str(folder / "ca.key"), "-out", str(ca), "-days", "2", "-subj",
+                  "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                  "keyUsage=critical,keyCertSign,cRLSign"],
+                 ["req", *ec, "-keyout", str(key), "-out", str(folder / "server.csr"), "-subj", "/CN=127.0.0.1"],
+                 ["x509", "-req", "-in", str(folder / "server.csr"), "-CA", str(ca), "-CAkey", str(folder / "ca.key"),
+                  "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)]):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+    return TlsFiles(ca, cert, key)
+
+
 # -- configs and files ----------------------------------------------------------------------------------------
 
-def write_config(root: Path, url: str, folders: list[dict[str, Any]] | None = None, **top: Any) -> Path:
+def write_config(root: Path, url: str, folders: list[dict[str, Any]] | None = None, ca_bundle: Path | None = None,
+                 **top: Any) -> Path:
     """A config in `root` (state_db on disk beside it) with a 0600 token file."""
     token = root / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
     data: dict[str, Any] = {
-        "studio": {"url": url, "token_file": "token", "timeout_seconds": 60},
+        "studio": {"url": url, "token_file": "token", "timeout_seconds": 60,
+                   **({"ca_bundle": str(ca_bundle)} if ca_bundle else {})},
         "state_db": "state.db",
         "workers": 2,
         "log": {"format": "json", "level": "info"},

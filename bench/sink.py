@@ -20,6 +20,7 @@ import argparse
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -80,13 +81,16 @@ class Stats:
 class Connection:
     """One keep-alive client connection: read a request head, route it, answer, repeat."""
 
-    def __init__(self, sock: socket.socket, stats: Stats, port: int) -> None:
-        self.sock, self.stats, self.port = sock, stats, port
+    def __init__(self, sock: socket.socket, stats: Stats, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self.sock, self.stats, self.port, self.tls = sock, stats, port, tls
+        self.scheme = "https" if tls else "http"
         self.pending = b""
         self.buffer = memoryview(bytearray(DRAIN_BUFFER))
 
     def serve(self) -> None:
         try:
+            if self.tls is not None:  # the handshake in this connection's thread, never in the accept loop
+                self.sock = self.tls.wrap_socket(self.sock, server_side=True)
             while self._one():
                 pass
         except OSError:
@@ -125,6 +129,7 @@ class Connection:
             self._respond(200, b"")
         else:
             self._read_body(length)
+            self.host = headers.get("host") or f"127.0.0.1:{self.port}"  # through bench/delay.py: its port
             status, body = self._route(method, url.path, {k: v[0] for k, v in parse_qs(url.query).items()})
             self._respond(status, body)
         return headers.get("connection", "").lower() != "close"
@@ -160,7 +165,7 @@ class Connection:
             with self.stats.cond:
                 media_id, self.stats.next_id = self.stats.next_id, self.stats.next_id + 1
             self.stats.record("generates", now)
-            url = f"http://127.0.0.1:{self.port}/_upload/{media_id}/t0k3n?signature=s"
+            url = f"{self.scheme}://{self.host}/_upload/{media_id}/t0k3n?signature=s"
             return 201, json.dumps({"upload": {"id": media_id, "url": url}}).encode()
         if method == "POST" and path.startswith(f"{API}/media/uploads/") and path.endswith("/complete"):
             media_id = int(path.split("/")[-2])
@@ -185,8 +190,8 @@ class Connection:
         self.sock.sendall(head.encode() + body)
 
 
-def serve(port: int) -> None:
-    """Listen on 127.0.0.1:port, print the bound port, and serve until SIGTERM/SIGINT."""
+def serve(port: int, tls: ssl.SSLContext | None = None) -> None:
+    """Listen on 127.0.0.1:port, print the bound port, and serve until SIGTERM/SIGINT (https with `tls`)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
@@ -197,16 +202,21 @@ def serve(port: int) -> None:
     while True:
         sock, _ = listener.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=Connection(sock, stats, bound).serve, daemon=True).start()
+        threading.Thread(target=Connection(sock, stats, bound, tls).serve, daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.sink", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve https with this certificate")
     args = parser.parse_args(argv)
+    tls = None
+    if args.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*args.tls)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(args.port)
+        serve(args.port, tls)
     except KeyboardInterrupt:
         pass
     return 0

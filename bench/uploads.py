@@ -29,7 +29,8 @@ def _last_put(sink: Sink) -> tuple[float, int]:
 
 def curl_put(sink: Sink, path: Path, url: str | None = None) -> tuple[float, int, ChildRun]:
     """`curl -T` (Expect: disabled) to a fresh upload URL; the sink's timing of the body."""
-    run = run_child(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-T", str(path),
+    trust = ["--cacert", str(sink.tls.ca)] if sink.tls else []
+    run = run_child(["curl", "-sS", *trust, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-T", str(path),
                      url or sink.generate()])
     if run.returncode != 0 or not run.output.strip().endswith("200"):
         raise RuntimeError(f"curl failed: {run.output[-300:]}")
@@ -41,7 +42,7 @@ def studio_watch_put(sink: Sink, path: Path, check_hash: bool = False) -> tuple[
     """`studio-watch upload` with a fresh on-disk state DB; the sink's timing of its PUT body."""
     root = scratch("upload")
     try:
-        config = write_config(root, sink.url)
+        config = write_config(root, sink.url, ca_bundle=sink.tls.ca if sink.tls else None)
         run = run_child(upload_argv(path, config))
         if run.returncode != 0:
             raise RuntimeError(f"studio-watch upload failed ({run.returncode}): {run.output[-500:]}")

@@ -18,7 +18,9 @@ caller can say whether the proxy or the host was unreachable.
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import platform
 import select
 import socket
 import ssl
@@ -30,6 +32,7 @@ from typing import Any, Callable, Iterable
 import httpcore
 
 RECV_BYTES = 256 << 10  # one read from the socket; TLS records are decrypted from it in memory
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 class ConnectFailed(httpcore.ConnectError):
@@ -258,6 +261,28 @@ class TLSStream(httpcore.NetworkStream):
         if info == "is_readable":
             return bool(self._in.pending) or bool(self._raw.get_extra_info("is_readable"))
         return self._raw.get_extra_info(info)
+
+
+@functools.cache
+def tune_allocator() -> None:
+    """Let glibc reuse freed 1 MiB buffers instead of returning and re-faulting them (once per process).
+
+    Each MiB sent costs two fresh ~1 MiB bytes objects (h11 joins the chunk; the TLS BIO hands back the records).
+    In a worker thread glibc serves them from a thread arena that it trims at every free (128 KiB default), so
+    every MiB was page-faulted and zeroed twice: measured 1.40 s of CPU per GiB over TLS for `upload`, 0.64 s
+    with these thresholds (plain http: 0.48 s either way). Peak memory is unchanged: only what was freed is kept.
+    See docs/decisions/http-stack.md. A no-op where the C library is not glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 16 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _close_fds(*fds: int) -> None:

@@ -68,6 +68,7 @@ class Pool:
         self._tls, self.timeout, self.max_idle = tls, timeout, max_idle
         self.proxies = proxies if proxies is not None else Proxies(None, {})
         self.backend = netio.Backend()
+        netio.tune_allocator()
         self._routes: dict[tuple[str | None, bool], httpcore.ConnectionInterface] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
