@@ -269,7 +269,7 @@ def tune_allocator() -> None:
 
     Each MiB sent costs two fresh ~1 MiB bytes objects (h11 joins the chunk; the TLS BIO hands back the records).
     In a worker thread glibc serves them from a thread arena that it trims at every free (128 KiB default), so
-    every MiB was page-faulted and zeroed twice: measured 1.40 s of CPU per GiB over TLS for `upload`, 0.64 s
+    every MiB was page-faulted and zeroed twice: measured 1.40 s of CPU per GiB over TLS for `upload`, 0.64-0.73 s
     with these thresholds (plain http: 0.48 s either way). Peak memory is unchanged: only what was freed is kept.
     See docs/decisions/http-stack.md. A no-op where the C library is not glibc.
     """
