@@ -14,7 +14,7 @@ import shlex
 import socket
 import subprocess
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -22,7 +22,9 @@ from studio_watch import logs
 from studio_watch.config import StudioConfig
 from studio_watch.errors import ConfigError, StudioError
 from studio_watch.studio.client import http_pool
-from studio_watch.studio.transport import Pool, post
+
+if TYPE_CHECKING:
+    from studio_watch.studio.transport import Pool
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +94,8 @@ class Alerts:
         try:
             if self._pool is None:  # in the alerts thread, at the first alert: most daemons never send one
                 self._pool = http_pool(self.studio, timeout=HOOK_TIMEOUT)
+            from studio_watch.studio.transport import post
+
             reply = post(self._pool, self.webhook or "", body.encode(), "application/json")
         except (StudioError, ConfigError) as exc:
             log.warning("alert_webhook_failed", alert=kind, error=str(exc))

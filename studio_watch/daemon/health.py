@@ -15,8 +15,6 @@ from studio_watch.daemon.app import DaemonLock
 from studio_watch.daemon.metrics import parse_listen
 from studio_watch.errors import StudioError
 from studio_watch.studio.client import tls_context
-from studio_watch.studio.proxies import Proxies
-from studio_watch.studio.transport import Pool
 
 EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
 TIMEOUT_SECONDS = 3.0
@@ -47,6 +45,9 @@ def healthz_url(listen: str) -> str:
 
 def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
     """(True, "") on a 200 from `url`, else (False, why)."""
+    from studio_watch.studio.proxies import Proxies
+    from studio_watch.studio.transport import Pool
+
     # The daemon's own endpoint, on this host or container: never through a proxy, whatever the environment says.
     pool = Pool(lambda: tls_context(None), timeout, proxies=Proxies(None, {}))
     try:

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import certifi
@@ -28,8 +28,8 @@ from studio_watch.config import RetryConfig, StudioConfig, target_text
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
                      StudioError, TransientError, Unreachable, UploadUrlExpired)
 from studio_watch.schedule import RateLimiter
-from studio_watch.studio.proxies import Proxies
-from studio_watch.studio.transport import Pool, Reply
+if TYPE_CHECKING:  # the transport (httpcore, ~16 ms to import) is loaded by the first client, not by `status`
+    from studio_watch.studio.transport import Pool, Reply
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +111,9 @@ def http_pool(studio: StudioConfig | None, stop: threading.Event | None = None,
               timeout: float | None = None) -> Pool:
     """The program's HTTP pool for this config: verified TLS (studio.ca_bundle), proxies (studio.proxy, else the
     environment), stopped by `stop`. Without a config (health, a bare webhook), the system CAs and the environment."""
+    from studio_watch.studio.proxies import Proxies
+    from studio_watch.studio.transport import Pool
+
     ca_bundle = studio.ca_bundle if studio else None
     return Pool(lambda: tls_context(ca_bundle), timeout or (studio.timeout_seconds if studio else 30.0),
                 proxies=Proxies.from_config(studio), stop=stop)
