@@ -399,3 +399,13 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.config_path(None) == Path("/from/env.yaml")
     monkeypatch.delenv("STUDIO_WATCH_CONFIG")
     assert config.config_path(None) == Path("/etc/studio-watch/config.yaml")
+
+
+def test_proxy_keys(base: dict[str, Any], source: Path, tmp_path: Path) -> None:
+    auth = tmp_path / "proxy-auth"
+    auth.write_text("av:secret\n")
+    base["studio"].update(proxy="http://proxy.campus.edu:3128", proxy_auth_file=str(auth))
+    studio = config.parse(source, base).studio
+    assert (studio.proxy, studio.proxy_auth_file) == ("http://proxy.campus.edu:3128", auth)
+    base["studio"].update(proxy_auth_file=str(tmp_path / "missing"))
+    assert "no such file" in expect_error(source, base, "studio.proxy_auth_file")
