@@ -119,8 +119,6 @@ class Pool:
             if self.backend.interrupted:
                 raise Stopping("stopping") from None
             raise
-        if self.backend.interrupted:
-            raise Stopping("stopping")
         if isinstance(content, _Counted) and not content.done and 200 <= response.status < 300:
             raise TransientError(f"HTTP {response.status} before the whole body was sent")
         log.debug("http_request", method=method, origin=origin, status=response.status)
