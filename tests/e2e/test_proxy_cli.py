@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,3 +52,35 @@ def test_check_and_upload_on_behalf_into_a_collection_behind_a_proxy(tmp_path: P
         assert direct.returncode != 0 and f"no answer from {url}" in direct.stdout and STUDIO_NAME in direct.stdout
         assert sb.violations() == []
     assert proxy.tunnels() and set(proxy.tunnels()) == {f"{STUDIO_NAME}:{front.port}"}
+
+
+def test_the_daemon_and_auth_login_behind_a_proxy(tmp_path: Path, daemons: Any) -> None:
+    """The reproduction of the issue: with HTTPS_PROXY set and a host only the proxy resolves, `run` used to
+    pause with "Name or service not known" while the proxy saw nothing."""
+    ca = make_ca(tmp_path / "ca")
+    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+            ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
+        url = f"https://{STUDIO_NAME}:{front.port}"
+        sb._state.base_url = url
+        secret = tmp_path / "client_secret"
+        secret.write_text("sandbox-secret\n")
+        secret.chmod(0o600)
+        config = write_config(tmp_path, url, [{"path": "in", "settle_seconds": 0.1}])
+        data = yaml.safe_load(config.read_text())
+        data["studio"] = {"url": url, "ca_bundle": str(ca.cert), "timeout_seconds": 5,
+                          "oauth": {"client_id": "sandbox-client", "client_secret_file": str(secret),
+                                    "token_store": str(tmp_path / "store" / "token.json")}}
+        config.write_text(yaml.safe_dump(data))
+        env = {"HTTPS_PROXY": proxy.url}
+
+        login = cli(config, env, "auth", "login", "--code", sb.issue_auth_code())
+        assert login.returncode == 0, login.stdout + login.stderr
+        assert len(proxy.tunnels()) == 1  # the token endpoint, through the proxy
+
+        write_media(tmp_path / "in" / "lecture.mp4", 1_500_000, seed=8)
+        daemon = daemons(config, env={**env, "NO_PROXY": ""})
+        daemon.wait_ready()
+        assert sb.wait_for(lambda: len(sb.completed()) == 1, timeout=30), daemon.output()
+        assert daemon.stop() == 0
+        assert not [e for e in daemon.events if e.get("event") == "queue_paused"]
+    assert set(proxy.tunnels()) == {f"{STUDIO_NAME}:{front.port}"} and len(proxy.tunnels()) >= 2
