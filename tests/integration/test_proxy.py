@@ -82,7 +82,7 @@ def test_the_whole_upload_goes_through_the_proxy_to_a_host_only_it_resolves(camp
     assert media["id"] == media_id and media["state"] == "completed" and media["size"] == 3 << 20
     tunnels = campus.proxy.tunnels()
     assert tunnels and set(tunnels) == {campus.url.removeprefix("https://")}  # https through CONNECT, by name
-    assert len(tunnels) < 4  # ping, generate, PUT and complete shared kept-alive tunnels
+    assert len(tunnels) == 1  # ping, generate, PUT and complete: one kept-alive tunnel, one TLS session
 
 
 def test_without_the_proxy_the_host_is_unreachable_by_name(campus: Campus) -> None:
