@@ -225,7 +225,7 @@ def run_child(argv: list[str], timeout: float = 600.0) -> ChildRun:
 
 
 def upload_argv(path: Path, config: Path) -> list[str]:
-    return [STUDIO_WATCH, "upload", str(path), "-c", str(config), "--collection", "1"]
+    return [STUDIO_WATCH, "upload", str(path), "-c", str(config), "--collection", "1", "--force"]  # .bin names
 
 
 # -- daemons ------------------------------------------------------------------------------------------------------

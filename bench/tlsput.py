@@ -3,13 +3,15 @@
 The library-level half of the TLS row: the same 1 MiB reused-buffer body through
 - `pool`: studio-watch's transport (httpcore over studio/netio.py: TLS through SSLObject, one sendall per MiB);
 - `httpx`: plain httpx, its default transport (httpcore's SSLSocket stream: one write per 16 KiB record);
-so the CPU cost of choosing plain httpx is measured, not guessed (docs/decisions/http-stack.md). Both run in a
+so the CPU cost of choosing plain httpx is measured, not guessed (it prints the PUT's own CPU, without the
+interpreter's start) (docs/decisions/http-stack.md). Both run in a
 worker thread with the allocator tuned (netio.tune_allocator), as in the daemon.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import ssl
 import sys
 import threading
@@ -50,9 +52,12 @@ def main(argv: list[str]) -> int:
 
     if stack not in ("pool", "httpx"):
         raise SystemExit(f"unknown stack {stack!r}")
+    before = resource.getrusage(resource.RUSAGE_SELF)
     worker = threading.Thread(target=put)
     worker.start()
     worker.join()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"put_cpu {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.4f}")  # no start-up
     return 0 if statuses == [200] else 1
 
 
