@@ -621,3 +621,36 @@ def test_max_idle_zero_keeps_no_connection(serve: Callable[..., Server]) -> None
         assert pool.idle() == 0
     finally:
         pool.close()
+
+
+# -- stop -------------------------------------------------------------------------------------------------------
+
+
+def test_stop_ends_a_connect_that_hangs_and_refuses_new_ones() -> None:
+    """A host that never answers the SYN (here: a listener whose backlog is full) would hold a connect for the
+    whole timeout; setting `stop` ends it at once, and the pool makes no connection after that."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the accept queue: from here on, SYNs are dropped
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    stop = threading.Event()
+    pool = Pool(ssl.create_default_context(), timeout=30, stop=stop)
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Stopping):
+            pool.request("GET", f"http://127.0.0.1:{port}/", [])
+        assert time.monotonic() - started < 5  # not the 30 s connect timeout
+        with pytest.raises(Stopping):
+            pool.request("GET", f"http://127.0.0.1:{port}/", [])
+    finally:
+        timer.cancel()
+        pool.close()
+        for s in fillers:
+            s.close()
+        listener.close()
