@@ -111,6 +111,7 @@ def rtt_rows(sink: Sink, quick: bool) -> list[Result]:
             f"2 workers {', '.join(ms(v) for v in times['w2'])}.")
     return [Result("per-file time at 50 ms RTT, 1 worker", ms(per["w1"]), f"bare keep-alive loop {ms(per['bare'])}",
                    f"{per['w1'] / per['bare']:.2f}×", "≤ 1.1× the bare loop", per["w1"] <= 1.1 * per["bare"],
-                   [note, f"Against the floor: 1 worker {per['w1'] / floor:.2f}×, bare loop {per['bare'] / floor:.2f}×."]),
+                   [note, f"Against the floor: 1 worker {per['w1'] / floor:.2f}×, "
+                          f"bare loop {per['bare'] / floor:.2f}×."]),
             Result("per-file time at 50 ms RTT, 2 workers (default)", ms(per["w2"]), f"floor {ms(floor)}",
                    f"{per['w2'] / floor:.2f}×", "-", None)]
