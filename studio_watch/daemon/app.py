@@ -209,7 +209,7 @@ class Daemon:
             studio = self.config.studio
             self.expectations = Expectations(
                 queue, self.alerts, self.config.state_db,
-                lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds),
+                lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds, studio),
                 on_missing=self.activity.recording_missing)
             self.expectations.update_rules(self.config.folders)
             self._start_thread("timetable", lambda: self.expectations.run(self.stop))

@@ -251,8 +251,8 @@ def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: 
         from studio_watch.studio.fetch import fetch_document
 
         studio = config.studio
-        results += check_timetables(config, lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds),
-                                    time.time())
+        results += check_timetables(
+            config, lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds, studio), time.time())
     return results
 
 

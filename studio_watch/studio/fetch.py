@@ -1,9 +1,8 @@
 """GET one small document from an arbitrary URL (a room's iCalendar timetable), with the project's TLS settings.
 
-The Studio transport (transport.py) speaks only to the Studio host and has no proxy support yet; until the HTTP
-stack is one (issue 12), this is the single function to re-point. It verifies TLS with the same context as the
-client (`studio.ca_bundle`, else certifi), honours HTTPS_PROXY / NO_PROXY like the webhook and token requests, and
-never lets a redirect leave https (except to a loopback host, as the config allows).
+It goes through the program's one HTTP stack (transport.py: the same proxies as every other request, the same
+TLS context as the client, `studio.ca_bundle` else certifi), follows at most 5 redirects, never lets a redirect
+leave https (except to a loopback host, as the config allows), and reads at most MAX_DOCUMENT_BYTES.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from studio_watch.config import is_loopback
+from studio_watch.config import StudioConfig, is_loopback
 from studio_watch.errors import TransientError
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a year of a busy room's timetable is well under 1 MB
@@ -24,17 +23,26 @@ def shown_url(url: str) -> str:
         else f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
-def fetch_document(url: str, ca_bundle: Path | None, timeout: float) -> bytes:
-    """The body of a 200 answer to GET `url`; raises TransientError (naming the host, never the path)."""
+def fetch_document(url: str, ca_bundle: Path | None, timeout: float, studio: StudioConfig | None = None) -> bytes:
+    """The body of a 200 answer to GET `url`; raises TransientError (naming the host, never the path).
+
+    Through the program's one HTTP stack (studio/transport.py): `studio`'s proxy settings (`studio.proxy`, else
+    HTTPS_PROXY / HTTP_PROXY / NO_PROXY; loopback never through a proxy), TLS verified against `ca_bundle`.
+    """
     import httpx
 
     from studio_watch.studio.client import tls_context
+    from studio_watch.studio.proxies import Proxies
+    from studio_watch.studio.transport import Pool, reason
 
     shown = shown_url(url)
+    pool = Pool(lambda: tls_context(ca_bundle), timeout, proxies=Proxies.from_config(studio))
+    origin = shown.removesuffix("/…")
     try:
-        with httpx.Client(verify=tls_context(ca_bundle), timeout=timeout, follow_redirects=True,
-                          max_redirects=5) as http:
-            with http.stream("GET", url, headers={"Accept": "text/calendar, */*;q=0.5"}) as response:
+        with pool.httpx(owned=True) as http:
+            http.max_redirects = 5
+            with http.stream("GET", url, headers={"Accept": "text/calendar, */*;q=0.5"},
+                             follow_redirects=True) as response:
                 final = response.url
                 if final.scheme != "https" and not is_loopback(final.host):
                     raise TransientError(f"GET {shown}: redirected to plain http:// ({final.host}); refused")
@@ -46,5 +54,8 @@ def fetch_document(url: str, ca_bundle: Path | None, timeout: float) -> bytes:
                     if len(body) > MAX_DOCUMENT_BYTES:
                         raise TransientError(f"GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes; refused")
                 return bytes(body)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+        cause = exc.__cause__ or exc  # netio's error: it says whether the proxy or the host was out of reach
+        raise TransientError(f"GET {shown}: {pool._unreachable(cause, origin)}") from None
     except httpx.HTTPError as exc:
-        raise TransientError(f"GET {shown}: {type(exc).__name__}: {str(exc).replace(url, shown)}") from None
+        raise TransientError(f"GET {shown}: {type(exc).__name__}: {reason(exc).replace(url, shown)}") from None

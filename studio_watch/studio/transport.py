@@ -275,33 +275,6 @@ def post(pool: Pool, url: str, body: bytes, content_type: str) -> Reply:
     return pool.request("POST", url, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body)
 
 
-def fetch(pool: Pool, url: str, max_bytes: int, headers: Sequence[tuple[str, str]] = ()) -> Reply:
-    """GET `url` through the pool (proxies, TLS, stop), reading at most `max_bytes` of the answer.
-
-    For documents the daemon reads from the web (an iCalendar timetable): Unreachable / TransientError as for any
-    request (redirects are not followed); an answer larger than the limit is a TransientError naming the limit,
-    found without reading more than the limit.
-    """
-    import httpx
-
-    origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc.rpartition('@')[2]}"
-    try:
-        with pool.httpx() as client, client.stream("GET", url, headers=[("Accept", "*/*"), *headers]) as response:
-            body = bytearray()
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise TransientError(f"{urlsplit(url).hostname}: the answer is larger than {max_bytes} bytes")
-            return Reply(response.status_code, {k.lower(): v for k, v in response.headers.items()}, bytes(body))
-    except httpx.TransportError as exc:
-        cause = exc.__cause__ or exc
-        if pool.backend.interrupted:
-            raise Stopping("stopping") from None
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
-            raise Unreachable(pool._unreachable(cause, origin)) from None
-        raise TransientError(reason(cause)) from None
-
-
 def reason(exc: BaseException) -> str:
     """A transport exception's message without any URL in it."""
     if isinstance(exc, (TimeoutError, httpcore.TimeoutException)):

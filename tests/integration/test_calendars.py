@@ -200,36 +200,23 @@ def test_check_fetches_but_never_writes_the_daemons_copy(tmp_path: Path, http: T
     assert not cache_path(cfg.state_db, url).exists()
 
 
-class _Proxy(BaseHTTPRequestHandler):
-    """A forward proxy that answers every plain-http request itself, recording the absolute URL it was asked for."""
+def test_the_fetch_follows_the_proxy_environment(tmp_path: Path, http: ThreadingHTTPServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """https through a CONNECT proxy to a calendar host only the proxy can resolve (tests/netstubs.py); NO_PROXY
+    sends it direct, where the name does not resolve. Loopback itself never goes through a proxy."""
+    from tests.netstubs import ConnectProxy, TlsFront, make_ca
 
-    asked: list[str] = []
-    body = b""
-
-    def do_GET(self) -> None:
-        self.asked.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_the_fetch_follows_the_proxy_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        _Proxy.body, _Proxy.asked = _ics(tmp_path), []
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        assert fetch_document("http://127.0.0.1:9/rooms/101.ics", None, 5) == _Proxy.body  # nothing listens on :9
-        assert _Proxy.asked == ["http://127.0.0.1:9/rooms/101.ics"]
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        with pytest.raises(TransientError, match="ConnectError"):
-            fetch_document("http://127.0.0.1:9/rooms/101.ics", None, 5)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    ca = make_ca(tmp_path / "ca")
+    name = "calendar.campus.test"
+    _Served.routes = {"/rooms/101.ics": (200, {"Content-Type": "text/calendar"}, _ics(tmp_path))}
+    with TlsFront(ca.server_context(name), http.server_port) as front, ConnectProxy({name: "127.0.0.1"}) as proxy:
+        url = f"https://{name}:{front.port}/rooms/101.ics"
+        for variable in ("NO_PROXY", "no_proxy", "https_proxy", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        assert fetch_document(url, ca.cert, 5) == _Served.routes["/rooms/101.ics"][2]
+        assert proxy.tunnels() == [f"{name}:{front.port}"]
+        monkeypatch.setenv("NO_PROXY", "campus.test")
+        with pytest.raises(TransientError, match=f"cannot reach https://{name}:{front.port}") as direct:
+            fetch_document(url, ca.cert, 5)
+        assert "rooms" not in str(direct.value) and proxy.tunnels() == [f"{name}:{front.port}"]

@@ -19,7 +19,8 @@ from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.auth import post_token
 from studio_watch.studio.client import StaticToken, StudioClient, tls_context
 from studio_watch.studio.proxies import Proxies, parse, read_auth
-from studio_watch.studio.transport import Pool, fetch
+from studio_watch.studio.fetch import fetch_document
+from studio_watch.studio.transport import Pool
 
 from ..conftest import wait_until
 from ..netstubs import STUDIO_NAME, ConnectProxy, PrivateCA, TlsFront, make_ca
@@ -203,11 +204,11 @@ def test_token_endpoint_webhook_and_fetch_use_the_same_proxy(campus: Campus, tmp
         with pool.httpx() as http:
             tokens = post_token(http, campus.url + "/api/public/oauth/token", form, "refused")
         assert tokens["access_token"] and tokens["refresh_token"]
-        reply = fetch(pool, campus.url + "/api/public/v1/ping", max_bytes=100,
-                      headers=[("Authorization", f"Bearer {TOKEN}")])
-        assert reply.status_code == 200 and "pong" in reply.text
-        with pytest.raises(TransientError, match="larger than 2 bytes"):
-            fetch(pool, campus.url + "/api/public/v1/ping", max_bytes=2, headers=[("Authorization", f"Bearer {TOKEN}")])
+        # A document fetched as a timetable URL is (the sandbox's Swagger document stands in for a calendar).
+        document = campus.url + "/api/public/apidocs"
+        assert b'"swagger"' in fetch_document(document, campus.ca.cert, 5, studio)
+        with pytest.raises(TransientError, match="cannot reach proxy http://127.0.0.1:9 .from studio.proxy."):
+            fetch_document(document, campus.ca.cert, 5, campus.studio(proxy="http://127.0.0.1:9"))
     finally:
         pool.close()
     before = len(campus.proxy.tunnels())
