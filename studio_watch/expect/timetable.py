@@ -132,8 +132,9 @@ class Timetable:
     def _aware(self, value: dt.datetime) -> dt.datetime:
         if value.tzinfo is not None:
             return value
-        zone = self.floating_zone or dt.datetime.now().astimezone().tzinfo
-        return value.replace(tzinfo=zone)
+        if self.floating_zone is None:  # the machine's zone with the offset of that date, not of today
+            return value.astimezone()
+        return value.replace(tzinfo=self.floating_zone)
 
 
 def _unknown_zone(prop: Any) -> bool:

@@ -79,6 +79,28 @@ def test_zone_of_the_timetable_not_of_the_machine(tmp_path: Path, monkeypatch: p
         time.tzset()
 
 
+def test_floating_times_take_the_machine_zone_offset_of_their_own_date(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Today (whatever it is) has one offset; a floating 09:00 in summer has the summer one. Taking today's offset
+    # put every lecture across a DST change an hour off, and re-keyed the lectures already judged when the
+    # machine's clock changed (judged again: a second alert, or "missing" for a file another key had taken).
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        first = dt.datetime(2027, 1, 4, 9, 0)
+        timetable = _calendar(tmp_path, ical_event("f", "Floating", first, first.replace(hour=10),
+                                                   rrule="FREQ=WEEKLY;COUNT=30"))
+        lectures = timetable.lectures(dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc),
+                                      dt.datetime(2027, 8, 1, tzinfo=dt.timezone.utc))
+        by_day = {x.start.date(): x for x in lectures}
+        assert by_day[dt.date(2027, 1, 4)].starts_at == dt.datetime(2027, 1, 4, 9, tzinfo=BERLIN).timestamp()
+        assert by_day[dt.date(2027, 4, 5)].starts_at == dt.datetime(2027, 4, 5, 9, tzinfo=BERLIN).timestamp()
+        assert by_day[dt.date(2027, 4, 5)].start.astimezone(dt.timezone.utc).hour == 7  # 09:00 CEST
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_unknown_zone_is_a_problem_and_its_lectures_are_left_out(tmp_path: Path) -> None:
     start = dt.datetime(2026, 12, 7, 9, 0)
     timetable = _calendar(tmp_path, ical_event("bad", "Mars", start, start.replace(hour=10), tzid="Mars/Olympus"),
