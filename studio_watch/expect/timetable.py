@@ -59,7 +59,7 @@ class Timetable:
         self.floating_zone = floating_zone
         # By UID: an expanded occurrence no longer carries the TZID its series named.
         self._unknown = {str(e.get("UID")) for e in calendar.walk("VEVENT")
-                         if any(e.get(n) is not None and _unknown_zone(e.get(n)) for n in ("DTSTART", "DTEND"))}
+                         if any(_broken(e.get(n)) or _unknown_zone(e.get(n)) for n in ("DTSTART", "DTEND"))}
 
     @classmethod
     def parse(cls, data: bytes, source: str, floating_zone: dt.tzinfo | None = None) -> Timetable:
@@ -76,7 +76,7 @@ class Timetable:
     def zone(self) -> dt.tzinfo | None:
         """The zone the timetable is written in (its first event's): the days `explain --date` means."""
         for event in self.calendar.walk("VEVENT"):
-            value = getattr(event.get("DTSTART"), "dt", None)
+            value = None if _broken(event.get("DTSTART")) else getattr(event.get("DTSTART"), "dt", None)
             if isinstance(value, dt.datetime) and value.tzinfo is not None:
                 return value.tzinfo
         return None
@@ -87,7 +87,11 @@ class Timetable:
         for event in self.calendar.walk("VEVENT"):
             for name in ("DTSTART", "DTEND"):
                 prop = event.get(name)
-                if prop is not None and _unknown_zone(prop):
+                broken = _broken(prop)
+                if broken:
+                    found.append(f"event {str(event.get('SUMMARY', event.get('UID', '?')))!r}: {name} cannot be "
+                                 f"read: {broken}")
+                elif prop is not None and _unknown_zone(prop):
                     found.append(f"event {str(event.get('SUMMARY', event.get('UID', '?')))!r}: unknown time zone "
                                  f"{prop.params.get('TZID')!r} in {name}")
         return found
@@ -114,6 +118,8 @@ class Timetable:
         start_prop = event.get("DTSTART")
         if start_prop is None or str(event.get("STATUS", "")).upper() == "CANCELLED":
             return None
+        if str(event.get("UID")) in self._unknown or _broken(start_prop) or _broken(event.get("DTEND")):
+            return None  # a problem() already: an unreadable time, or a zone nobody knows
         start = start_prop.dt
         if not isinstance(start, dt.datetime) or _unknown_zone(start_prop) or str(event.get("UID")) in self._unknown:
             return None  # an all-day event, or a zone nobody knows
@@ -135,6 +141,16 @@ class Timetable:
         if self.floating_zone is None:  # the machine's zone with the offset of that date, not of today
             return value.astimezone()
         return value.replace(tzinfo=self.floating_zone)
+
+
+def _broken(prop: Any) -> str | None:
+    """Why a date-time property cannot be read (icalendar keeps a typo as a broken property whose `.dt`
+    raises BrokenCalendarProperty, a ValueError), or None."""
+    try:
+        getattr(prop, "dt", None)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _unknown_zone(prop: Any) -> bool:

@@ -111,6 +111,19 @@ def test_unknown_zone_is_a_problem_and_its_lectures_are_left_out(tmp_path: Path)
     assert [x.summary for x in lectures] == ["Earth"]
 
 
+def test_an_event_with_an_unreadable_time_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # One typo in one event ("2026120T090000") raised icalendar's BrokenCalendarProperty out of parse(): status
+    # and explain --date died with a traceback, and the daemon judged none of the room's other lectures.
+    start = dt.datetime(2026, 12, 7, 9, 0)
+    typo = "\r\n".join(["BEGIN:VEVENT", "UID:typo", "SUMMARY:Typo", "DTSTART:2026120T090000", "END:VEVENT"])
+    timetable = _calendar(tmp_path, typo, ical_event("ok", "Earth", start, start.replace(hour=10),
+                                                     tzid="Europe/Berlin"))
+    [problem] = timetable.problems()
+    assert problem.startswith("event 'Typo': DTSTART cannot be read: "), problem
+    lectures = timetable.lectures(dt.datetime(2026, 12, 1, tzinfo=BERLIN), dt.datetime(2026, 12, 14, tzinfo=BERLIN))
+    assert [x.summary for x in lectures] == ["Earth"]
+
+
 def test_not_a_calendar_is_one_clear_error(tmp_path: Path) -> None:
     from studio_watch.expect.timetable import TimetableError
 
