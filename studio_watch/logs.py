@@ -27,8 +27,9 @@ _URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")
 # A bare path with a query ("/uploads/1?X-Amz-Signature=..."): what an error body echoing the request shows.
 _PATH_QUERY = re.compile(r"((?:^|(?<=[\s\"'=(<>:,\[]))/[^\s?#\"'<>]*)\?[^\s\"'<>]+")
 # Signature-like parameters wherever they appear, even without their URL (a body listing them one by one).
+# "=" may be percent-encoded ("%3D"): a request quoted as a parameter of another URL (a proxy's error page).
 _SIGNED_PARAM = re.compile(r"(?i)\b((?:x-amz-|x-goog-)?(?:signature|sig|credential|security-token|token|"
-                           r"access_token|key-pair-id|policy|se?cret)=)[^\s&\"'<>]+")
+                           r"access_token|key-pair-id|policy|se?cret)(?:=|%3D))[^\s&\"'<>]+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 # An echoed header with a scheme other than Bearer ("Authorization: Basic dXNlcg=="): its credential goes.
 # (A bearer token is cut by _BEARER, and the token itself is a registered secret whatever surrounds it.)
@@ -37,6 +38,9 @@ _AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|tok
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _secrets: tuple[str, ...] = ()  # longest first; replaced whole on registration, read without a lock
 _url_secrets: tuple[str, ...] = ()  # the queries of the most recent upload URLs, newest first
+# ... and their long parameter values (the signature): found however the query around them was quoted.
+_url_values: tuple[str, ...] = ()
+URL_VALUE_MIN = 16  # shorter values (an expiry, a size) are not secrets, and would redact ordinary text
 URL_SECRETS_KEPT = 64  # as many as can be in flight at once, with room to spare
 _secrets_lock = threading.Lock()
 _configured = False
@@ -57,7 +61,7 @@ def redact(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
-    for secret in _url_secrets:
+    for secret in (*_url_secrets, *_url_values):
         if secret in text:
             text = text.replace(secret, "[redacted]")
     if "?" in text:
@@ -65,7 +69,7 @@ def redact(text: str) -> str:
             text = _URL_QUERY.sub(r"\1?[redacted]", text)
         if "/" in text:
             text = _PATH_QUERY.sub(r"\1?[redacted]", text)
-    if "=" in text:
+    if "=" in text or "%3" in text:
         text = _SIGNED_PARAM.sub(r"\1[redacted]", text)
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1[redacted]", text)
@@ -77,12 +81,15 @@ def redact(text: str) -> str:
 def register_url(url: str | None) -> None:
     """An upload URL was handed out: its query (the signature) becomes a registered secret, so it is
     recognised wherever it shows up again, however a server chose to quote it."""
-    global _url_secrets
+    global _url_secrets, _url_values
     query = url.split("?", 1)[1].split("#", 1)[0] if url and "?" in url else ""
     if len(query) >= 8:
+        values = [v for p in query.split("&") if len(v := p.partition("=")[2]) >= URL_VALUE_MIN]
         with _secrets_lock:
             if query not in _url_secrets:  # bounded: a daemon hands out one URL per upload for months
                 _url_secrets = (query, *_url_secrets[:URL_SECRETS_KEPT - 1])
+            fresh = tuple(v for v in values if v not in _url_values)
+            _url_values = (*fresh, *_url_values)[:URL_SECRETS_KEPT * 4]
 
 
 def printable(text: str) -> str:

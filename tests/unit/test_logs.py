@@ -226,6 +226,15 @@ def test_a_registered_upload_url_is_redacted_however_it_is_quoted() -> None:
     assert "5eed5eed5eed" not in logs.redact("query was [signature=5eed5eed5eed&expires=1]")
 
 
+def test_a_registered_upload_url_is_redacted_when_a_server_echoes_it_percent_encoded() -> None:
+    # A proxy's error page quoting the request as a parameter (?url=https%3A%2F%2F...%3Fsignature%3D...): the
+    # registered query no longer matches, and no pattern knew %3F or %3D; the signature went into last_error.
+    logs.register_url("https://up.example/_upload/9/t?signature=c0ffeec0ffeec0ffee&expires=1")
+    echoed = "blocked: /error?url=https%3A%2F%2Fup.example%2F_upload%2F9%2Ft%3Fsignature%3Dc0ffeec0ffeec0ffee%26expires%3D1"
+    assert "c0ffeec0ffeec0ffee" not in logs.redact(echoed)
+    assert "c0ffeec0ffeec0ffee" not in logs.redact("signature%3dc0ffeec0ffeec0ffee")
+
+
 def test_upload_url_secrets_are_bounded() -> None:
     for n in range(logs.URL_SECRETS_KEPT + 10):
         logs.register_url(f"https://up.example/u?signature=bounded-{n:06d}")
