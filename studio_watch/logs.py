@@ -29,7 +29,11 @@ _PATH_QUERY = re.compile(r"((?:^|(?<=[\s\"'=(<>:,\[]))/[^\s?#\"'<>]*)\?[^\s\"'<>
 # Signature-like parameters wherever they appear, even without their URL (a body listing them one by one).
 # "=" may be percent-encoded ("%3D"): a request quoted as a parameter of another URL (a proxy's error page).
 _SIGNED_PARAM = re.compile(r"(?i)\b((?:x-amz-|x-goog-)?(?:signature|sig|credential|security-token|token|"
-                           r"access_token|key-pair-id|policy|se?cret)(?:=|%3D))[^\s&\"'<>]+")
+                           r"access_token|refresh_token|id_token|client_secret|password|key-pair-id|policy|"
+                           r"se?cret)(?:=|%3D))[^\s&\"'<>]+")
+# A secret-named field of a JSON body ("refresh_token": "..."): what token endpoints and APIs answer or echo.
+_JSON_SECRET = re.compile(r"(?i)(\"(?:access_token|refresh_token|id_token|client_secret|password|secret|token|"
+                          r"upload_url|auth_code)\"\s*:\s*\")(?:[^\"\\]|\\.)+(?=\")")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 # An echoed header with a scheme other than Bearer ("Authorization: Basic dXNlcg=="): its credential goes.
 # (A bearer token is cut by _BEARER, and the token itself is a registered secret whatever surrounds it.)
@@ -71,6 +75,8 @@ def redact(text: str) -> str:
             text = _PATH_QUERY.sub(r"\1?[redacted]", text)
     if "=" in text or "%3" in text:
         text = _SIGNED_PARAM.sub(r"\1[redacted]", text)
+    if '":' in text or '" :' in text:
+        text = _JSON_SECRET.sub(r"\1[redacted]", text)
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1[redacted]", text)
     if "uthorization" in text or "UTHORIZATION" in text:

@@ -235,6 +235,18 @@ def test_a_registered_upload_url_is_redacted_when_a_server_echoes_it_percent_enc
     assert "c0ffeec0ffeec0ffee" not in logs.redact("signature%3dc0ffeec0ffeec0ffee")
 
 
+@pytest.mark.parametrize("text, leaked", [
+    ('{"error": "invalid_grant", "refresh_token": "rt-0123456789abcdef"}', "rt-0123456789abcdef"),
+    ('{"access_token":"at-0123456789abcdef","token_type":"bearer"}', "at-0123456789abcdef"),
+    ('{"client_secret": "cs-0123456789abcdef"}', "cs-0123456789abcdef"),
+    ("body was grant_type=refresh_token&refresh_token=rt-0123456789&client_secret=cs-0123456789", "-0123456789"),
+    ("X-Amz-Signature%3Dfeedfacefeedface%26X-Amz-Date%3D1", "feedfacefeedface"),
+])
+def test_unregistered_secrets_in_json_and_form_bodies_are_redacted(text: str, leaked: str) -> None:
+    # Not registered (a token from another process, a new one an error body carried): the patterns must catch them.
+    assert leaked not in logs.redact(text) and "[redacted]" in logs.redact(text)
+
+
 def test_upload_url_secrets_are_bounded() -> None:
     for n in range(logs.URL_SECRETS_KEPT + 10):
         logs.register_url(f"https://up.example/u?signature=bounded-{n:06d}")
