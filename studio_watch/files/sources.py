@@ -100,6 +100,11 @@ def not_a_plain_file(path: str, st: os.stat_result, folder: str | None) -> str |
         real, root = os.path.realpath(os.path.dirname(path)), os.path.realpath(folder)
         if real != root and not real.startswith(root.rstrip("/") + "/"):
             return f"not uploaded: its folder leads out of {folder} through a symbolic link"
+        if st.st_nlink > 1 and not st.st_mode & stat.S_IROTH:
+            # O_NOFOLLOW cannot tell a hard link from the file: one planted here may be a file the daemon can
+            # read and whoever planted it cannot (its config, a token). Linked files everyone may read are fine.
+            return (f"not uploaded: a hard link ({st.st_nlink} names) to a file not everyone may read "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); copy it in, or make it world-readable")
     return None
 
 

@@ -202,3 +202,33 @@ def test_folders_the_daemon_creates_are_private_under_umask_000(open_tmp, sandbo
     assert done.returncode == 0, done.stderr
     for folder in ("var", "var/lib", "var/lib/sw"):
         assert (open_tmp / folder).stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_a_hard_link_to_a_file_not_everyone_may_read_is_never_uploaded(open_tmp, sandbox, daemons, service_account,
+                                                                       recorder_account):
+    # O_NOFOLLOW cannot see a hard link: it is the file itself. Where fs.protected_hardlinks is 0 (or for anyone
+    # who may write the file), `ln /etc/studio-watch/config.yaml drop/x.mp4` makes the daemon's own config, with
+    # its client secret, a recording. A linked file only everyone may read is published; a private one is not.
+    config = as_service(open_tmp, service_account, sandbox.url,
+                        [{"path": "drop", "settle_seconds": 0.3}], rescan_seconds=1,
+                        log={"format": "json", "level": "debug"})
+    drop = open_tmp / "drop"
+    private = open_tmp / "etc-sw"
+    private.mkdir()
+    secret = private / "config.yaml"
+    secret.write_text("client_secret: cs-0123456789abcdef\n")
+    os.chown(secret, 0, service_account.gid)
+    secret.chmod(0o640)  # the daemon's group may read it; the recorder may not
+    os.link(secret, drop / "at-start.mp4")  # present at startup: the scan
+    daemon = daemons(config, user=service_account)
+    daemon.wait_ready()
+    os.link(secret, drop / "later.mp4")  # arriving later: the events
+    shared = write_media(open_tmp / "shared.mp4", 4000, seed=5)  # world-readable: a hard link of it is fine
+    os.link(shared, drop / "shared.mp4")
+    assert sandbox.wait_for(lambda: len(sandbox.completed()) == 1, timeout=20), daemon.output()
+    scans = sum(e.get("event") == "folders_scanned" for e in daemon.events)
+    assert daemon.wait_event("folders_scanned", 10, count=scans + 2)
+    assert [m["content_sha256"] for m in sandbox.media()] == [sha256_of(shared)]
+    explained = run_cli("explain", str(drop / "later.mp4"), "-c", str(config), user=service_account)
+    assert explained.returncode == 1 and "hard link" in explained.stdout, explained.stdout
+    assert daemon.stop() == 0
