@@ -18,7 +18,7 @@ delete or cross-filesystem move waits for a longer quiet period (`after_upload_q
 
 Residual cases, documented in the README: a writer that was already open and paused when the daemon started,
 and stays paused longer than settle_seconds, is only seen by the lease; a writer that writes through mmap
-alone makes no IN_MODIFY. A mark older than STALE_SECONDS (lost close events after an inotify overflow, a
+alone makes no IN_MODIFY. A mark not written to for STALE_SECONDS (lost close events after an inotify overflow, a
 truncate(2) by path, which makes no close) no longer holds a file back, and says so in the log.
 """
 
@@ -50,8 +50,8 @@ class OpenWriters:
         self._clock = clock
 
     def modified(self, path: str) -> None:
-        with self._lock:
-            self._since.setdefault(path, self._clock())
+        with self._lock:  # the last write: only a silence of STALE_SECONDS means a close was lost
+            self._since[path] = self._clock()
 
     def closed(self, path: str) -> None:
         with self._lock:
@@ -66,7 +66,7 @@ class OpenWriters:
                 self._since[dest] = since
 
     def writing(self, path: str) -> bool:
-        """Modified since its last close-write (and not for longer than STALE_SECONDS)."""
+        """Modified since its last close-write (and written to within STALE_SECONDS)."""
         with self._lock:
             since = self._since.get(path)
             if since is None:

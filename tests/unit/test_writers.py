@@ -45,10 +45,24 @@ def test_a_mark_whose_close_was_lost_expires_after_the_stale_limit() -> None:
     writers = OpenWriters(clock)
     writers.modified("/d/a.mp4")
     clock.now += STALE_SECONDS - 1
-    writers.modified("/d/a.mp4")  # further writes do not renew it: the first unclosed write counts
     assert writers.writing("/d/a.mp4")
     clock.now += 2
     assert not writers.writing("/d/a.mp4")
+
+
+def test_a_writer_that_kept_writing_past_the_stale_limit_and_then_pauses_is_still_writing() -> None:
+    # A room recording all day into one file: 13 hours of writes, then a pause with the file open. Counting the
+    # stale limit from the first write declared the writer gone at its first pause (uploaded half, deleted
+    # under it); a lost close is a silence of STALE_SECONDS, counted from the last write.
+    clock = Clock()
+    writers = OpenWriters(clock)
+    for _ in range(13 * 60):
+        writers.modified("/d/day.mp4")
+        clock.now += 60
+    clock.now += 300  # the pause, longer than any settle time
+    assert writers.writing("/d/day.mp4")
+    clock.now += STALE_SECONDS
+    assert not writers.writing("/d/day.mp4")
 
 
 def test_quiet_period_where_writers_cannot_be_seen() -> None:
