@@ -14,6 +14,7 @@ from studio_watch.config import StudioConfig, is_loopback
 from studio_watch.errors import TransientError
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a year of a busy room's timetable is well under 1 MB
+MAX_REDIRECTS = 5
 
 
 def shown_url(url: str) -> str:
@@ -39,21 +40,30 @@ def fetch_document(url: str, ca_bundle: Path | None, timeout: float, studio: Stu
     pool = Pool(lambda: tls_context(ca_bundle), timeout, proxies=Proxies.from_config(studio))
     origin = shown.removesuffix("/…")
     try:
+        # Redirects are followed by hand: each hop is checked before it is requested, since a plain-http hop
+        # would already have sent the calendar's private path in clear text.
         with pool.httpx(owned=True) as http:
-            http.max_redirects = 5
-            with http.stream("GET", url, headers={"Accept": "text/calendar, */*;q=0.5"},
-                             follow_redirects=True) as response:
-                final = response.url
-                if final.scheme != "https" and not is_loopback(final.host):
-                    raise TransientError(f"GET {shown}: redirected to plain http:// ({final.host}); refused")
-                if response.status_code != 200:
-                    raise TransientError(f"GET {shown}: HTTP {response.status_code}")
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise TransientError(f"GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes; refused")
-                return bytes(body)
+            request = http.build_request("GET", url, headers={"Accept": "text/calendar, */*;q=0.5"})
+            for _ in range(MAX_REDIRECTS + 1):
+                response = http.send(request, stream=True, follow_redirects=False)
+                try:
+                    if response.next_request is not None:  # a redirect
+                        target = response.next_request.url
+                        if target.scheme != "https" and not is_loopback(target.host):
+                            raise TransientError(f"GET {shown}: redirected to plain http:// ({target.host}); refused")
+                        request = response.next_request
+                        continue
+                    if response.status_code != 200:
+                        raise TransientError(f"GET {shown}: HTTP {response.status_code}")
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_DOCUMENT_BYTES:
+                            raise TransientError(f"GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes; refused")
+                    return bytes(body)
+                finally:
+                    response.close()
+            raise TransientError(f"GET {shown}: more than {MAX_REDIRECTS} redirects; refused")
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
         cause = exc.__cause__ or exc  # netio's error: it says whether the proxy or the host was out of reach
         raise TransientError(f"GET {shown}: {pool._unreachable(cause, origin)}") from None

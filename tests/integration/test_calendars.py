@@ -220,3 +220,52 @@ def test_the_fetch_follows_the_proxy_environment(tmp_path: Path, http: Threading
         with pytest.raises(TransientError, match=f"cannot reach https://{name}:{front.port}") as direct:
             fetch_document(url, ca.cert, 5)
         assert "rooms" not in str(direct.value) and proxy.tunnels() == [f"{name}:{front.port}"]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A proxy that only records what it is asked (plain GET or CONNECT) and refuses it."""
+
+    asked: list[str] = []
+
+    def _refuse(self) -> None:
+        self.asked.append(f"{self.command} {self.path}")
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_CONNECT = _refuse
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused_before_it_is_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The answer was refused only after httpx had followed it: the private calendar path (its secret) had
+    # already gone out in clear text. The plain-http hop is seen here by a loopback proxy standing in for the
+    # network; it must never be asked.
+    from studio_watch.sandbox.tls import make_certificates
+
+    tls = make_certificates(tmp_path / "tls", ["127.0.0.1"])
+    server = _serve(tls.server_context())
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        _Recorder.asked = []
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        _Served.routes = {"/cal/room.ics": (302, {"Location": "http://calendar.example.org/private/t0ken/room.ics"},
+                                            b"")}
+        with pytest.raises(TransientError, match="plain http") as refused:
+            fetch_document(f"https://127.0.0.1:{server.server_port}/cal/room.ics", tls.ca, 5)
+        assert "t0ken" not in str(refused.value)
+        assert _Recorder.asked == [], "the plain-http hop was sent"
+        body = _ics(tmp_path)  # an https hop is followed
+        _Served.routes = {"/cal/old.ics": (301, {"Location": "/cal/new.ics"}, b""), "/cal/new.ics": (200, {}, body)}
+        assert fetch_document(f"https://127.0.0.1:{server.server_port}/cal/old.ics", tls.ca, 5) == body
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        server.shutdown()
+        server.server_close()
