@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
-from studio_watch import config as cfg
+from studio_watch import config as cfg, logs
 from studio_watch.errors import AuthError, StudioError, StudioWatchError, TransientError
 from studio_watch.studio.client import IMPORT_PATH, StudioClient
 from studio_watch.files import sources
@@ -373,7 +373,7 @@ def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:
     except OSError:
         size, mtime = 0, time.time()
         note = ["(the file does not exist yet: size 0 and the current time stand in for the templates)"]
-    title = cfg.render(rule.title, Path(matched), rule.path, size=size, mtime=mtime)
+    title = logs.title_text(cfg.render(rule.title, Path(matched), rule.path, size=size, mtime=mtime))  # as sent
     description = cfg.render(rule.description, Path(matched), rule.path, size=size, mtime=mtime)
     target, _ = _target(rule)
     lines = [f"folder: folders[{index}] {rule.path} ({'recursive' if rule.recursive else 'not recursive'})",
@@ -436,7 +436,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "date", None):
         return _explain_date(config, args)
     lines, code = explain(config, os.path.abspath(args.path))
-    print("\n".join(lines))
+    print("\n".join(logs.printable(line) for line in lines))  # a file name may carry an ANSI escape
     return code
 
 
@@ -455,5 +455,5 @@ def _explain_date(config: cfg.Config, args: argparse.Namespace) -> int:
         lines, code = explain_date(config, queue, os.path.abspath(args.path), day, time.time())
     finally:
         queue.close()
-    print("\n".join(lines))
+    print("\n".join(logs.printable(line) for line in lines))  # file names and reasons may carry escapes
     return code

@@ -183,6 +183,44 @@ def test_explain_a_matching_file(tmp_path: Path) -> None:
     assert f"move the file to {tmp_path / 'done'}" in out and "settle:" in out and "duplicates: skip" in out
 
 
+def test_explain_escapes_control_characters_and_shows_the_title_studio_gets(tmp_path: Path) -> None:
+    # The name's ANSI escape reached the terminal raw ("title: evil\x1b[2J...": the screen was cleared), and
+    # the title shown was not the one sent (the daemon replaces control characters in titles).
+    media = tmp_path / "room-101" / "evil\x1b[2J\nname.mp4"
+    media.parent.mkdir(parents=True)
+    media.write_bytes(b"x" * 100)
+    config_path = write_config(tmp_path, "https://myschool.instructuremedia.com", standard_folders(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "studio_watch", "explain", str(media), "-c", str(config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "title: room-101 evil [2J name" in done.stdout, done.stdout
+
+
+def test_explain_date_escapes_control_characters_in_the_files_it_lists(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+
+    from studio_watch.queue.store import JobQueue, Seen, State
+    from tests.conftest import ical_event, write_calendar
+
+    start = dt.datetime.now().replace(hour=9, minute=0, second=0, microsecond=0)
+    write_calendar(tmp_path / "room.ics", ical_event("u", "CS101", start, start.replace(hour=10)))
+    config_path = write_config(tmp_path, "https://myschool.instructuremedia.com",
+                               [{"path": folder(tmp_path, "room-101"), "expect": {"calendar": str(tmp_path / "room.ics")}}])
+    name = str(tmp_path / "room-101" / "evil\x1b[2J\nname.mp4")
+    queue = JobQueue(cfg.load(config_path).state_db)
+    queue.add(Seen(path=name, folder=str(tmp_path / "room-101"), size=5, mtime_ns=0, inode=1, device=1,
+                   collection_id=None, user_id=None, auto_caption=False, after_upload="keep", move_to=None,
+                   duplicates="skip", settle_seconds=1), State.SKIPPED, reason="bad\x1b[31m")
+    queue.close()
+    code = main(["explain", "--date", "today", str(tmp_path / "room-101"), "-c", str(config_path)])
+    out = capsys.readouterr()
+    assert code in (0, 1), out.err
+    out = out.out
+    assert "files first seen that day: 1" in out and "evil" in out
+    assert "\x1b" not in out and "evil\\x1b[2J\\nname.mp4" in out, out
+
+
 def test_explain_user_folder_and_captions(tmp_path: Path) -> None:
     lines, code = explained(tmp_path, tmp_path / "ada" / "deep" / "talk.MOV")
     text = "\n".join(lines)
