@@ -136,10 +136,10 @@ class Expectations:
         assert folder.rule.expect is not None
         grace, path = folder.rule.expect.grace_seconds, str(folder.rule.path)
         due = j.to_judge(lectures, grace, now, folder.since, folder.judged)
-        taken = self._taken(path, now) if due or new_files else set()
+        taken = self._taken(path, now) if due or new_files else {}
         for lecture in due:
             arrivals = [arrival(job) for job in self.queue.seen_in(path, lecture.starts_at - j.EARLY, now)]
-            verdict = j.judge(lecture, grace, arrivals, now, taken)
+            verdict = j.judge(lecture, grace, arrivals, now, j.taken_for(taken, lecture.starts_at, lecture.ends_at))
             assert verdict is not None
             record = LectureRecord(
                 folder=path, lecture=lecture.key, summary=lecture.summary, zone=lecture.zone,
@@ -149,7 +149,7 @@ class Expectations:
             stored = self.queue.record_lecture(record)
             folder.judged.add(lecture.key)
             if record.job_id is not None:
-                taken.add(record.job_id)
+                taken.setdefault(record.job_id, []).append((record.starts_at, record.ends_at))
             if stored:
                 self._report(record, verdict.arrival)
                 new_files = new_files or record.outcome == j.MISSING  # a file written before it was judged
@@ -158,14 +158,20 @@ class Expectations:
         for record in self.queue.lectures(path, open_at=now):
             arrivals = [arrival(job) for job in self.queue.seen_in(path, record.starts_at - j.EARLY,
                                                                    min(now, record.late_until))]
-            late = j.late_arrival(record.starts_at, record.due_at, record.late_until, arrivals, taken)
+            late = j.late_arrival(record.starts_at, record.due_at, record.late_until, arrivals,
+                                  j.taken_for(taken, record.starts_at, record.ends_at))
             if late is not None and self.queue.lecture_late(path, record.lecture, late.job_id, now):
-                taken.add(late.job_id)
+                taken.setdefault(late.job_id, []).append((record.starts_at, record.ends_at))
                 self._resolved(record, late)
 
-    def _taken(self, path: str, now: float) -> set[int]:
-        """The files that already count for a lecture of this folder (each counts for one only)."""
-        return {r.job_id for r in self.queue.lectures(path, since=now - j.LOOKBACK - AHEAD) if r.job_id is not None}
+    def _taken(self, path: str, now: float) -> j.Taken:
+        """The files that already count for a lecture of this folder, with the lectures' times (a file counts
+        for one lecture only, or for lectures held at the same time)."""
+        taken: j.Taken = {}
+        for r in self.queue.lectures(path, since=now - j.LOOKBACK - AHEAD):
+            if r.job_id is not None:
+                taken.setdefault(r.job_id, []).append((r.starts_at, r.ends_at))
+        return taken
 
     def _expanded(self, folder: _Folder, timetable: Timetable, now: float) -> list[Lecture]:
         done_for, at = folder.expanded

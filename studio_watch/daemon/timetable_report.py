@@ -149,9 +149,13 @@ def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date, n
         elif since is None or lecture.ends_at <= since:
             lines.append(head + "not judged (it ended before the daemon watched this folder with a timetable)")
         else:
-            taken = {r.job_id for r in verdicts.values() if r.job_id is not None}
+            taken: j.Taken = {}
+            for r in verdicts.values():
+                if r.job_id is not None:
+                    taken.setdefault(r.job_id, []).append((r.starts_at, r.ends_at))
             verdict = j.judge(lecture, grace, [arrival(x) for x in queue.seen_in(
-                str(rule.path), lecture.starts_at - j.EARLY, now)], now, taken)
+                str(rule.path), lecture.starts_at - j.EARLY, now)], now,
+                j.taken_for(taken, lecture.starts_at, lecture.ends_at))
             lines.append(head + f"not judged yet by the daemon; from what the queue saw: {verdict.outcome}"  # type: ignore[union-attr]
                          )
     arrived = queue.seen_in(str(rule.path), start.timestamp(), end.timestamp())

@@ -5,7 +5,8 @@ modification time falls in that window: a file the daemon could not see arrive (
 down, copied in with its times kept), or one a recorder began a few minutes early and was still writing. Files
 skipped as junk (empty, vanished, the same bytes as an earlier one) never count; a file that arrived but failed
 to upload does (that is another alert). A file counts for one lecture only, the first judged: with back-to-back
-lectures, the first one's recording (still written as the second begins) does not hide the second one's absence.
+lectures, the first one's recording (still written as the second begins) does not hide the second one's absence;
+lectures whose times overlap are one session and share it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def to_judge(lectures: Sequence[Lecture], grace: float, now: float, since: float
     """Lectures whose grace is over, that ended after the folder began to be watched, not judged yet."""
     floor = max(since, now - LOOKBACK)
     return [x for x in lectures if due_at(x, grace) <= now and x.ends_at > floor and x.key not in judged]
+
+
+Taken = dict[int, list[tuple[float, float]]]  # job id -> the (start, end) of each lecture it already counts for
+
+
+def taken_for(taken: Taken, starts_at: float, ends_at: float) -> set[int]:
+    """The files a lecture may not count: those taken by a lecture that does not overlap it. Lectures whose
+    times overlap are one session in one room (a cross-listed course, a session in two calendars): one
+    recording is theirs alike. A lecture that merely follows another never shares its file."""
+    return {job_id for job_id, spans in taken.items()
+            if not any(start < ends_at and starts_at < end for start, end in spans)}
 
 
 def next_start_after(lectures: Sequence[Lecture], lecture: Lecture) -> float | None:

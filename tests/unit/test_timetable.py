@@ -253,6 +253,22 @@ def test_a_file_after_the_next_lecture_began_is_not_the_missed_ones(room: Room) 
     assert [e for e in room.events() if e[2]] == []
 
 
+def test_lectures_held_at_the_same_time_share_their_recording(tmp_path: Path) -> None:
+    # A cross-listed course (CS401 and CS501 in one room at one time), or one session both in the course
+    # calendar and the room booking: one recorder, one file. "A file counts for one lecture only" made the second
+    # a recording_missing every week; a file may count for lectures whose times overlap (one session), never
+    # for a lecture that only follows (back to back) the one that took it.
+    r = Room(tmp_path, [("CS401", 100, 200), ("CS501", 100, 200), ("Next", 200, 300)])
+    try:
+        r.at(0)
+        r.file("session.mp4", seen_at=110)
+        r.at(400)
+        assert r.outcomes() == {"CS401": "recorded", "CS501": "recorded", "Next": "missing"}
+        assert r.events() == [("recording_missing", "Next", False)]
+    finally:
+        r.queue.close()
+
+
 def test_junk_does_not_count(room: Room) -> None:
     room.at(0)
     room.file("empty.mp4", seen_at=150, state=State.SKIPPED)
