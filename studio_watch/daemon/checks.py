@@ -447,12 +447,12 @@ def _explain_date(config: cfg.Config, args: argparse.Namespace) -> int:
     from studio_watch.queue.store import JobQueue
 
     try:
-        day = parse_day(args.date)
+        parse_day(args.date)  # checked here (exit 2); "today" is resolved in the timetable's zone
     except ValueError:
         raise config_error("--date", f"expected YYYY-MM-DD, today or yesterday; got {args.date!r}") from None
     queue = JobQueue(config.state_db)
     try:
-        lines, code = explain_date(config, queue, os.path.abspath(args.path), day, time.time())
+        lines, code = explain_date(config, queue, os.path.abspath(args.path), args.date, time.time())
     finally:
         queue.close()
     print("\n".join(logs.printable(line) for line in lines))  # file names and reasons may carry escapes

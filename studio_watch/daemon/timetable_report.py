@@ -112,8 +112,10 @@ def check_timetables(config: cfg.Config, fetch: Callable[[str], bytes] | None, n
 
 # -- explain --date -------------------------------------------------------------------------------------------------
 
-def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date, now: float) -> tuple[list[str], int]:
-    """What `path`'s folder expected on `day` (in the timetable's zone) and what arrived; exit 1 if one is missing."""
+def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date | str,
+                 now: float) -> tuple[list[str], int]:
+    """What `path`'s folder expected on `day` (in the timetable's zone; `today` and the like are that zone's
+    too) and what arrived; exit 1 if one is missing."""
     index, rule = _folder_of(config, path)
     if rule is None:
         folders = ", ".join(str(r.path) for r in config.folders) or "none configured"
@@ -127,6 +129,8 @@ def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date, n
     if timetable is None:
         return lines + [f"timetable unavailable: {problem}"], 1
     zone = timetable.zone() or dt.datetime.now().astimezone().tzinfo
+    if isinstance(day, str):
+        day = parse_day(day, zone)
     start = dt.datetime.combine(day, dt.time(0), zone)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), zone)
     lectures = timetable.lectures(start, end)
@@ -182,9 +186,9 @@ def _folder_of(config: cfg.Config, path: str) -> tuple[int, cfg.FolderRule | Non
     return -1, None
 
 
-def parse_day(text: str) -> dt.date:
-    """YYYY-MM-DD, `today` or `yesterday` (raises ValueError)."""
-    today = dt.date.today()
+def parse_day(text: str, zone: dt.tzinfo | None = None) -> dt.date:
+    """YYYY-MM-DD, `today` or `yesterday` (in `zone`: the timetable's, else the machine's; raises ValueError)."""
+    today = dt.datetime.now(zone).date()
     named = {"today": today, "yesterday": today - dt.timedelta(days=1), "tomorrow": today + dt.timedelta(days=1)}
     if text in named:
         return named[text]

@@ -221,6 +221,36 @@ def test_explain_date_escapes_control_characters_in_the_files_it_lists(tmp_path:
     assert "\x1b" not in out and "evil\\x1b[2J\\nname.mp4" in out, out
 
 
+def test_explain_date_today_is_today_in_the_timetables_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # explain --date reads a day in the timetable's zone, but "today" was the machine's date: with the machine
+    # in Kiritimati (UTC+14) and the room in Pago Pago (UTC-11), 25 hours apart, the two dates always differ, and
+    # "today" showed another day's lectures (so did e2e test_recorded_missing_late_across_time_zones, on a UTC
+    # machine with a New York timetable, from 00:00 to 05:00 UTC).
+    import datetime as dt
+    import time
+    from zoneinfo import ZoneInfo
+
+    from tests.conftest import ical_event, write_calendar
+
+    room = ZoneInfo("Pacific/Pago_Pago")
+    write_calendar(tmp_path / "room.ics", ical_event("d", "Daily", dt.datetime(2026, 1, 1, 9), dt.datetime(2026, 1, 1, 10),
+                                                     rrule="FREQ=DAILY", tzid="Pacific/Pago_Pago"))
+    config_path = write_config(tmp_path, "https://myschool.instructuremedia.com",
+                               [{"path": folder(tmp_path, "room-101"), "expect": {"calendar": str(tmp_path / "room.ics")}}])
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    try:
+        before = dt.datetime.now(room).date()
+        main(["explain", "--date", "today", str(tmp_path / "room-101"), "-c", str(config_path)])
+        after = dt.datetime.now(room).date()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    out = capsys.readouterr().out
+    assert any(f"{d:%Y-%m-%d (%A)}: 1 lecture(s) expected" in out for d in (before, after)), out
+
+
 def test_explain_user_folder_and_captions(tmp_path: Path) -> None:
     lines, code = explained(tmp_path, tmp_path / "ada" / "deep" / "talk.MOV")
     text = "\n".join(lines)
