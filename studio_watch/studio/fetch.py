@@ -7,6 +7,7 @@ leave https (except to a loopback host, as the config allows), and reads at most
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +16,9 @@ from studio_watch.errors import TransientError
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a year of a busy room's timetable is well under 1 MB
 MAX_REDIRECTS = 5
+# httpx's timeout is per read: a server dripping a byte at a time never trips it. The whole answer (redirects
+# included) gets this many timeouts, so a calendar server cannot hold the thread that judges every folder.
+WHOLE_ANSWER_TIMEOUTS = 4
 
 
 def shown_url(url: str) -> str:
@@ -37,6 +41,8 @@ def fetch_document(url: str, ca_bundle: Path | None, timeout: float, studio: Stu
     from studio_watch.studio.transport import Pool, reason
 
     shown = shown_url(url)
+    deadline = time.monotonic() + WHOLE_ANSWER_TIMEOUTS * timeout
+    slow = f"GET {shown}: the answer took too long (over {WHOLE_ANSWER_TIMEOUTS * timeout:g} s); refused"
     pool = Pool(lambda: tls_context(ca_bundle), timeout, proxies=Proxies.from_config(studio))
     origin = shown.removesuffix("/…")
     try:
@@ -52,11 +58,15 @@ def fetch_document(url: str, ca_bundle: Path | None, timeout: float, studio: Stu
                         if target.scheme != "https" and not is_loopback(target.host):
                             raise TransientError(f"GET {shown}: redirected to plain http:// ({target.host}); refused")
                         request = response.next_request
+                        if time.monotonic() > deadline:
+                            raise TransientError(slow)
                         continue
                     if response.status_code != 200:
                         raise TransientError(f"GET {shown}: HTTP {response.status_code}")
                     body = bytearray()
                     for chunk in response.iter_bytes():
+                        if time.monotonic() > deadline:
+                            raise TransientError(slow)
                         body += chunk
                         if len(body) > MAX_DOCUMENT_BYTES:
                             raise TransientError(f"GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes; refused")

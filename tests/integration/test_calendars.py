@@ -269,3 +269,43 @@ def test_a_redirect_from_https_to_plain_http_is_refused_before_it_is_followed(
         proxy.server_close()
         server.shutdown()
         server.server_close()
+
+
+class _Drip(BaseHTTPRequestHandler):
+    """A calendar server that answers, then sends its body one byte at a time, never finishing."""
+
+    stop = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        while not self.stop.wait(0.2):
+            try:
+                self.wfile.write(b"B")
+                self.wfile.flush()
+            except OSError:
+                return
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_that_never_finishes_its_answer_cannot_hold_the_fetch(tmp_path: Path) -> None:
+    # httpx's timeout is per read: a byte every 0.2 s never trips a 1 s timeout, so the fetch (on the one thread
+    # that judges every folder's lectures) would wait for the whole megabyte, days at a byte a second. The
+    # fetch has a deadline for the whole answer.
+    import time
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Drip.stop.clear()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="too long"):
+            fetch_document(f"http://127.0.0.1:{server.server_port}/room.ics", None, 1)
+        assert time.monotonic() - started < 15
+    finally:
+        _Drip.stop.set()
+        server.shutdown()
+        server.server_close()
