@@ -5,8 +5,10 @@ check, and a restart during one still knows the timetable.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import structlog
 from studio_watch.config import ExpectConfig
 from studio_watch.errors import StudioWatchError
 from studio_watch.expect.timetable import Timetable, TimetableError
-from studio_watch.studio.fetch import shown_url
+from studio_watch.studio.fetch import MAX_DOCUMENT_BYTES, shown_url
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +84,7 @@ class CalendarSource:
             return
         self._identity = identity
         try:
-            data = self.path.read_bytes()
+            data = read_calendar_file(self.path)
         except OSError as exc:
             self._problem(f"cannot read {self.path}: {exc.strerror}")
             return
@@ -91,7 +93,7 @@ class CalendarSource:
     def _read_copy(self) -> None:
         assert self.copy is not None
         try:
-            data = self.copy.read_bytes()
+            data = read_calendar_file(self.copy)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -147,7 +149,7 @@ def load_local(expect: ExpectConfig, state_db: Path) -> tuple[Timetable | None, 
     assert expect.calendar is not None
     where = cache_path(state_db, expect.calendar) if expect.is_url else Path(expect.calendar)
     try:
-        data = where.read_bytes()
+        data = read_calendar_file(where)
     except FileNotFoundError:
         return None, ("no copy of the calendar yet (the daemon fetches it)" if expect.is_url else f"no such file: {where}")
     except OSError as exc:
@@ -156,6 +158,26 @@ def load_local(expect: ExpectConfig, state_db: Path) -> tuple[Timetable | None, 
         return Timetable.parse(data, str(where)), None
     except TimetableError as exc:
         return None, str(exc)
+
+
+def read_calendar_file(path: Path) -> bytes:
+    """A calendar file's bytes, read only if it is a regular file (a FIFO put in its place would block the
+    thread that judges every folder forever) of at most MAX_DOCUMENT_BYTES. Links are followed: a calendar
+    file is named in the config, not found in a drop folder. OSError (with a strerror) otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_DOCUMENT_BYTES} bytes", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # the file object closes it
+            return f.read(MAX_DOCUMENT_BYTES + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -309,3 +309,27 @@ def test_a_server_that_never_finishes_its_answer_cannot_hold_the_fetch(tmp_path:
         _Drip.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_fifo_at_the_calendar_path_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    # read_bytes() on a FIFO waits for a writer forever, on the one thread that judges every folder (and in
+    # status/explain). The calendar file is often exported to a share by another system: it is only read when
+    # it is a regular file.
+    import os
+
+    path = tmp_path / "room.ics"
+    os.mkfifo(path)
+    result: list[Any] = []
+    source = CalendarSource(ExpectConfig(calendar=str(path)), tmp_path / "state.db", fetch=None)
+    worker = threading.Thread(target=lambda: result.append((source.current(0.0), source.state.error,
+                                                            load_local(source.expect, tmp_path / "state.db"))),
+                              daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        with open(path, "wb"):  # let the stuck reader go, so the test process can end
+            pass
+        pytest.fail("reading the calendar blocked on a FIFO")
+    [(timetable, error, (copy, problem))] = result
+    assert timetable is None and "not a regular file" in (error or "")
+    assert copy is None and "not a regular file" in (problem or "")
