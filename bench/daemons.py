@@ -162,11 +162,11 @@ def _seed_completed(config: Path) -> int:
     each file (so identities match), then one bulk UPDATE to completed (not one fsync'd update per job)."""
     from studio_watch import config as cfg
     from studio_watch.daemon.app import to_seen
-    from studio_watch.queue.store import JobQueue
+    from studio_watch.queue import open_queue
     from studio_watch.files.watcher import scan
 
     loaded = cfg.load(config)
-    queue = JobQueue(loaded.state_db)
+    queue = open_queue(loaded.state_db)
     try:
         created = queue.observe([to_seen(f) for f in scan(loaded.folders[0])])
     finally:

@@ -143,7 +143,7 @@ class LogConfig:
 class Config:
     source: Path
     studio: StudioConfig
-    state_db: Path
+    state_db: Path | str  # a SQLite file's path, or a postgresql:// URI (a str) for a cluster's shared queue
     folders: tuple[FolderRule, ...] = ()
     workers: int = 2
     rescan_seconds: float = 60.0
@@ -154,6 +154,29 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    node_name: str = field(default_factory=lambda: default_node_name())
+    password_file: Path | None = None  # the PostgreSQL password (else PGPASSFILE or a systemd credential)
+    lease_seconds: float = 30.0  # a cluster: a node's claim on a job outlives its last heartbeat this long
+
+    @property
+    def shared_state(self) -> bool:
+        """The queue is a cluster's PostgreSQL database (not this machine's SQLite file)."""
+        return isinstance(self.state_db, str)
+
+    @property
+    def local_state(self) -> Path:
+        """Where this daemon keeps files of its own (a calendar's last good copy): beside the SQLite file, or
+        for a cluster's node under $STATE_DIRECTORY (systemd's StateDirectory=), else ~/.local/state/studio-watch,
+        named after the node."""
+        if not isinstance(self.state_db, str):
+            return self.state_db
+        base = os.environ.get("STATE_DIRECTORY") or str(Path.home() / ".local" / "state" / "studio-watch")
+        return Path(base.split(":")[0]) / self.node_name
+
+    @property
+    def state_db_display(self) -> str:
+        """state_db for logs and messages: a URI's password never shows."""
+        return redact_uri(self.state_db) if isinstance(self.state_db, str) else str(self.state_db)
 
 
 class _Reader:
@@ -264,9 +287,7 @@ def parse(source: Path, data: Any) -> Config:
     """Validate already-parsed YAML data; `source` names the file in errors and anchors relative paths."""
     top = _Reader(source, "", data)
     studio = _studio(source, top.get("studio", dict))
-    state_db = top.path("state_db")
-    if state_db is None:
-        top.fail("state_db", "required: the path of the SQLite state database")
+    state_db = _state_db(top)
     defaults_reader = _Reader(source, "defaults", top.get("defaults", dict, {}))
     defaults = _folder_fields(defaults_reader, FolderRule(path=Path("/")))
     defaults_reader.finish()
@@ -287,9 +308,74 @@ def parse(source: Path, data: Any) -> Config:
         schedule=_schedule(source, top.get("schedule", dict, {})),
         notify=_notify(source, top.get("notify", dict, {})),
         defaults=dataclasses.asdict(defaults),
+        node_name=_node_name(top),
+        password_file=top.path("password_file"),
+        lease_seconds=top.positive("lease_seconds", 30.0),
     )
+    if config.password_file is not None and not config.shared_state:
+        top.fail("password_file", "only a postgresql:// state_db has a password")
     top.finish()
     return config
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+CREDENTIAL_NAME = "state_db_password"  # systemd LoadCredential= name for the PostgreSQL password
+
+
+def default_node_name() -> str:
+    import socket
+
+    return socket.gethostname() or "localhost"
+
+
+def _state_db(top: _Reader) -> Path | str:
+    value = top.get("state_db", str)
+    if not value:
+        top.fail("state_db", "required: the path of the SQLite state database, or a postgresql:// URI")
+    if value.startswith(POSTGRES_SCHEMES):
+        # A password inline works but is discouraged (password_file, PGPASSFILE or a systemd credential instead):
+        # it is registered as a secret, so it never reaches a log line, and `redact_uri` hides it in messages.
+        return value
+    if "://" in value:
+        top.fail("state_db", f"{redact_uri(value)!r}: expected a path or a postgresql:// URI")
+    return resolve_path(top.source, value)
+
+
+def _node_name(top: _Reader) -> str:
+    name = top.get("node_name", str) or default_node_name()
+    if not name.strip() or "/" in name or len(name) > 64 or not name.isprintable():
+        top.fail("node_name", f"{name!r}: expected a printable name without '/', at most 64 characters")
+    return name
+
+
+def redact_uri(uri: str) -> str:
+    """A connection URI without its password (in the user part or a `password=` parameter)."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join("password=***" if q.split("=", 1)[0] == "password" else q for q in parts.query.split("&")) \
+        if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return uri  # (geturl() would turn postgresql:///db into postgresql:/db)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def state_db_password(config: Config) -> str | None:
+    """The PostgreSQL password: password_file, else the systemd credential, else None (libpq then reads
+    PGPASSFILE / ~/.pgpass, or the server needs none: peer or certificate authentication)."""
+    if not config.shared_state:
+        return None
+    inline = urlsplit(str(config.state_db)).password
+    if inline:
+        return None  # libpq reads it from the URI; the caller registers it as a secret
+    if config.password_file is not None:
+        return read_secret_file(config.password_file, "password_file", config.source)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+        return read_secret_file(Path(creds) / CREDENTIAL_NAME, f"systemd credential {CREDENTIAL_NAME}", config.source)
+    return None
 
 
 def _studio(source: Path, data: Any) -> StudioConfig:

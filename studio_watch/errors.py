@@ -6,6 +6,9 @@ Every expected failure is one of these; anything else is a bug and may show a tr
     ├── ConfigError            bad configuration or usage: exit code 2, message names file, key, problem
     ├── DatabaseLocked         another daemon holds the state database (names its pid): exit code 1
     ├── DatabaseTooNew         the state database was written by a newer studio-watch: exit code 1
+    ├── DatabaseUnavailable    the state database cannot be reached (PostgreSQL down): work waits, exit code 1
+    ├── LeaseLost              another node took this job over (its lease ran out): this worker lets go of it
+    ├── NodeNameInUse          a live daemon of the cluster already runs under this node_name: exit code 1
     ├── StudioError            something the Studio API (or the network to it) did
     │   ├── TransientError     worth trying again later: 429, 5xx, resets, read timeouts
     │   │   └── Unreachable    the API host cannot be reached at all: pauses the whole queue
@@ -52,6 +55,19 @@ class DatabaseLocked(StudioWatchError):
 
 class DatabaseTooNew(StudioWatchError):
     """The state database's schema is newer than this program understands."""
+
+
+class DatabaseUnavailable(StudioWatchError):
+    """The state database (a PostgreSQL server) cannot be reached right now; the message names it."""
+
+
+class LeaseLost(StudioWatchError):
+    """A guarded transition found the job no longer held by this claim: another node took it over after the
+    lease ran out (a partition, a stall). The worker stops working on it and changes nothing more."""
+
+
+class NodeNameInUse(StudioWatchError):
+    """Another live daemon of the cluster holds this node_name (the message names its pid and host)."""
 
 
 class StudioError(StudioWatchError):

@@ -301,3 +301,153 @@ def write_calendar(path: Path, *events: str) -> Path:
     tmp.write_text(text)
     tmp.rename(path)
     return path
+
+
+# -- a real PostgreSQL server, started by the suite ------------------------------------------------------------
+
+def _pg_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
+    return candidates[0] if candidates else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: initdb + pg_ctl into a temporary folder, listening on a Unix socket
+    only. initdb refuses to run as root, so the server runs as the `postgres` system user (or a test user)."""
+
+    def __init__(self, root: Path, account: Account | None) -> None:
+        self.root, self.account = root, account
+        self.data, self.sockets = root / "data", root / "sockets"
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self._n = 0
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=120, check=check,
+                              cwd=self.root, **(self.account.popen_args() if self.account else {}))
+
+    def start_cluster(self) -> None:
+        assert self.initdb and self.pg_ctl
+        self.sockets.mkdir(mode=0o777)
+        self.sockets.chmod(0o777)
+        self.data.mkdir(mode=0o700)
+        if self.account:
+            self.account.chown(self.root, self.data, self.sockets)
+        self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        opts = (f"-c listen_addresses='' -k {self.sockets} -c fsync=off -c full_page_writes=off "
+                "-c max_connections=200 -c shared_buffers=32MB")
+        self._run(str(self.pg_ctl), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
+                  "-o", opts, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.pg_ctl), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.sockets}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URI."""
+        import psycopg
+
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.uri(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The suite's own PostgreSQL (skipped, saying why, where it cannot run)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
+    if not (_pg_bin("initdb") and _pg_bin("pg_ctl")):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    account: Account | None = None
+    if os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam("postgres")
+            account = Account("postgres", entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            account = _account("sw-test-postgres")
+    root = tmp_path_factory.mktemp("pg")
+    for parent in [root, *root.parents]:  # the server's user must reach its folder
+        if parent == Path("/tmp") or parent == parent.parent:
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
+    server = PostgresServer(root, account)
+    try:
+        server.start_cluster()
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"could not start a PostgreSQL server: {exc.stderr.strip()[-300:]}")
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+
+
+@pytest.fixture
+def pg_uri(postgres_server: PostgresServer) -> str:
+    """The URI of a fresh database on the suite's PostgreSQL."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """The contract fixture: every queue test runs against a SQLite file and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "queue.db"
+    return request.getfixturevalue("pg_uri")
+
+
+def drive(queue: Any, job_id: int, to: Any, **facts: Any) -> Any:
+    """Carry a job to state `to` through the queue's named transitions, as the pipeline would (for tests that
+    need jobs in given states). facts: media_id, upload_url, content_hash, reason, last_error, after_done."""
+    from studio_watch.queue import Settled, State
+
+    job = queue.get(job_id)
+    if job.state is State.SETTLING:
+        target = to if to in (State.READY, State.SKIPPED, State.FAILED) else State.READY
+        extra = {k: facts[k] for k in ("reason", "last_error") if k in facts and target is not State.READY}
+        assert queue.settle([Settled(job.id, job.identity, target, {"next_attempt_at": 0.0, **extra})])
+        if target is to:
+            return queue.get(job_id)
+    job = queue.claim_id(job_id, "test-driver")
+    assert job is not None, f"job {job_id} is claimed by someone else"
+    now = time.time()
+    if to is State.SKIPPED:
+        assert queue.skip(job, facts.get("reason", "test"), facts.get("media_id"))
+    elif to is State.FAILED:
+        assert queue.fail(job, facts.get("last_error", "test failure"))
+    elif to is State.READY:
+        assert queue.release(job)
+    else:
+        if job.state is State.READY:
+            assert queue.issue_url(job, facts.get("media_id", job_id), facts.get("upload_url", f"https://up/{job_id}"),
+                                   now)
+            job = queue.get(job_id)
+        if to is not State.URL_ISSUED and job.state is State.URL_ISSUED:
+            assert queue.mark_uploaded(job, facts.get("content_hash", f"hash-{job_id}"))
+            job = queue.get(job_id)
+        if to is State.COMPLETED:
+            keep = facts.get("after_done", True)
+            assert queue.complete(job, transcoding_status=None, at=now, release=keep)
+            job = queue.get(job_id)
+        if job.claimed_by is not None:
+            assert queue.release(job)
+    job = queue.get(job_id)
+    assert job.state is to, (job.state, to)
+    return job

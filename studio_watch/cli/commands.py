@@ -10,16 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.cli.main import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, human_age, human_bytes, load_config,
                   print_json, stop_on_signals)
 from studio_watch.daemon.control import PAUSE_KEY, STATUS_KEY, DaemonLock
-from studio_watch.daemon.app import Daemon, make_tokens
+from studio_watch.daemon.app import Daemon, make_tokens, queue_for
 from studio_watch.errors import DatabaseLocked
-from studio_watch.queue.store import STATES, TERMINAL, Job, JobQueue, Seen, State
+from studio_watch.queue import STATES, TERMINAL, Job, JobQueue, Seen, State, Step
 from studio_watch.daemon.pipeline import NullObserver, Pipeline
 from studio_watch.files.watcher import classify
 from studio_watch.files.writers import unseen_message
@@ -40,14 +40,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def status_data(config: cfg.Config) -> dict[str, Any]:
     """Everything `status` shows, as one JSON-able object."""
-    queue = JobQueue(config.state_db)
+    queue = queue_for(config)
     try:
         oldest = queue.oldest_waiting()
         pause = json.loads(queue.meta(PAUSE_KEY) or "null")
-        held = DaemonLock(config.state_db).holding()
+        nodes = queue.nodes()
+        if queue.shared:  # a cluster: this node's daemon is the one `status` reports on, beside the list of all
+            mine = next((n for n in nodes if n["name"] == config.node_name and n["live"]), None)
+            held = (mine["pid"], "daemon") if mine else None
+        else:
+            held = DaemonLock(Path(config.state_db)).holding()
         pid = held[0] if held and held[1] == "daemon" else None
         upload = held[0] if held and held[1] == "upload" else None
-        snapshot = json.loads(queue.meta(STATUS_KEY) or "null") if pid else None
+        key = f"{STATUS_KEY}:{config.node_name}" if queue.shared else STATUS_KEY
+        snapshot = json.loads(queue.meta(key) or "null") if pid else None
         watched = {f["path"]: f for f in (snapshot or {}).get("folders", [])}
         return {
             "jobs": queue.counts(),
@@ -70,6 +76,9 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
                          # False: polled, a writer holding a file open cannot be seen (None: not watched now)
                          "open_writers_seen": watched.get(str(f.path), {}).get("open_writers_seen")}
                         for f in config.folders],
+            "state_db": queue.where,
+            "node": config.node_name,
+            "nodes": nodes,  # a cluster's members: name, host, pid, last_seen, live, sending (job ids)
             "timetables": _timetables(config, queue, (snapshot or {}).get("timetables")),
         }
     finally:
@@ -122,6 +131,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("queue:   running")
     print("jobs:    " + ", ".join(f"{state} {data['jobs'][state]}" for state in STATES))
+    for n in data["nodes"]:
+        seen = f"last seen {human_age(max(0.0, time.time() - n['last_seen']))} ago" if n["last_seen"] else "never seen"
+        sending = ", ".join(f"job {i}" for i in n["sending"]) or "nothing"
+        print(f"node:    {n['name']} ({n['host']}, pid {n['pid']}) {'up' if n['live'] else 'DOWN'}, {seen}, "
+              f"sending {sending}")
     if data["oldest_waiting"]:
         o = data["oldest_waiting"]
         print(f"oldest waiting: job {o['id']} ({o['state']}) {human_age(data['oldest_waiting_seconds'])}: "
@@ -159,7 +173,7 @@ def _print_timetable(t: dict[str, Any]) -> None:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     config = load_config(args)
-    queue = JobQueue(config.state_db)
+    queue = queue_for(config)
     try:
         jobs = queue.jobs(args.state, args.limit)
     finally:
@@ -181,7 +195,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if args.ids and args.failed:
         raise config_error("retry", "give JOB_ID... or --failed, not both")
     config = load_config(args)
-    queue = JobQueue(config.state_db)
+    queue = queue_for(config)
     try:
         moved = queue.retry(None if args.failed else args.ids)
     finally:
@@ -213,12 +227,14 @@ def cmd_upload(args: argparse.Namespace) -> int:
     # daemon start to upload.
     path, st = _upload_source(args)
     tokens = make_tokens(config)  # a missing or loose token file refuses the command here (exit 2)
-    queue = JobQueue(config.state_db)
+    queue = queue_for(config)
     try:
         job_id = _enqueue_upload(queue, args, path, st)
         if job_id is None:
             return EXIT_OK
-        lock = DaemonLock(config.state_db, role="upload")
+        if queue.shared:
+            return _upload_in_cluster(config, queue, job_id, tokens)
+        lock = DaemonLock(Path(config.state_db), role="upload")
         while True:
             try:
                 lock.acquire()
@@ -226,7 +242,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 # A daemon uploads the job; another `upload` working alone does not, but lets go when it is done.
                 print(f"pid {exc.pid} holds the queue: job {job_id} is uploaded there if it is a daemon, "
                       f"or here once the queue is free", file=sys.stderr)
-                code = _follow(queue, job_id, lock)
+                code = _follow(queue, job_id, lambda: lock.held_by_other() is not None)
                 if code is not None:
                     return code
                 continue
@@ -274,11 +290,23 @@ def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os
     return queue.add(seen, State.READY, title=title, description=args.description or "")
 
 
+def _upload_in_cluster(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource) -> int:
+    """A cluster's queue: the live nodes upload the job; with none up, this process does (its claim is a lease
+    like theirs, so a node that comes up meanwhile leaves it alone)."""
+    if any(n["live"] for n in queue.nodes()):
+        print(f"job {job_id} is queued; a node of the cluster uploads it", file=sys.stderr)
+        code = _follow(queue, job_id, lambda: any(n["live"] for n in queue.nodes()))
+        if code is not None:
+            return code
+    return _upload_alone(config, queue, job_id, tokens)
+
+
 def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource) -> int:
     """No daemon: run the pipeline here, waiting out retries, until the job ends."""
     stop = threading.Event()
     stop_on_signals(stop)
-    queue.recover()
+    if not queue.shared:  # the lock says nobody else works on this queue: claims left behind are stale
+        queue.recover()
     pause = _LocalPause()
     job = queue.get(job_id)
     assert job is not None
@@ -292,12 +320,12 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: Toke
     pipeline = Pipeline(queue, client, config.retry, pause, stop, _Progress())
     try:
         while not stop.is_set():
-            claimed = queue.claim_id(job_id, f"{os.getpid()}:upload")
+            claimed = queue.claim_id(job_id, queue.owner("upload"))
             if claimed is None:
                 break
             pipeline.run(claimed)
             job = queue.get(job_id) or claimed
-            if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
+            if job.step in (Step.DONE, Step.FAILED, Step.SKIPPED):
                 break
             if job.state is State.SETTLING:  # the file changed under the upload; nothing here waits for it to settle
                 print(f"\n{logs.shown(job.display_path)} changed while it was being sent: run upload again once it is "
@@ -319,21 +347,21 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: Toke
     return _report(queue.get(job_id))
 
 
-def _follow(queue: JobQueue, job_id: int, lock: DaemonLock) -> int | None:
-    """Another process holds the queue: watch the job's row until it ends (the exit code), or until nobody holds
-    the `lock` any more with the job unfinished (None: do it here)."""
+def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool]) -> int | None:
+    """Another process works on the queue: watch the job's row until it ends (the exit code), or until nobody
+    works on it any more (`worked_on` False) with the job unfinished (None: do it here)."""
     bar: ProgressBar | None = None
     while True:
         job = queue.get(job_id)
         assert job is not None
         if bar is None and job.size:
             bar = ProgressBar(job.size)
-        if job.state.value in TERMINAL and (job.state is not State.COMPLETED or job.after_done):
+        if job.step in (Step.DONE, Step.FAILED, Step.SKIPPED):
             if bar:
                 bar.update(job.size or 0, job.state.value)
                 bar.done()
             return _report(job)
-        if lock.held_by_other() is None:  # nobody works on the queue (a claim left by a dead process is stale)
+        if not worked_on():  # nobody works on the queue (a claim left by a dead process is stale)
             return None
         if bar:
             sent = job.bytes_sent or (job.size if job.state is State.UPLOADED else 0) or 0

@@ -11,7 +11,7 @@ from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.cli.main import human_bytes, stop_on_signals
 from studio_watch.daemon.app import Daemon
-from studio_watch.queue.store import Job, JobQueue, State
+from studio_watch.queue import Job, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 
 SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
@@ -93,7 +93,7 @@ def _run_quietly(daemon: Daemon) -> None:
 
 def _watch(db: Path, stop: threading.Event, until_completed: int | None) -> None:
     """Print each job's state changes until `until_completed` jobs are done (or forever)."""
-    queue = JobQueue(db)
+    queue = open_queue(db)
     seen: dict[int, tuple[str, bool]] = {}
     try:
         while not stop.wait(0.2):

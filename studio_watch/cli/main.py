@@ -116,7 +116,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _states() -> list[str]:
-    from studio_watch.queue.store import STATES
+    from studio_watch.queue import STATES
 
     return list(STATES)
 

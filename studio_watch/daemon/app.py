@@ -8,9 +8,11 @@ events. Teardown runs in `finally`, in reverse order of construction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,8 +26,8 @@ from studio_watch.files import sources
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
                       sd_notify, watchdog_interval)
-from studio_watch.errors import ConfigError, DatabaseLocked
-from studio_watch.queue.store import Job, JobQueue, Seen, State, settle_clock, show_path
+from studio_watch.errors import ConfigError, DatabaseLocked, DatabaseUnavailable
+from studio_watch.queue import Job, JobQueue, Seen, Settled, State, open_queue, settle_clock, show_path
 from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.schedule import RateLimiter, Schedule, parse_window
 from studio_watch.studio.client import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
@@ -56,6 +58,20 @@ def make_tokens(config: cfg.Config) -> TokenSource:
         tokens = StaticToken(read)
     logs.register_secret(tokens.token())
     return tokens
+
+
+def queue_for(config: cfg.Config) -> JobQueue:
+    """The queue `state_db` names: a SQLite file, or a cluster's PostgreSQL database (as `node_name`)."""
+    from urllib.parse import unquote, urlsplit
+
+    from studio_watch import logs
+
+    password = cfg.state_db_password(config)
+    inline = urlsplit(str(config.state_db)).password if config.shared_state else None
+    for secret in (password, inline and unquote(inline)):
+        if secret:
+            logs.register_secret(secret)
+    return open_queue(config.state_db, node=config.node_name, password=password, lease_seconds=config.lease_seconds)
 
 
 def to_seen(found: Found, local_clock: bool = False) -> Seen:
@@ -104,12 +120,14 @@ class Daemon:
 
     def run(self) -> None:
         """Run until the stop event is set. Raises DatabaseLocked, ConfigError."""
-        lock = DaemonLock(self.config.state_db)
-        if not self._acquire(lock):
+        # A cluster's node takes its name in the database instead (register_node); a file lock is per machine.
+        lock = None if self.config.shared_state else DaemonLock(Path(self.config.state_db))
+        if lock is not None and not self._acquire(lock):
             return
         client = watcher = server = None
         try:
-            self.queue = queue = JobQueue(self.config.state_db)
+            self.queue = queue = queue_for(self.config)
+            queue.register_node(self.config.node_name, os.getpid(), socket.gethostname())
             tokens = self.tokens or make_tokens(self.config)
             self._recover(queue)
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
@@ -153,9 +171,11 @@ class Daemon:
             if client is not None:
                 client.close()
             if self.queue is not None:
-                self.queue.set_meta(STATUS_KEY, None)
+                with contextlib.suppress(Exception):  # a database that is down must not hide the first error
+                    self.queue.set_meta(self._status_key(), None)
                 self.queue.close()
-            lock.release()
+            if lock is not None:
+                lock.release()
             log.info("daemon_stopped")
 
     def _acquire(self, lock: DaemonLock) -> bool:
@@ -178,8 +198,9 @@ class Daemon:
 
     def _recover(self, queue: JobQueue) -> None:
         recovered = queue.recover()
-        queue.set_meta(PAUSE_KEY, None)
-        log.info("daemon_started", pid=os.getpid(), state_db=str(self.config.state_db),
+        if not queue.shared:  # a cluster's pause is the cluster's: a node joining it does not lift it
+            queue.set_meta(PAUSE_KEY, None)
+        log.info("daemon_started", pid=os.getpid(), state_db=queue.where, node=self.config.node_name,
                  folders=len(self.config.folders), workers=self.config.workers, recovered=len(recovered),
                  **{f"recovered_{s.value}": sum(1 for j in recovered if j.state is s)
                     for s in (State.URL_ISSUED, State.UPLOADED, State.COMPLETED)})
@@ -208,7 +229,7 @@ class Daemon:
 
             studio = self.config.studio
             self.expectations = Expectations(
-                queue, self.alerts, self.config.state_db,
+                queue, self.alerts, self.config.local_state,
                 lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds, studio),
                 on_missing=self.activity.recording_missing)
             self.expectations.update_rules(self.config.folders)
@@ -231,13 +252,19 @@ class Daemon:
             self.watcher.restart_dead()
             if interval and self.healthy():
                 sd_notify("WATCHDOG=1")
-            if time.monotonic() - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
-                self._publish()
-                last_publish = time.monotonic()
-                status = self.status_line()
-                if status != last_status:
-                    sd_notify(f"STATUS={status}")
-                    last_status = status
+            try:
+                if self.queue is not None and self.queue.shared:
+                    self.pause.follow_shared()
+                if time.monotonic() - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
+                    self._publish()
+                    last_publish = time.monotonic()
+                    status = self.status_line()
+                    if status != last_status:
+                        sd_notify(f"STATUS={status}")
+                        last_status = status
+            except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: the daemon waits for it
+                log.warning("database_unavailable", error=str(exc))
+                sd_notify("STATUS=waiting for the state database")
             self._alert_on_long_pause()
 
     def healthy(self) -> bool:
@@ -271,7 +298,14 @@ class Daemon:
                     "uploaded_bytes": self.activity.uploaded_bytes}
         if self.expectations is not None:
             snapshot["timetables"] = self.expectations.snapshot()
-        self.queue.set_meta(STATUS_KEY, json.dumps(snapshot))
+        snapshot["node"] = self.config.node_name
+        self.queue.set_meta(self._status_key(), json.dumps(snapshot))
+        self.queue.node_seen(snapshot)
+
+    def _status_key(self) -> str:
+        """The meta key of this daemon's snapshot: one per node in a cluster."""
+        assert self.queue is not None
+        return f"{STATUS_KEY}:{self.config.node_name}" if self.queue.shared else STATUS_KEY
 
     # -- reload and alerts -------------------------------------------------------------------------------------
 
@@ -321,21 +355,23 @@ class Daemon:
         self.kick_settler.set()
 
     def _settle_loop(self) -> None:
+        assert self.queue is not None
         while not self.stop.is_set():
             try:
-                next_due = self.settle_once(time.time())
+                next_due = self.settle_once()
             except Exception:
                 log.exception("settle_failed")
                 next_due = time.time() + 1.0
-            timeout = 1.0 if next_due is None else min(1.0, max(0.01, next_due - time.time()))
+            timeout = 1.0 if next_due is None else min(1.0, max(0.01, next_due - self.queue.now()))
             self.kick_settler.wait(timeout)
             self.kick_settler.clear()
 
-    def settle_once(self, now: float) -> float | None:
+    def settle_once(self, now: float | None = None) -> float | None:
         """Promote settled files to ready, SETTLE_BATCH to a transaction; returns when the next one is due."""
         assert self.queue is not None
         next_due: float | None = None
-        batch: list[tuple[Job, dict[str, Any], tuple[str, dict[str, Any]] | None]] = []
+        batch: list[tuple[Job, Settled, tuple[str, dict[str, Any]] | None]] = []
+        now = self.queue.now() if now is None else now
         for job in self.queue.settling():
             due: float | None = (job.stable_since or now) + job.settle_seconds
             if due is not None and due <= now:
@@ -350,20 +386,24 @@ class Daemon:
             self._promote(batch)
         return next_due
 
-    def _promote(self, batch: list[tuple[Job, dict[str, Any], tuple[str, dict[str, Any]] | None]]) -> None:
+    def _promote(self, batch: list[tuple[Job, Settled, tuple[str, dict[str, Any]] | None]]) -> None:
         """Commit settle decisions in one transaction: each only if its row is still as it was looked at (a
-        watcher event may have changed it meanwhile)."""
+        watcher event, on this node or another, may have changed it meanwhile)."""
         assert self.queue is not None
-        changed = self.queue.update_many([(job.id, change) for job, change, _ in batch],
-                                         if_settling_as={job.id: job.identity for job, _, _ in batch})
+        changed = self.queue.settle([decision for _, decision, _ in batch])
         for job, _, event in batch:
             if job.id in changed and event is not None:
                 name, fields = event
                 (log.error if name == "job_failed" else log.info)(name, **fields)
-        if any(change.get("state") is State.READY for job, change, _ in batch if job.id in changed):
+        if any(decision.state is State.READY for job, decision, _ in batch if job.id in changed):
             self.wake.set()
 
-    def _settle(self, job: Job, now: float) -> tuple[dict[str, Any], float | None, tuple[str, dict[str, Any]] | None]:
+    def _settle(self, job: Job, now: float) -> tuple[Settled, float | None, tuple[str, dict[str, Any]] | None]:
+        change, due, event = self._look(job, now)
+        state = change.pop("state", State.SETTLING)
+        return Settled(job.id, job.identity, state, change), due, event
+
+    def _look(self, job: Job, now: float) -> tuple[dict[str, Any], float | None, tuple[str, dict[str, Any]] | None]:
         """Look at one file whose settle time is up: (the change to commit, when it is next due, what to log)."""
         assert job.path is not None
         about = {"job_id": job.id, "path": job.display_path}
@@ -429,11 +469,14 @@ class Daemon:
     def _work_loop(self) -> None:
         assert self.queue is not None
         name = threading.current_thread().name
-        owner = f"{os.getpid()}:{name}"
+        owner = self.queue.owner(name)
         while not self.stop.is_set():
             self.beats[name], self.busy[name] = time.monotonic(), None
             try:
                 self._work_once(owner, name)
+            except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: wait for it, quietly
+                log.warning("database_unavailable", worker=name, error=str(exc))
+                self.stop.wait(1.0)
             except Exception:  # the database or a bug: log, breathe, go on; the job stays claimed until restart
                 log.exception("worker_error", worker=name)
                 self.stop.wait(1.0)
@@ -461,7 +504,7 @@ class Daemon:
             self.stop.wait(min(closed_for, 10.0))
         elif not jobs:
             due = self.queue.next_due()
-            self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - time.time())))
+            self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - self.queue.now())))
             self.wake.clear()
 
 

@@ -223,7 +223,16 @@ def check_open_writers(config: cfg.Config, mountinfo: str = MOUNTINFO) -> list[C
 
 def check_state_db(config: cfg.Config) -> list[Check]:
     """The state database's folder (and the database, if it exists) is writable."""
-    db = config.state_db
+    if config.shared_state:  # a cluster's PostgreSQL: reachable, schema known, node name free or this node's
+        from studio_watch.daemon.app import queue_for
+        from studio_watch.errors import StudioWatchError
+
+        try:
+            queue_for(config).close()
+        except StudioWatchError as exc:
+            return [Check("state_db", FAIL, str(exc))]
+        return [Check("state_db", OK, f"{config.state_db_display} answers (node {config.node_name})")]
+    db = Path(config.state_db)
     problem = _access(db.parent, write=True)
     if problem is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
         problem = f"{db} is not writable"
@@ -444,13 +453,13 @@ def _explain_date(config: cfg.Config, args: argparse.Namespace) -> int:
     """`studio-watch explain --date DAY FOLDER`: what the folder's timetable expected that day, and what arrived."""
     from studio_watch.cli.main import config_error
     from studio_watch.daemon.timetable_report import explain_date, parse_day
-    from studio_watch.queue.store import JobQueue
+    from studio_watch.daemon.app import queue_for
 
     try:
         parse_day(args.date)  # checked here (exit 2); "today" is resolved in the timetable's zone
     except ValueError:
         raise config_error("--date", f"expected YYYY-MM-DD, today or yesterday; got {args.date!r}") from None
-    queue = JobQueue(config.state_db)
+    queue = queue_for(config)
     try:
         lines, code = explain_date(config, queue, os.path.abspath(args.path), args.date, time.time())
     finally:

@@ -18,7 +18,7 @@ import structlog
 from studio_watch.private import private_dir
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, DatabaseLocked, StudioError
-from studio_watch.queue.store import Job, JobQueue
+from studio_watch.queue import Job, JobQueue
 from studio_watch.daemon.pipeline import Observer, backoff
 from studio_watch.studio.client import StudioClient
 
@@ -125,6 +125,27 @@ class PauseSwitch:
             self.queue.set_meta(PAUSE_KEY, None)
             self._resumed.set()
         log.info("queue_resumed", paused_seconds=round(paused_for, 1))
+
+    def follow_shared(self) -> None:
+        """A cluster shares one pause (in the queue's meta): adopt one another node tripped, and resume when
+        whichever node's probe got an answer first lifted it. Called from the daemon's main loop."""
+        text = self.queue.meta(PAUSE_KEY)
+        shared = json.loads(text) if text else None
+        with self._lock:
+            if shared is not None and not self.paused:
+                self.reason, self.since = shared.get("reason"), shared.get("since")
+                self._resumed.clear()
+            elif shared is None and self.paused:
+                paused_for = time.time() - (self.since or time.time())
+                self.reason = self.since = None
+                self._resumed.set()
+            else:
+                return
+        if shared is not None:
+            log.error("queue_paused", reason=self.reason, by="another node")
+            self._tripped.set()
+        else:
+            log.info("queue_resumed", paused_seconds=round(paused_for, 1), by="another node")
 
     def wait_resumed(self, timeout: float) -> bool:
         return self._resumed.wait(timeout)

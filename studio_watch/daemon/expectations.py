@@ -22,7 +22,7 @@ from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.calendars import CalendarSource, Fetch
 from studio_watch.expect import judge as j
 from studio_watch.expect.timetable import Lecture, Timetable
-from studio_watch.queue.store import Job, JobQueue, LectureRecord, State
+from studio_watch.queue import Job, JobQueue, LectureRecord, State
 
 log = structlog.get_logger(__name__)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from studio_watch import config as cfg
-from studio_watch.daemon.app import DaemonLock
+from studio_watch.daemon.app import DaemonLock, queue_for
 from studio_watch.daemon.metrics import parse_listen
 from studio_watch.errors import StudioError
 from studio_watch.studio.client import tls_context
@@ -63,7 +64,20 @@ def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
 
 def check_lock(config: cfg.Config) -> tuple[bool, str]:
     """(True, "") when some daemon holds the lock on `config.state_db`, else (False, why)."""
-    held = DaemonLock(config.state_db).holding()
+    if config.shared_state:  # a cluster: this node's daemon is alive when its heartbeat is recent
+        from studio_watch.errors import StudioWatchError
+
+        try:
+            queue = queue_for(config)
+        except StudioWatchError as exc:
+            return False, str(exc)
+        try:
+            if any(n["name"] == config.node_name and n["live"] for n in queue.nodes()):
+                return True, ""
+        finally:
+            queue.close()
+        return False, f"node {config.node_name!r} is not live on {config.state_db_display}"
+    held = DaemonLock(Path(config.state_db)).holding()
     if held is not None and held[1] == "daemon":
         return True, ""
     return False, f"no daemon holds {config.state_db} (set metrics.listen for a liveness check)"

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from studio_watch.errors import StudioWatchError
-from studio_watch.queue.store import STATES, JobQueue
+from studio_watch.queue import STATES, JobQueue
 
 # PUT durations: a few seconds for a short clip on a campus link, hours for a 10 GB lecture on a slow uplink.
 UPLOAD_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,

@@ -3,7 +3,9 @@
 `Pipeline.run(job)` takes a claimed job from wherever its state says it is and carries it as far as it can.
 Every step's result is committed to the queue before the next step's side effect begins, so a crash at any
 moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploaded` only completes,
-`completed` only finishes the after-upload action. The job leaves `run` unclaimed in every case.
+`completed` only finishes the after-upload action. The job leaves `run` unclaimed in every case, except when its claim was lost (another node took it over after
+its lease ran out): every step's commit is a guarded transition, and one that no longer applies stops the job
+here with nothing more done to it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -20,9 +21,10 @@ import structlog
 from studio_watch import logs
 from studio_watch.files import sources
 from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
-from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, SourceUnreadable,
-                     SourceVanished, Stopping, StudioError, TransientError, UploadUrlExpired)
-from studio_watch.queue.store import Job, JobQueue, State
+from studio_watch.errors import (AuthError, CaptionsDisabled, DatabaseUnavailable, LeaseLost, MediaNotFound, PermanentError,
+                                 SourceChanged, SourceUnreadable, SourceVanished, Stopping, StudioError, TransientError,
+                                 UploadUrlExpired)
+from studio_watch.queue import Job, JobQueue, State, Step, Verdict
 from studio_watch.studio.client import StudioClient
 
 log = structlog.get_logger(__name__)
@@ -88,6 +90,7 @@ class Pipeline:
         self.heartbeat = heartbeat  # "this worker is alive": at every step and progress report
         self.hold_after_upload = hold_after_upload  # (seconds, why) before a delete/cross-fs move may act
         self._hashes: dict[tuple[int, tuple[Any, ...]], str] = {}
+        self._current = threading.local()  # .job: this worker's job as of its last committed step
         self._warned_captions = False
 
     # -- the driver ----------------------------------------------------------------------------------------
@@ -95,21 +98,39 @@ class Pipeline:
     def run(self, job: Job) -> None:
         """Carry one claimed job as far as it goes; always leaves it unclaimed."""
         log.debug("job_claimed", job_id=job.id, state=job.state.value, path=job.display_path)
+        self._current.job = job
         try:
-            self._handle(job)
-        except Stopping:  # from a handler's own request (the outage probe) once the stop began
-            self.queue.release(job.id)
+            try:
+                self._run(job)
+            except Stopping:  # from a handler's own request (the outage probe) once the stop began
+                current = self._current.job
+                self._held(self.queue.release(current), current)
+        except LeaseLost:
+            # Another node holds the job now and carries it on from its last committed step; nothing more here.
+            log.warning("lease_lost", job_id=job.id, path=job.display_path, owner=job.claimed_by)
+        except DatabaseUnavailable as exc:  # the claim stays until it is recovered or its lease runs out
+            log.error("database_unavailable", job_id=job.id, error=str(exc))
+        finally:
+            self.queue.let_go(job)
 
-    def _handle(self, job: Job) -> None:
+    def _run(self, job: Job) -> None:
+        """Advance the job; on a failure, hand it back as of its last committed step (`self._current.job`, which
+        every commit updates): the failure's transition is guarded by that state."""
         try:
             try:
                 self._advance(job)
             except Exception as exc:
-                if self.stop.is_set():  # the stop interrupted its I/O, so the error says nothing about the job:
-                    raise Stopping("stopping") from exc  # unclaimed as it is, it resumes at this step next time
+                if self.stop.is_set() and not isinstance(exc, (LeaseLost, DatabaseUnavailable)):
+                    # The stop interrupted its I/O, so the error says nothing about the job: unclaimed as it is,
+                    # it resumes at this step next time.
+                    raise Stopping("stopping") from exc
                 raise
+            finally:
+                job = self._current.job
+        except (LeaseLost, DatabaseUnavailable):
+            raise
         except Stopping:
-            self.queue.release(job.id)
+            self._held(self.queue.release(job), job)
         except AuthError as exc:
             self._outage(job, exc)
         except TransientError as exc:  # Unreachable too: the upload host may be down while the API is up
@@ -136,16 +157,17 @@ class Pipeline:
     def _advance(self, job: Job) -> None:
         renewals = 0
         while True:
-            if job.state is State.COMPLETED and not job.after_done:
+            step = job.step
+            if step is Step.AFTER_UPLOAD:
                 job = self._after_upload(job)
-            elif job.kind == "link" and job.state in (State.READY, State.URL_ISSUED):
+            elif job.kind == "link" and step in (Step.READY, Step.LINK_MAYBE_SENT):
                 job = self._import_link(job)
-            elif job.kind != "file" or job.state not in (State.READY, State.URL_ISSUED, State.UPLOADED):
-                self.queue.release(job.id)
+            elif job.kind != "file" or step not in (Step.READY, Step.SENDING, Step.COMPLETING):
+                self._held(self.queue.release(job), job)
                 return
-            elif job.state is State.READY:
+            elif step is Step.READY:
                 job = self._generate(job)
-            elif job.state is State.URL_ISSUED:
+            elif step is Step.SENDING:
                 try:
                     job = self._put(job)
                 except UploadUrlExpired as exc:
@@ -160,21 +182,33 @@ class Pipeline:
                 return
 
     def _fresh(self, job: Job) -> Job:
-        return self.queue.get(job.id) or job
+        """The job as the queue has it now, with this run's claim (a step may have committed facts since)."""
+        fresh = self.queue.get(job.id)
+        if fresh is None or fresh.claimed_by != job.claimed_by or fresh.claimed_at != job.claimed_at:
+            return job  # the guarded transition that follows finds out whether the claim still holds
+        return fresh
 
-    def _commit(self, job: Job, durable: bool = True, **values: Any) -> Job:
-        """Commit a step's result; the job stays claimed for the next step."""
-        self.queue.update(job.id, durable, **values)
+    def _held(self, applied: bool, job: Job) -> None:
+        """A transition that did not apply: this claim is gone (LeaseLost); else this worker is alive."""
+        if not applied:
+            raise LeaseLost(f"job {job.id} is no longer held by {job.claimed_by}")
         self.heartbeat()
-        state = values.get("state", job.state)
-        values["state"] = State(state)
-        return job.evolve(**values)
 
-    def _finish(self, job: Job, durable: bool = True, **values: Any) -> Job:
-        """Commit the last step's result and hand the job back in the same transaction."""
-        self.queue.release(job.id, durable, after_done=True, **values)
-        return job.evolve(claimed_by=None, after_done=True,
-                          **{k: State(v) if k == "state" else v for k, v in values.items()})
+    def _step(self, job: Job, applied: bool, **changes: Any) -> Job:
+        """After a step's transition committed: the job as it now is, still claimed."""
+        self._held(applied, job)
+        self._current.job = job = job.evolve(**changes)
+        return job
+
+    def _finish(self, job: Job, final_path: str | None = None, reason: str | None = None) -> Job:
+        """The after-upload step is done (or abandoned): hand the job back, finished."""
+        self._held(self.queue.finish(job, final_path=final_path, reason=reason), job)
+        changes: dict[str, Any] = {"claimed_by": None, "after_done": True}
+        if final_path is not None:
+            changes["final_path"] = final_path
+        if reason is not None:
+            changes["reason"] = reason
+        return job.evolve(**changes)
 
     # -- step 1 ------------------------------------------------------------------------------------------------
 
@@ -191,8 +225,9 @@ class Pipeline:
         # nothing after it was durable either (the `uploaded` commit, which waits, flushes it), so at worst an
         # upload never completed is left pending in Studio and the file is sent again under a new media id,
         # which alone is completed.
-        job = self._commit(job, False, state=State.URL_ISSUED, media_id=media_id, upload_url=url,
-                           url_issued_at=time.time())
+        at = self.queue.now()
+        job = self._step(job, self.queue.issue_url(job, media_id, url, at), state=State.URL_ISSUED,
+                         media_id=media_id, upload_url=url, url_issued_at=at)
         log.info("upload_url_issued", job_id=job.id, media_id=media_id, path=job.display_path)
         return job
 
@@ -210,22 +245,22 @@ class Pipeline:
         if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
             self._hashes[key] = sources.hash_file(job.path, self.stop, job.identity)
         verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
-        if verdict == "wait":
+        if verdict is Verdict.WAIT:
             return self._wait_for_copy(job)
         digest = self._hashes.pop(key)
-        if verdict == "duplicate":
+        if verdict is Verdict.DUPLICATE:
             return self._skip(job, "duplicate", media_id=media_id)
         return job.evolve(content_hash=digest)
 
     def _wait_for_copy(self, job: Job) -> Job:
-        self.queue.release(job.id, next_attempt_at=time.time() + self.retry.initial_seconds)
+        self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + self.retry.initial_seconds), job)
         log.info("job_waiting_for_copy", job_id=job.id, path=job.display_path)
         return _released(job)
 
     def _restart(self, job: Job, why: str) -> Job:
         """Back to step 1: the media or its upload URL is gone."""
-        return self._commit(job, state=State.READY, media_id=None, upload_url=None, url_issued_at=None,
-                            last_error=why)
+        return self._step(job, self.queue.restart(job, why), state=State.READY, media_id=None, upload_url=None,
+                          url_issued_at=None, last_error=why)
 
     # -- step 2 ------------------------------------------------------------------------------------------------
 
@@ -238,7 +273,7 @@ class Pipeline:
 
         def progress(sent: int) -> None:
             self.heartbeat()
-            self.queue.set_progress(job.id, sent)
+            self.queue.set_progress(job, sent)
             self.observer.progress(job.id, sent, size)
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
@@ -251,11 +286,12 @@ class Pipeline:
             raise SourceChanged(f"the bytes sent differ from those hashed before: {job.display_path}")
         if job.duplicates == "skip" and job.content_hash is None:
             verdict, earlier = self.queue.content_verdict(job, result.content_hash)
-            if verdict == "duplicate":  # a copy was completed while these bytes were on the wire
+            if verdict is Verdict.DUPLICATE:  # a copy was completed while these bytes were on the wire
                 return self._skip(job, "duplicate", media_id=earlier)
-            if verdict == "wait":  # a copy claimed these bytes meanwhile: do not complete; look again later
+            if verdict is Verdict.WAIT:  # a copy claimed these bytes meanwhile: do not complete; look again later
                 return self._wait_for_copy(job)
-        job = self._commit(job, state=State.UPLOADED, content_hash=result.content_hash)
+        job = self._step(job, self.queue.mark_uploaded(job, result.content_hash), state=State.UPLOADED,
+                         content_hash=result.content_hash)
         log.info("upload_sent", job_id=job.id, media_id=job.media_id, bytes=result.bytes,
                  seconds=round(result.seconds, 3), mb_per_s=round(result.bytes / 1e6 / max(result.seconds, 1e-6), 1))
         return job
@@ -273,20 +309,19 @@ class Pipeline:
                 self._warned_captions = True
                 log.warning("captions_disabled", job_id=job.id,
                             message="auto-captioning is not enabled for this Studio account; completing without it")
-            job = self._commit(job, captions_skipped=True)
+            job = self._step(job, self.queue.skip_captions(job), captions_skipped=True)
             media = self.client.complete(job.media_id, title, description, False)
         except MediaNotFound as exc:
             log.warning("media_not_found", job_id=job.id, media_id=job.media_id, error=str(exc))
             return self._restart(job, str(exc))
         status = (media or {}).get("transcoding_status")
-        values = {"state": State.COMPLETED, "transcoding_status": status, "last_error": None,
-                  "completed_at": time.time()}
-        if job.after_upload == "keep":
-            # Nothing follows, and losing this commit to a power cut costs only a second complete (409): it
-            # need not wait for the disk. Before a move or delete it must, and does.
-            job = self._finish(job, durable=False, **values)
-        else:
-            job = self._commit(job, **values)
+        # after_upload keep: nothing follows, and losing this commit to a power cut costs only a second complete
+        # (409): it need not wait for the disk, and the job is handed back in it. Before a move or delete it
+        # must wait, and does.
+        keep, at = job.after_upload == "keep", self.queue.now()
+        job = self._step(job, self.queue.complete(job, transcoding_status=status, at=at, release=keep),
+                         state=State.COMPLETED, transcoding_status=status, last_error=None, completed_at=at,
+                         **({"after_done": True, "claimed_by": None} if keep else {}))
         log.info("upload_completed", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=job.size,
                  title=title, already_completed=media is None, captions_skipped=job.captions_skipped)
         return job
@@ -298,19 +333,22 @@ class Pipeline:
         from studio_watch.studio.imports import import_link
 
         assert job.path is not None
-        maybe_sent_at = job.url_issued_at if job.state is State.URL_ISSUED else None
+        maybe_sent_at = job.url_issued_at if job.step is Step.LINK_MAYBE_SENT else None
         # Before anything is sent it must be the file that settled; once it may have been sent, its URL is read
         # again whatever became of the file, so the import is reconciled rather than left half-known.
-        identity = job.identity if job.state is State.READY else None
-        if job.state is State.READY:  # recorded before the request goes out: a crash after it means "maybe sent"
-            job = self._commit(job, state=State.URL_ISSUED, url_issued_at=time.time())
+        identity = job.identity if job.step is Step.READY else None
+        if job.step is Step.READY:  # recorded before the request goes out: a crash after it means "maybe sent"
+            at = self.queue.now()
+            job = self._step(job, self.queue.link_sending(job, at), state=State.URL_ISSUED, url_issued_at=at)
         media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
                             job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at,
                             identity=identity)
-        done = self._finish if job.after_upload == "keep" else self._commit
-        job = done(job, state=State.COMPLETED, media_id=media.get("id"), completed_at=time.time(),
-                           transcoding_status=media.get("transcoding_status"), last_error=None,
-                           captions_skipped=bool(media.get("captions_skipped")))
+        keep, at = job.after_upload == "keep", self.queue.now()
+        facts = dict(media_id=media.get("id"), transcoding_status=media.get("transcoding_status"),
+                     captions_skipped=bool(media.get("captions_skipped")))
+        job = self._step(job, self.queue.complete(job, at=at, release=keep, **facts), state=State.COMPLETED,
+                         completed_at=at, last_error=None, **facts,
+                         **({"after_done": True, "claimed_by": None} if keep else {}))
         log.info("link_imported", job_id=job.id, media_id=job.media_id, path=job.display_path, title=job.title)
         return job
 
@@ -326,9 +364,12 @@ class Pipeline:
             seconds, why = hold
             log.info("after_upload_waiting", job_id=job.id, path=job.display_path, seconds=round(seconds, 1),
                      reason=why)
-            self.queue.release(job.id, next_attempt_at=time.time() + seconds)
+            self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + seconds), job)
             return _released(job)
         assert job.path is not None
+        # A move or delete happens once, by the holder of the claim: confirmed (and the lease extended) first, so
+        # a node back from a partition never acts on a file another node has taken over.
+        self._held(self.queue.renew(job), job)
         try:
             try:
                 if job.after_upload == "delete":
@@ -345,8 +386,8 @@ class Pipeline:
             attempts = job.attempts + 1
             log.warning("after_upload_failed", job_id=job.id, path=job.display_path, error=str(exc), attempts=attempts)
             self.observer.failure("after_upload")
-            self.queue.release(job.id, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
-                               next_attempt_at=time.time() + backoff(attempts, self.retry))
+            self._held(self.queue.reschedule(job, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
+                                             next_attempt_at=self.queue.now() + backoff(attempts, self.retry)), job)
             return _released(job)
         if not done:
             log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
@@ -365,30 +406,27 @@ class Pipeline:
         status = str(media.get("transcoding_status") or "").lower()
         if status != (job.transcoding_status or ""):
             log.info("transcoding_status", job_id=job.id, media_id=job.media_id, status=status or None)
-            self.queue.update(job.id, transcoding_status=status or None)
+            self._held(self.queue.note_transcoding(job, status or None), job)
         if status in PROCESSED_STATES:
             return True
-        gave_up = time.time() - (job.completed_at or job.created_at) > self.processed_timeout(job)
+        gave_up = self.queue.now() - (job.completed_at or job.created_at) > self.processed_timeout(job)
         if status in FAILED_STATES or gave_up:
             why = "Studio reports transcoding failed" if status in FAILED_STATES else "gave up waiting for processing"
             log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=why, status=status)
             self._finish(job, reason=f"{why}; file kept")
             return False
-        self.queue.release(job.id, next_attempt_at=time.time() + min(60.0, self.retry.max_seconds))
+        self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + min(60.0, self.retry.max_seconds)), job)
         return False
 
     # -- endings -----------------------------------------------------------------------------------------------
 
     def _skip(self, job: Job, reason: str, media_id: int | None = None) -> Job:
-        values: dict[str, Any] = {"state": State.SKIPPED, "reason": reason}
-        if media_id is not None:
-            values["media_id"] = media_id
-        self.queue.release(job.id, **values)
+        self._held(self.queue.skip(job, reason, media_id), job)
         log.info("job_skipped", job_id=job.id, path=job.display_path, reason=reason, media_id=media_id)
         return job.evolve(state=State.SKIPPED, claimed_by=None)
 
     def _fail(self, job: Job, error: str) -> None:
-        self.queue.release(job.id, state=State.FAILED, last_error=error, reason=error, failed_state=job.state.value)
+        self._held(self.queue.fail(job, error), job)
         self.observer.failure(_reason_label(error))
         self.observer.job_failed(job, error)
         log.error("job_failed", job_id=job.id, path=job.display_path, error=error)
@@ -400,14 +438,15 @@ class Pipeline:
             self._fail(job, f"gave up after {attempts} attempts: {exc}")
             return
         delay = backoff(attempts, self.retry, getattr(exc, "retry_after", None))
-        self.queue.release(job.id, attempts=attempts, next_attempt_at=time.time() + delay, last_error=str(exc))
+        self._held(self.queue.reschedule(job, attempts=attempts, next_attempt_at=self.queue.now() + delay,
+                                         last_error=str(exc)), job)
         self.observer.failure("transient")
         log.warning("job_retry_scheduled", job_id=job.id, path=job.display_path, attempts=attempts,
                     wait=round(delay, 2), error=str(exc))
 
     def _outage(self, job: Job, exc: BaseException) -> None:
         """Studio is down or refuses our token: pause the queue; this job keeps its attempts."""
-        self.queue.release(job.id, last_error=str(exc))
+        self._held(self.queue.release(job, last_error=str(exc)), job)
         self.pause.trip(str(exc))
 
     def _studio_down(self) -> bool:
@@ -422,16 +461,14 @@ class Pipeline:
 
     def _resettle(self, job: Job, exc: BaseException) -> None:
         """The file changed under us: wait for it to settle again, then upload the new content."""
-        values: dict[str, Any] = {"state": State.SETTLING, "stable_since": time.time(), "content_hash": None}
+        identity: tuple[int, int, int, int] | None = None
         try:
             assert job.path is not None
             st = os.stat(job.path)
-            values.update(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+            identity = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         except OSError:
             pass
-        if job.state in (State.URL_ISSUED, State.UPLOADED):
-            values.update(media_id=None, upload_url=None, url_issued_at=None)
-        self.queue.release(job.id, last_error=str(exc), **values)
+        self._held(self.queue.resettle(job, identity, self.queue.now(), str(exc)), job)
         log.warning("source_changed", job_id=job.id, path=job.display_path, error=str(exc))
 
 

@@ -16,7 +16,7 @@ from studio_watch.daemon.checks import FAIL, OK, WARN, Check
 from studio_watch.daemon.expectations import arrival
 from studio_watch.expect import judge as j
 from studio_watch.expect.timetable import Lecture, count_by_day, describe_span, week_of
-from studio_watch.queue.store import JobQueue, LectureRecord
+from studio_watch.queue import JobQueue, LectureRecord
 from studio_watch.studio.fetch import shown_url
 
 RECENT = 5  # lectures shown per folder in `status`
@@ -58,7 +58,7 @@ def status_timetables(config: cfg.Config, queue: JobQueue, now: float,
     for rule in config.folders:
         if rule.expect is None:
             continue
-        timetable, problem = load_local(rule.expect, config.state_db)
+        timetable, problem = load_local(rule.expect, config.local_state)
         state = live.get(str(rule.path), {})
         upcoming = timetable.lectures(now, now + j.LATE_HORIZON * 8) if timetable else []
         path = str(rule.path)
@@ -83,7 +83,7 @@ def check_timetables(config: cfg.Config, fetch: Callable[[str], bytes] | None, n
         if rule.expect is None:
             continue
         where = f"folders[{i}] {rule.path}"
-        source = CalendarSource(rule.expect, config.state_db, fetch, keep_copy=False)
+        source = CalendarSource(rule.expect, config.local_state, fetch, keep_copy=False)
         timetable = source.current(now)
         if timetable is None:
             results.append(Check("timetable", FAIL, f"{where}: {_shown(rule.expect)}: {source.state.error}"))
@@ -123,7 +123,7 @@ def explain_date(config: cfg.Config, queue: JobQueue, path: str, day: dt.date | 
     if rule.expect is None:
         return [f"folder: folders[{index}] {rule.path}", "no timetable (no expect: for this folder): "
                 "nothing is expected"], 0
-    timetable, problem = load_local(rule.expect, config.state_db)
+    timetable, problem = load_local(rule.expect, config.local_state)
     lines = [f"folder: folders[{index}] {rule.path} (timetable {_shown(rule.expect)}, grace "
              f"{_duration(rule.expect.grace_seconds)})"]
     if timetable is None:

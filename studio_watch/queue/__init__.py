@@ -1,1 +1,35 @@
-"""All SQL: the durable job queue."""
+"""All SQL: the durable job queue, one interface (`JobQueue`) with two backends.
+
+`open_queue(state_db)` picks the backend: a `postgresql://` (or `postgres://`) URI is a cluster's shared
+PostgreSQL database, anything else the path of a single machine's SQLite file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio_watch.queue.base import JobQueue
+from studio_watch.queue.model import (STATES, TERMINAL, TRANSITIONS, WAITING, IllegalTransition, Job, Seen, Settled,
+                                      State, Step, Verdict, settle_clock, show_path)
+
+__all__ = ["JobQueue", "STATES", "TERMINAL", "TRANSITIONS", "WAITING", "IllegalTransition", "Job", "Seen", "Settled",
+           "State", "Step", "Verdict", "settle_clock", "show_path", "open_queue", "is_postgres"]
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+def is_postgres(state_db: str | Path) -> bool:
+    return str(state_db).startswith(("postgresql://", "postgres://"))
+
+
+def open_queue(state_db: str | Path, *, node: str = "local", password: str | None = None,
+               lease_seconds: float = DEFAULT_LEASE_SECONDS) -> JobQueue:
+    """The queue at `state_db`. Raises DatabaseTooNew, DatabaseUnavailable (PostgreSQL), ConfigError (psycopg
+    is not installed)."""
+    if is_postgres(state_db):
+        from studio_watch.queue.postgres import PostgresQueue
+
+        return PostgresQueue(str(state_db), node=node, password=password, lease_seconds=lease_seconds)
+    from studio_watch.queue.sqlite import SqliteQueue
+
+    return SqliteQueue(Path(state_db))

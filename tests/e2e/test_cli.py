@@ -166,7 +166,7 @@ def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp
     import subprocess
     import sys
 
-    from studio_watch.queue.store import JobQueue, State
+    from studio_watch.queue import JobQueue, open_queue, State
     from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=300_000)) as slow:
@@ -176,7 +176,7 @@ def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             def sending() -> bool:
-                queue = JobQueue(tmp_path / "state.db")
+                queue = open_queue(tmp_path / "state.db")
                 try:
                     return any(j.state is State.URL_ISSUED for j in queue.jobs())
                 finally:
@@ -192,7 +192,7 @@ def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp
                 upload.kill()
                 upload.communicate()
         assert upload.returncode == 1 and "changed while it was being sent" in err
-        queue = JobQueue(tmp_path / "state.db")
+        queue = open_queue(tmp_path / "state.db")
         try:
             [job] = queue.jobs()
             assert job.state is State.SETTLING and job.claimed_by is None  # queued, for a daemon or a new upload

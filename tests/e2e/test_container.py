@@ -27,7 +27,7 @@ from studio_watch import config as cfg
 from studio_watch.daemon.app import DaemonLock
 from studio_watch.errors import ConfigError
 from studio_watch.daemon.health import cmd_health, healthz_url
-from studio_watch.queue.store import JobQueue
+from studio_watch.queue import JobQueue, open_queue
 from studio_watch.daemon.metrics import Metrics, MetricsServer
 from studio_watch.sandbox.server import Sandbox
 
@@ -199,7 +199,7 @@ def test_image_healthcheck_follows_the_daemon(installed: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_image_healthcheck_asks_healthz(installed: Path, tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "probe.db")
+    queue = open_queue(tmp_path / "probe.db")
     healthy = [True]
     server = MetricsServer("127.0.0.1:0", Metrics(queue, lambda: False), lambda: healthy[0], lambda: True).start()
     try:
@@ -219,7 +219,7 @@ def test_image_healthcheck_asks_healthz(installed: Path, tmp_path: Path) -> None
 
 @pytest.fixture
 def probe_server(tmp_path: Path) -> Iterator[tuple[MetricsServer, list[bool]]]:
-    queue = JobQueue(tmp_path / "probe.db")
+    queue = open_queue(tmp_path / "probe.db")
     healthy = [True]
     server = MetricsServer("127.0.0.1:0", Metrics(queue, lambda: False), lambda: healthy[0], lambda: True).start()
     yield server, healthy

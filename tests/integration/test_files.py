@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch import config as cfg
 from studio_watch.daemon.app import Daemon
-from studio_watch.queue.store import JobQueue, State
+from studio_watch.queue import JobQueue, open_queue, State
 from studio_watch.sandbox.server import Faults, Sandbox
 
 from ..conftest import run_cli, sha256_of, wait_until, write_config, write_media
@@ -30,7 +30,7 @@ class InProcess:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.daemon.ready.wait(15), self.error
-        self.queue = JobQueue(self.config.state_db)
+        self.queue = open_queue(self.config.state_db)
 
     def _run(self) -> None:
         try:
@@ -205,7 +205,7 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
 def ready_job(queue: JobQueue, path: Path, state: State = State.READY, after_upload: str = "keep",
               **extra: object) -> int:
     """A job for `path` in `queue`: ready to upload (as the settler leaves it), or in `state`."""
-    from studio_watch.queue.store import Seen
+    from studio_watch.queue import Seen
 
     st = os.stat(path)
     return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
@@ -232,7 +232,7 @@ def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
     from studio_watch.daemon.pipeline import Pipeline
 
     path = write_media(tmp_path / "a.mp4", 2000)
-    queue = JobQueue(tmp_path / "state.db")
+    queue = open_queue(tmp_path / "state.db")
     try:
         job_id = ready_job(queue, path)
         activity = Activity()
@@ -279,7 +279,7 @@ def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_pa
     client = DeadUploadHost(StudioConfig(url=sandbox.url, token_file=None, token_env="X", timeout_seconds=5), retry,
                             StaticToken(lambda: "sandbox-token"))
     path = write_media(tmp_path / "a.mp4", 2000)
-    queue = JobQueue(tmp_path / "state.db")
+    queue = open_queue(tmp_path / "state.db")
     try:
         job_id = ready_job(queue, path)
         pauses = _Pauses()
@@ -304,7 +304,7 @@ def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
     with Sandbox(faults=Faults(error_rate=1.0, error_endpoints=frozenset({"complete"}))) as sb:
         client = StudioClient(StudioConfig(url=sb.url, token_file=None, token_env="X", timeout_seconds=5), retry,
                               StaticToken(lambda: "sandbox-token"))
-        queue = JobQueue(tmp_path / "state.db")
+        queue = open_queue(tmp_path / "state.db")
         try:
             job_id = ready_job(queue, write_media(tmp_path / "a.mp4", 300_000))
             pipeline = Pipeline(queue, client, retry, _Pauses(), threading.Event())
@@ -355,7 +355,7 @@ def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
     from studio_watch.daemon.pipeline import Pipeline
 
     path = write_media(tmp_path / "room101.mp4", 3000, seed=1)
-    queue = JobQueue(tmp_path / "state.db")
+    queue = open_queue(tmp_path / "state.db")
     try:
         job_id = ready_job(queue, path, State.COMPLETED, after_upload="delete", media_id=5)
         path.unlink()

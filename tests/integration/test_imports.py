@@ -21,7 +21,7 @@ from studio_watch.cli.main import main
 from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError, Unreachable
 from studio_watch.studio.imports import (ImportRequest, cmd_import_url, import_link, import_once, matches, parse_link_file,
                                   validate_import)
-from studio_watch.queue.store import JobQueue
+from studio_watch.queue import JobQueue, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StaticToken, StudioClient
 from studio_watch.studio.transport import Pool, Reply
@@ -204,7 +204,7 @@ def test_request_that_never_arrived_is_sent_again_after_reconciling(sb: Sandbox,
 
 
 def test_unknown_outcome_is_remembered_in_the_queue_across_runs(sb: Sandbox, tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "attempts.db")
+    queue = open_queue(tmp_path / "attempts.db")
     request = ImportRequest(YOUTUBE, None, is_external=True, user_id=42)  # reconciled by its URL
     client = lossy_client(sb, tmp_path, LoseImportResponses(lose=1, search_down=True))
     try:

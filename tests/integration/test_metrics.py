@@ -15,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from studio_watch.errors import StudioWatchError
-from studio_watch.queue.store import STATES, JobQueue, Seen, State
+from studio_watch.queue import STATES, JobQueue, Seen, State, open_queue
+from ..conftest import drive
 from studio_watch.daemon.metrics import Metrics, MetricsServer, parse_listen
 
 from ..conftest import DaemonProcess, wait_until, write_config, write_media
@@ -48,7 +49,7 @@ def seen(path: Path, n: int) -> Seen:
 
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[JobQueue]:
-    q = JobQueue(tmp_path / "state.db")
+    q = open_queue(tmp_path / "state.db")
     yield q
     q.close()
 
@@ -99,7 +100,7 @@ def test_queue_gauges_read_a_real_queue_at_scrape_time(queue: JobQueue, tmp_path
         created = queue.observe([seen(tmp_path, n) for n in range(6)], now=time.time() - 120)
         ids = [job_id for job_id, _ in created]
         for job_id, state in zip(ids, (State.READY, State.COMPLETED, State.COMPLETED, State.FAILED, State.SKIPPED)):
-            queue.update(job_id, state=state)
+            drive(queue, job_id, state)
         paused.value = True
         values = samples(metrics.exposition().decode())
     finally:
@@ -206,7 +207,7 @@ def test_a_taken_port_is_a_clear_error(queue: JobQueue) -> None:
 
 def test_two_metrics_in_one_process_do_not_collide(queue: JobQueue, tmp_path: Path) -> None:
     """Each Metrics has its own registry (the global one would refuse the second set of names)."""
-    other = JobQueue(tmp_path / "other.db")
+    other = open_queue(tmp_path / "other.db")
     first, second = Metrics(queue, lambda: False), Metrics(other, lambda: True)
     try:
         first.on_event("put_done", {"bytes": 5, "seconds": 1.0})

@@ -1,11 +1,10 @@
-"""Unit tests for studio_watch.queue.store against real SQLite files and real threads."""
+"""The queue contract: every test here runs against both backends, a real SQLite file and a real PostgreSQL
+database started by the suite (the `state_db` fixture), with real threads."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import sqlite3
-import stat
 import threading
 import time
 import unicodedata
@@ -14,7 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from studio_watch.queue.store import SCHEMA_VERSION, STATES, JobQueue, Seen, State, settle_clock
+from studio_watch.queue import STATES, JobQueue, Seen, Settled, State, Step, Verdict, open_queue, settle_clock
+from ..conftest import drive
 
 _inodes = itertools.count(1000)
 
@@ -28,102 +28,12 @@ def seen(path: str, *, inode: int | None = None, size: int = 100, mtime_ns: int 
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "queue.db"
-
-
-@pytest.fixture
-def queue(db_path: Path) -> Iterator[JobQueue]:
-    q = JobQueue(db_path)
+def queue(state_db: str | Path) -> Iterator[JobQueue]:
+    q = open_queue(state_db, node="node-a")
     try:
         yield q
     finally:
         q.close()
-
-
-def raw(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Look at (or tamper with) the database file directly, as the sqlite3 shell would."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-# -- the file -------------------------------------------------------------------------------------------------
-
-def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> None:
-    queue.add(seen("/watch/a.mp4"), State.READY)
-    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
-    wal = db_path.with_name(db_path.name + "-wal")
-    if wal.exists():
-        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
-    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
-
-
-# What older databases looked like: the statements that take a current one back to that version.
-_V4 = ["DROP INDEX jobs_folder_seen", "DROP TABLE lectures", "DROP TABLE timetable_watch"]
-OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state", *_V4],
-                 2: ["ALTER TABLE jobs DROP COLUMN failed_state", *_V4], 3: _V4}
-
-
-@pytest.mark.parametrize("version", sorted(OLDER_SCHEMAS))
-def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> None:
-    q = JobQueue(db_path)
-    job_id = q.add(seen("/watch/a.mp4"), State.FAILED, title="Kept")
-    q.close()
-    for statement in OLDER_SCHEMAS[version]:
-        raw(db_path, statement)
-    raw(db_path, f"PRAGMA user_version = {version}")
-    again = JobQueue(db_path)
-    try:
-        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
-        assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_after'") == [("jobs_after",)]
-        job = again.get(job_id)
-        assert job is not None and (job.title, job.state, job.failed_state) == ("Kept", State.FAILED, None)
-    finally:
-        again.close()
-
-
-def test_jobs_that_failed_completing_before_v3_resume_at_complete(db_path: Path) -> None:
-    q = JobQueue(db_path)
-    at_complete = q.add(seen("/watch/a.mp4"), State.FAILED, media_id=3, upload_url="https://up/a",
-                        last_error="gave up after 12 attempts: complete: HTTP 503")
-    at_put = q.add(seen("/watch/b.mp4"), State.FAILED, media_id=4, upload_url="https://up/b",
-                   last_error="gave up after 12 attempts: put: HTTP 503")
-    q.close()
-    for statement in OLDER_SCHEMAS[2]:
-        raw(db_path, statement)
-    raw(db_path, "PRAGMA user_version = 2")
-    again = JobQueue(db_path)
-    try:
-        assert [again.get(i).failed_state for i in (at_complete, at_put)] == ["uploaded", None]  # type: ignore
-        again.retry(None)
-        assert [again.get(i).state for i in (at_complete, at_put)] == [State.UPLOADED, State.URL_ISSUED]  # type: ignore
-    finally:
-        again.close()
-
-
-def test_reopen_keeps_jobs(db_path: Path) -> None:
-    q = JobQueue(db_path)
-    job_id = q.add(seen("/watch/a.mp4"), State.READY, title="Lecture")
-    q.close()
-    again = JobQueue(db_path)
-    try:
-        job = again.get(job_id)
-        assert job is not None and job.title == "Lecture" and job.state is State.READY
-        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    finally:
-        again.close()
-
-
-def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
-    JobQueue(db_path).close()
-    raw(db_path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(Exception, match="newer"):
-        JobQueue(db_path)
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
 
 
 # -- observe ---------------------------------------------------------------------------------------------------
@@ -183,31 +93,31 @@ def test_settle_clock() -> None:
 def test_finished_job_is_not_recreated_for_the_same_file(queue: JobQueue, final: State) -> None:
     s = seen("/watch/a.mp4", inode=1)
     [(job_id, _)] = queue.observe([s], now=1000.0)
-    queue.update(job_id, state=final)
+    drive(queue, job_id, final)
     assert queue.observe([s], now=2000.0) == []
     # A different file at the same path (new inode, size or mtime) is a new job.
     for changed in (seen("/watch/a.mp4", inode=2), seen("/watch/a.mp4", inode=1, size=101),
                     seen("/watch/a.mp4", inode=1, mtime_ns=s.mtime_ns + 1)):
         [(new_id, _)] = queue.observe([changed], now=3000.0)
         assert new_id != job_id and queue.get(new_id).state is State.SETTLING  # type: ignore[union-attr]
-        queue.update(new_id, state=final)
+        drive(queue, new_id, final)
 
 
 def test_a_file_that_vanished_and_came_back_is_a_new_job(queue: JobQueue) -> None:
     """Skipped as vanished (it was away for a moment: renamed, or taken aside) and then back unchanged."""
     s = seen("/watch/a.mp4", inode=1)
     [(job_id, _)] = queue.observe([s], now=1000.0)
-    queue.update(job_id, state=State.SKIPPED, reason="vanished")
+    drive(queue, job_id, State.SKIPPED, reason="vanished")
     [(new_id, _)] = queue.observe([s], now=2000.0)
     assert new_id != job_id and queue.get(new_id).state is State.SETTLING  # type: ignore[union-attr]
     assert queue.observe([s], now=3000.0) == []  # once
-    queue.update(new_id, state=State.SKIPPED, reason="vanished")
+    drive(queue, new_id, State.SKIPPED, reason="vanished")
     assert queue.latest_by_path()[b"/watch/a.mp4"][0] == "vanished"  # what a rescan sees: hand it over again
 
 
 def test_in_flight_job_is_left_to_the_pipeline(queue: JobQueue) -> None:
     [(job_id, _)] = queue.observe([seen("/watch/a.mp4", inode=1)], now=1000.0)
-    queue.update(job_id, state=State.URL_ISSUED, upload_url="https://up/1")
+    drive(queue, job_id, State.URL_ISSUED, upload_url="https://up/1")
     assert queue.observe([seen("/watch/a.mp4", inode=1, size=5)], now=1001.0) == []
     job = queue.get(job_id)
     assert job is not None and job.size == 100 and job.state is State.URL_ISSUED
@@ -225,8 +135,8 @@ def test_observe_batch_is_one_transaction(queue: JobQueue) -> None:
 def _ready_jobs(queue: JobQueue, n: int) -> list[int]:
     created = queue.observe([seen(f"/watch/{i:03}.mp4") for i in range(n)], now=1.0)
     ids = [job_id for job_id, _ in created]
-    for job_id in ids:
-        queue.update(job_id, state=State.READY)
+    assert queue.settle([Settled(job_id, queue.get(job_id).identity, State.READY,  # type: ignore[union-attr]
+                                 {"next_attempt_at": 0.0}) for job_id in ids]) == set(ids)
     return ids
 
 
@@ -272,8 +182,7 @@ def test_in_flight_states_are_claimed_before_ready(queue: JobQueue) -> None:
     url_issued = queue.add(seen("/watch/put.mp4"), State.URL_ISSUED, upload_url="https://up/1", media_id=1)
     uploaded = queue.add(seen("/watch/up.mp4"), State.UPLOADED, media_id=2)
     completed = queue.add(seen("/watch/done.mp4"), State.COMPLETED, media_id=3)
-    finished = queue.add(seen("/watch/finished.mp4"), State.COMPLETED, media_id=4)
-    queue.update(finished, after_done=True)
+    queue.add(seen("/watch/finished.mp4"), State.COMPLETED, media_id=4, after_done=True)
     for state in (State.SETTLING, State.FAILED, State.SKIPPED):
         queue.add(seen(f"/watch/{state.value}.mp4"), state)
     first = [queue.claim("w")[0].id for _ in range(3)]
@@ -284,20 +193,22 @@ def test_in_flight_states_are_claimed_before_ready(queue: JobQueue) -> None:
 
 def test_future_jobs_wait_and_recover_releases_claims(queue: JobQueue) -> None:
     now = time.time()
+    a, b = queue.owner("a"), queue.owner("b")  # this node's workers: recover() releases this node's claims
     later, due = _ready_jobs(queue, 2)
-    queue.update(later, next_attempt_at=now + 100)
+    held = queue.claim_id(later, "w")
+    assert held is not None and queue.reschedule(held, next_attempt_at=now + 10)
     assert queue.next_due() == 0  # `due` is claimable right away
-    assert [j.id for j in queue.claim("a", limit=5, now=now)] == [due]
-    assert queue.next_due() == now + 100
-    assert queue.claim("a", limit=5, now=now + 99) == []
-    assert [j.id for j in queue.claim("b", limit=5, now=now + 100)] == [later]
+    assert [j.id for j in queue.claim(a, limit=5, now=now)] == [due]
+    assert queue.next_due() == now + 10
+    assert queue.claim(a, limit=5, now=now + 9) == []
+    assert [j.id for j in queue.claim(b, limit=5, now=now + 10)] == [later]
     assert queue.next_due() is None
     assert {j.id for j in queue.in_flight()} == {due, later}
     released = queue.recover()
-    assert {(j.id, j.claimed_by) for j in released} == {(due, "a"), (later, "b")}
+    assert {(j.id, j.claimed_by) for j in released} == {(due, a), (later, b)}
     assert queue.in_flight() == []
     assert all(queue.get(i).claimed_by is None for i in (due, later))  # type: ignore[union-attr]
-    assert {j.id for j in queue.claim("c", limit=5, now=now + 100)} == {due, later}
+    assert {j.id for j in queue.claim(queue.owner("c"), limit=5, now=now + 10)} == {due, later}
 
 
 def test_claim_id_takes_only_an_unclaimed_job(queue: JobQueue) -> None:
@@ -305,7 +216,10 @@ def test_claim_id_takes_only_an_unclaimed_job(queue: JobQueue) -> None:
     job = queue.claim_id(job_id, "cli")
     assert job is not None and job.claimed_by == "cli"
     assert queue.claim_id(job_id, "daemon") is None
-    queue.release(job_id, state=State.URL_ISSUED)
+    assert queue.issue_url(job, 9, "https://up/9", time.time())
+    assert not queue.release(job)  # guarded by the state it starts from: the job is in url_issued now
+    moved = queue.get(job_id)
+    assert moved is not None and moved.claimed_by == "cli" and queue.release(moved)
     assert queue.get(job_id).claimed_by is None  # type: ignore[union-attr]
 
 
@@ -316,11 +230,11 @@ def test_content_verdict(queue: JobQueue) -> None:
     copy = queue.get(queue.add(seen("/watch/copy.mp4", collection_id=7), State.READY))
     other_target = queue.get(queue.add(seen("/watch/elsewhere.mp4", collection_id=8), State.READY))
     assert copy is not None and other_target is not None
-    assert queue.content_verdict(copy, "h1") == ("duplicate", 77)
-    assert queue.content_verdict(other_target, "h1") == ("upload", None)
+    assert queue.content_verdict(copy, "h1") == (Verdict.DUPLICATE, 77)
+    assert queue.content_verdict(other_target, "h1") == (Verdict.UPLOAD, None)
     assert queue.get(other_target.id).content_hash == "h1"  # type: ignore[union-attr]
     # Different bytes, same target: upload, and the hash is recorded.
-    assert queue.content_verdict(copy, "h2") == ("upload", None)
+    assert queue.content_verdict(copy, "h2") == (Verdict.UPLOAD, None)
     assert queue.get(copy.id).content_hash == "h2"  # type: ignore[union-attr]
 
 
@@ -329,8 +243,8 @@ def test_content_verdict_my_uploads_targets_compare_null_safely(queue: JobQueue)
     mine = queue.get(queue.add(seen("/watch/b.mp4", collection_id=None), State.READY))
     users = queue.get(queue.add(seen("/watch/c.mp4", collection_id=None, user_id=42), State.READY))
     assert mine is not None and users is not None
-    assert queue.content_verdict(mine, "h") == ("duplicate", 5)
-    assert queue.content_verdict(users, "h") == ("upload", None)
+    assert queue.content_verdict(mine, "h") == (Verdict.DUPLICATE, 5)
+    assert queue.content_verdict(users, "h") == (Verdict.UPLOAD, None)
 
 
 @pytest.mark.parametrize("state", [State.URL_ISSUED, State.UPLOADED])
@@ -338,7 +252,7 @@ def test_content_verdict_waits_for_a_copy_in_flight(queue: JobQueue, state: Stat
     queue.add(seen("/watch/a.mp4"), state, media_id=1, upload_url="https://up/1", content_hash="h")
     b = queue.get(queue.add(seen("/watch/b.mp4"), State.READY))
     assert b is not None
-    assert queue.content_verdict(b, "h") == ("wait", None)
+    assert queue.content_verdict(b, "h") == (Verdict.WAIT, None)
     assert queue.get(b.id).content_hash is None  # type: ignore[union-attr]
 
 
@@ -348,11 +262,12 @@ def test_content_verdict_waits_for_a_ready_job_that_owns_the_bytes(queue: JobQue
     a, b, c = (queue.get(queue.add(seen(f"/watch/{n}.mp4"), State.READY)) for n in "abc")
     assert a is not None and b is not None and c is not None
     [claimed] = queue.claim("w1")
-    assert claimed.id == a.id and queue.content_verdict(claimed, "h") == ("upload", None)
-    queue.release(a.id, attempts=1, next_attempt_at=time.time() + 60)  # transient failure before the URL
-    assert queue.content_verdict(b, "h") == ("wait", None)
-    queue.update(a.id, state=State.URL_ISSUED)
-    assert queue.content_verdict(c, "h") == ("wait", None)
+    assert claimed.id == a.id and queue.content_verdict(claimed, "h") == (Verdict.UPLOAD, None)
+    assert queue.reschedule(claimed, attempts=1, next_attempt_at=time.time() + 60)  # failed before the URL
+    assert queue.content_verdict(b, "h") == (Verdict.WAIT, None)
+    again = queue.claim_id(a.id, "w1")
+    assert again is not None and queue.issue_url(again, 1, "https://up/a", time.time())
+    assert queue.content_verdict(c, "h") == (Verdict.WAIT, None)
 
 
 def test_ready_copy_waits_while_a_same_sized_job_is_sending_unhashed(queue: JobQueue) -> None:
@@ -363,10 +278,10 @@ def test_ready_copy_waits_while_a_same_sized_job_is_sending_unhashed(queue: JobQ
     b = queue.get(queue.add(seen("/watch/b.mp4", size=500), State.READY))
     other_size = queue.get(queue.add(seen("/watch/c.mp4", size=501), State.READY))
     assert b is not None and other_size is not None
-    assert queue.content_verdict(b, "h") == ("wait", None)
-    assert queue.content_verdict(other_size, "h2") == ("upload", None)
+    assert queue.content_verdict(b, "h") == (Verdict.WAIT, None)
+    assert queue.content_verdict(other_size, "h2") == (Verdict.UPLOAD, None)
     sending = queue.get(1)
-    assert sending is not None and queue.content_verdict(sending, "h") == ("upload", None)  # the sender goes on
+    assert sending is not None and queue.content_verdict(sending, "h") == (Verdict.UPLOAD, None)  # the sender goes on
 
 
 def test_a_same_sized_job_merely_waiting_to_resume_is_not_waited_for(queue: JobQueue) -> None:
@@ -374,32 +289,33 @@ def test_a_same_sized_job_merely_waiting_to_resume_is_not_waited_for(queue: JobQ
     could be for ever. It asks about its bytes itself when its PUT ends, and is then skipped as a copy."""
     queue.add(seen("/watch/a.mp4", size=500), State.URL_ISSUED, media_id=1, upload_url="https://up/1")
     b = queue.get(queue.add(seen("/watch/b.mp4", size=500), State.READY))
-    assert b is not None and queue.content_verdict(b, "h") == ("upload", None)
-    queue.update(b.id, state=State.COMPLETED, media_id=2)
+    assert b is not None and queue.content_verdict(b, "h") == (Verdict.UPLOAD, None)
+    drive(queue, b.id, State.COMPLETED, media_id=2, content_hash="h")
     resumed = queue.get(1)
-    assert resumed is not None and queue.content_verdict(resumed, "h") == ("duplicate", 2)
+    assert resumed is not None and queue.content_verdict(resumed, "h") == (Verdict.DUPLICATE, 2)
 
 
 def test_content_verdict_ignores_failed_and_skipped_copies(queue: JobQueue) -> None:
     queue.add(seen("/watch/a.mp4"), State.FAILED, content_hash="h")
     queue.add(seen("/watch/b.mp4"), State.SKIPPED, content_hash="h")
     c = queue.get(queue.add(seen("/watch/c.mp4"), State.READY))
-    assert c is not None and queue.content_verdict(c, "h") == ("upload", None)
+    assert c is not None and queue.content_verdict(c, "h") == (Verdict.UPLOAD, None)
 
 
-def test_content_verdict_is_atomic_across_threads(db_path: Path) -> None:
-    """Many copies of the same bytes asking at once: exactly one may upload."""
-    q = JobQueue(db_path)
+def test_content_verdict_is_atomic_across_threads(queue: JobQueue, state_db: str | Path) -> None:
+    """Many copies of the same bytes asking at once, half of them through another connection (another node,
+    with PostgreSQL): exactly one may upload."""
+    other = open_queue(state_db, node="node-b")
     try:
-        ids = [q.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(12)]
-        jobs = [q.claim_id(job_id, f"worker-{job_id}") for job_id in ids]  # as the pipeline holds them
+        ids = [queue.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(12)]
+        jobs = [queue.claim_id(job_id, f"worker-{job_id}") for job_id in ids]  # as the pipeline holds them
         barrier = threading.Barrier(len(jobs))
         verdicts: list[str] = []
         lock = threading.Lock()
 
         def ask(job: Any) -> None:
             barrier.wait(timeout=10)
-            verdict, _ = q.content_verdict(job, "same")
+            verdict, _ = (queue if job.id % 2 else other).content_verdict(job, "same")
             with lock:
                 verdicts.append(verdict)
 
@@ -410,7 +326,7 @@ def test_content_verdict_is_atomic_across_threads(db_path: Path) -> None:
             t.join(timeout=20)
         assert sorted(verdicts) == ["upload"] + ["wait"] * (len(jobs) - 1)
     finally:
-        q.close()
+        other.close()
 
 
 # -- retry -------------------------------------------------------------------------------------------------------
@@ -418,8 +334,7 @@ def test_content_verdict_is_atomic_across_threads(db_path: Path) -> None:
 def test_retry_puts_failed_jobs_back(queue: JobQueue) -> None:
     plain = queue.add(seen("/watch/a.mp4"), State.FAILED, attempts=12, next_attempt_at=9e9, reason="exhausted")
     with_url = queue.add(seen("/watch/b.mp4"), State.FAILED, attempts=12, upload_url="https://up/b", media_id=3)
-    done = queue.add(seen("/watch/c.mp4"), State.COMPLETED, attempts=2, media_id=4)
-    queue.update(done, after_done=True)
+    done = queue.add(seen("/watch/c.mp4"), State.COMPLETED, attempts=2, media_id=4, after_done=True)
     other_failed = queue.add(seen("/watch/d.mp4"), State.FAILED, attempts=5)
     before = time.time()
     assert sorted(queue.retry([plain, with_url, done])) == sorted([plain, with_url])
@@ -469,12 +384,12 @@ def test_counts_list_every_state(queue: JobQueue) -> None:
 def test_oldest_waiting(queue: JobQueue) -> None:
     assert queue.oldest_waiting() is None
     [(old_done, _)] = queue.observe([seen("/watch/old.mp4")], now=50.0)
-    queue.update(old_done, state=State.COMPLETED)
+    drive(queue, old_done, State.COMPLETED)
     [(settling, _)] = queue.observe([seen("/watch/settling.mp4")], now=100.0)
     queue.add(seen("/watch/new.mp4"), State.READY)
     oldest = queue.oldest_waiting()
     assert oldest is not None and oldest.id == settling
-    queue.update(settling, state=State.SKIPPED)
+    drive(queue, settling, State.SKIPPED)
     oldest = queue.oldest_waiting()
     assert oldest is not None and oldest.path == "/watch/new.mp4"
 
@@ -482,7 +397,8 @@ def test_oldest_waiting(queue: JobQueue) -> None:
 def test_recent_failures_newest_first(queue: JobQueue) -> None:
     ids = [queue.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(4)]
     for job_id in (ids[2], ids[0], ids[3]):
-        queue.update(job_id, state=State.FAILED, last_error=f"boom {job_id}")
+        drive(queue, job_id, State.FAILED, last_error=f"boom {job_id}")
+        time.sleep(0.002)  # updated_at orders them: distinct on any clock
     assert [j.id for j in queue.recent_failures(limit=2)] == [ids[3], ids[0]]
     assert [j.id for j in queue.recent_failures()] == [ids[3], ids[0], ids[2]]
     assert queue.recent_failures()[0].last_error == f"boom {ids[3]}"
@@ -491,7 +407,7 @@ def test_recent_failures_newest_first(queue: JobQueue) -> None:
 def test_latest_by_path(queue: JobQueue) -> None:
     assert queue.latest_by_path() == {}
     [(first, _)] = queue.observe([seen("/watch/a.mp4", inode=1, size=10, mtime_ns=5)], now=1.0)
-    queue.update(first, state=State.COMPLETED)
+    drive(queue, first, State.COMPLETED)
     queue.observe([seen("/watch/a.mp4", inode=2, size=20, mtime_ns=6), seen("/watch/b.mp4", inode=3, size=30,
                                                                             mtime_ns=7)], now=2.0)
     assert queue.latest_by_path() == {b"/watch/a.mp4": ("settling", (2, 20, 6)),
@@ -500,7 +416,7 @@ def test_latest_by_path(queue: JobQueue) -> None:
 
 # -- paths that are not plain text -------------------------------------------------------------------------------
 
-def test_undecodable_path_round_trips(queue: JobQueue, db_path: Path) -> None:
+def test_undecodable_path_round_trips(queue: JobQueue) -> None:
     path = os.fsdecode(b"/watch/caf\xe9.mp4")
     folder = os.fsdecode(b"/watch/r\xf6om")
     [(job_id, _)] = queue.observe([seen(path, folder=folder, move_to=folder)], now=1.0)
@@ -510,10 +426,11 @@ def test_undecodable_path_round_trips(queue: JobQueue, db_path: Path) -> None:
     assert os.fsencode(job.folder) == b"/watch/r\xf6om"  # type: ignore[arg-type]
     assert job.move_to == folder
     assert job.display_path == "/watch/caf\\xe9.mp4"
-    assert raw(db_path, "SELECT typeof(path), path FROM jobs") == [("blob", b"/watch/caf\xe9.mp4")]
     assert b"/watch/caf\xe9.mp4" in queue.latest_by_path()
     assert queue.observe([seen(path, inode=job.inode, folder=folder)], now=2.0) == []  # found again by its bytes
-    queue.update(job_id, final_path=os.fsdecode(b"/done/caf\xe9.mp4"))
+    job = drive(queue, job_id, State.COMPLETED, after_done=False)
+    held = queue.claim_id(job_id, "w")
+    assert held is not None and queue.finish(held, final_path=os.fsdecode(b"/done/caf\xe9.mp4"))
     assert os.fsencode(queue.get(job_id).final_path) == b"/done/caf\xe9.mp4"  # type: ignore[union-attr, arg-type]
 
 
@@ -527,29 +444,3 @@ def test_newline_and_nfd_paths_round_trip_unchanged(queue: JobQueue) -> None:
     paths = {queue.get(job_id).path for job_id, _ in created}  # type: ignore[union-attr]
     assert paths == {nfd, nfc, newline}
     assert {j.display_path for j in queue.jobs()} == {nfd, nfc, newline}
-
-
-def test_recover_redacts_error_text_stored_before_redaction_once_and_clears_spent_urls(tmp_path):
-    import sqlite3
-
-    from studio_watch.queue.store import JobQueue
-
-    db = tmp_path / "state.db"
-    queue = JobQueue(db)
-    queue.close()
-    raw = sqlite3.connect(db)
-    raw.execute("INSERT INTO jobs (kind, state, path, folder, collection_id, user_id, auto_caption, after_upload, "
-                "duplicates, settle_seconds, size, stable_since, created_at, updated_at, attempts, next_attempt_at, "
-                "last_error, upload_url) VALUES ('file', 'completed', X'2f612e6d7034', X'2f', NULL, NULL, 0, 'keep', "
-                "'skip', 0, 1, 0, 0, 0, 0, 0, 'put: HTTP 400: /u/1?signature=0ldsecret1', "
-                "'https://up.example/u/1?signature=0ldsecret1')")
-    raw.commit()
-    raw.close()
-    queue = JobQueue(db)
-    try:
-        queue.recover()
-        [job] = queue.jobs()
-        assert job.last_error == "put: HTTP 400: /u/1?[redacted]" and job.upload_url is None
-        assert queue.meta("error_text_redacted") == "1"
-    finally:
-        queue.close()

@@ -1,0 +1,212 @@
+"""The queue's interface: what the daemon, the pipeline and the commands may do to jobs, by name.
+
+Every change to a claimed job is a named, guarded transition: one statement `UPDATE jobs ... WHERE id = ? AND
+state = <from> AND claimed_by = <owner> AND claimed_at = <claim>`, checked against the transition table
+(`model.TRANSITIONS`), committed before the caller's next side effect, returning whether it applied. False
+means the claim is gone (another node took the job over after its lease ran out): the caller stops.
+
+Two backends implement it: `sqlite.SqliteQueue` (one machine, the default) and `postgres.PostgresQueue` (a
+cluster of nodes sharing one database). Both are subclasses of `sql.SqlQueue`, which holds the SQL they share.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+from typing import Any, ContextManager, Iterable, Sequence
+
+from studio_watch.queue.model import Job, Seen, Settled, State, Verdict
+
+
+class JobQueue(abc.ABC):
+    """The durable job queue (see the module docstring)."""
+
+    #: True when other nodes share this queue (PostgreSQL): pause, leases and node names are cluster-wide.
+    shared: bool = False
+    #: Where the queue lives, for messages (a path, or a URI with its password removed).
+    where: str
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The queue's clock (seconds since the epoch). PostgreSQL: the server's, so that nodes whose clocks
+        disagree still agree on when a file settled and when a lease ran out."""
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Job | None: ...
+
+    @abc.abstractmethod
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def oldest_waiting(self) -> Job | None: ...
+
+    @abc.abstractmethod
+    def recent_failures(self, limit: int = 5) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def in_flight(self) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def settling(self) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]: ...
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None: ...
+
+    @abc.abstractmethod
+    def find_manual(self, seen: Seen) -> Job | None: ...
+
+    @abc.abstractmethod
+    def same_size_elsewhere(self, job: Job) -> bool: ...
+
+    # -- meta: pause, daemon snapshots, link-import attempts ----------------------------------------------
+
+    @abc.abstractmethod
+    def meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str | None) -> None: ...
+
+    # -- finding files ----------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def observe(self, seen: Iterable[Seen], now: float | None = None) -> list[tuple[int, Seen]]:
+        """Record files a watcher found; returns the jobs created. Each file is one job, however many nodes
+        report it (PostgreSQL: a unique index on the live jobs' paths decides, not a Python lock)."""
+
+    @abc.abstractmethod
+    def add(self, seen: Seen, state: State, **extra: Any) -> int:
+        """Insert one job directly (a manual upload, a URL import)."""
+
+    @abc.abstractmethod
+    def settle(self, decisions: Sequence[Settled]) -> set[int]:
+        """Apply settle decisions in one transaction, each only if its row is still settling with the identity it
+        was based on; returns the ids changed."""
+
+    # -- claims ---------------------------------------------------------------------------------------------
+
+    def owner(self, worker: str) -> str:
+        """The claim owner a worker of this process signs with."""
+        return f"{os.getpid()}:{worker}"
+
+    @abc.abstractmethod
+    def claim(self, owner: str, limit: int = 1, now: float | None = None) -> list[Job]:
+        """Take up to `limit` due jobs for `owner` (in-flight steps first); each comes back with its fence."""
+
+    @abc.abstractmethod
+    def claim_id(self, job_id: int, owner: str) -> Job | None:
+        """Take one given job if nobody holds it (the `upload` command doing its own work)."""
+
+    @abc.abstractmethod
+    def recover(self) -> list[Job]:
+        """At daemon start: release the claims left by this node's previous run. Returns them."""
+
+    def let_go(self, job: Job) -> None:
+        """This process stops working on the job without a transition (its database went away mid-step, its
+        claim was lost): stop extending the lease, so that it runs out and any node may take the job over."""
+
+    @abc.abstractmethod
+    def renew(self, job: Job) -> bool:
+        """Confirm (and extend) this claim before a side effect that must happen once: False if it is gone."""
+
+    # -- the pipeline's transitions (all guarded by the claim; all return whether they applied) -------------
+
+    @abc.abstractmethod
+    def issue_url(self, job: Job, media_id: int, upload_url: str, at: float) -> bool:
+        """ready → url_issued, with the media and its upload URL. Not durable (see the pipeline)."""
+
+    @abc.abstractmethod
+    def link_sending(self, job: Job, at: float) -> bool:
+        """A link job: ready → url_issued, recorded before the import goes out ("maybe sent" from now on)."""
+
+    @abc.abstractmethod
+    def restart(self, job: Job, why: str) -> bool:
+        """url_issued / uploaded → ready: the media or its upload URL is gone; start again at step 1."""
+
+    @abc.abstractmethod
+    def mark_uploaded(self, job: Job, content_hash: str) -> bool:
+        """url_issued → uploaded: Studio has the bytes."""
+
+    @abc.abstractmethod
+    def skip_captions(self, job: Job) -> bool:
+        """Captions are not enabled for the account: complete without them, now and after a restart."""
+
+    @abc.abstractmethod
+    def complete(self, job: Job, *, transcoding_status: str | None, at: float, release: bool,
+                 media_id: int | None = None, captions_skipped: bool | None = None) -> bool:
+        """uploaded (or a link's url_issued) → completed. `release`: nothing follows (after_upload keep), so the
+        after-upload step is done and the job is handed back in the same transaction; such a commit need not
+        wait for the disk (a lost one costs a second, harmless complete)."""
+
+    @abc.abstractmethod
+    def note_transcoding(self, job: Job, status: str | None) -> bool: ...
+
+    @abc.abstractmethod
+    def finish(self, job: Job, *, final_path: str | None = None, reason: str | None = None) -> bool:
+        """completed: the after-upload step is done (moved, deleted, kept, abandoned); the job is released."""
+
+    @abc.abstractmethod
+    def skip(self, job: Job, reason: str, media_id: int | None = None) -> bool:
+        """→ skipped (vanished, duplicate of `media_id`), released."""
+
+    @abc.abstractmethod
+    def fail(self, job: Job, error: str) -> bool:
+        """→ failed, remembering the state it failed at (`retry` resumes there), released."""
+
+    @abc.abstractmethod
+    def reschedule(self, job: Job, *, next_attempt_at: float, attempts: int | None = None,
+                   last_error: str | None = None) -> bool:
+        """Same state, released, not due before `next_attempt_at` (attempts: the new count, if it changed)."""
+
+    @abc.abstractmethod
+    def release(self, job: Job, last_error: str | None = None) -> bool:
+        """Same state, released (stopping, an outage that pauses the queue)."""
+
+    @abc.abstractmethod
+    def resettle(self, job: Job, identity: tuple[int, int, int, int] | None, at: float, last_error: str) -> bool:
+        """→ settling again (the file changed under us), forgetting any media / URL; identity: the new
+        (size, mtime_ns, inode, device) when the file could be looked at."""
+
+    @abc.abstractmethod
+    def set_progress(self, job: Job, bytes_sent: int) -> None:
+        """Transfer progress for `status` and `upload` (not a state change)."""
+
+    @abc.abstractmethod
+    def content_verdict(self, job: Job, content_hash: str) -> tuple[Verdict, int | None]:
+        """Record `content_hash` for a job about to be sent, unless the same bytes went to the same target:
+        (UPLOAD, None), (DUPLICATE, the earlier media id) or (WAIT, None) while a copy is in flight. One
+        transaction (serialised across nodes), so two copies never both go ahead."""
+
+    # -- operators ------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def retry(self, ids: Sequence[int] | None) -> list[int]:
+        """Put failed jobs (the given ones, or all) back at the step they failed at; returns the ids moved."""
+
+    # -- cluster (no-ops for a queue no one shares) -----------------------------------------------------------
+
+    def register_node(self, name: str, pid: int, host: str) -> None:
+        """Claim the node name for this process (PostgreSQL: refused while a live daemon holds it)."""
+
+    def node_seen(self, status: dict[str, Any] | None) -> None:
+        """Heartbeat: this node is alive (with what it is doing, for `status`)."""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's members, for `status` (empty for a queue no one shares)."""
+        return []
+
+    def shared_lock(self, name: str) -> ContextManager[None]:
+        """A lock every node of the cluster respects (PostgreSQL: an advisory lock), for one-at-a-time work
+        such as an OAuth refresh. A queue no one shares needs none beyond the caller's own."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

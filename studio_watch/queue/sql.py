@@ -1,0 +1,447 @@
+"""The SQL both backends share: every named transition, written once.
+
+Statements are written in SQLite's dialect (`?` placeholders, `IS ?` for a comparison that treats NULL as a
+value); the PostgreSQL backend's transaction object translates them (`%s`, `IS NOT DISTINCT FROM`). What
+really differs (connections and transactions, migrations, how a claim locks rows and how long it lasts,
+index hints) is a hook each backend fills in.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import time
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from studio_watch.queue.base import JobQueue
+from studio_watch.queue.model import (PATH_COLUMNS, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
+                                      check_transition, job_from_row, settle_clock)
+
+Row = Mapping[str, Any]
+
+# Claim order: finish what is in flight (after-upload actions, completes, PUTs) before starting new uploads.
+# (index to walk, which rows)
+CLAIM_ORDER = (
+    ("jobs_after", "state = 'completed' AND after_done = 0"),
+    ("jobs_due", "state IN ('uploaded', 'url_issued')"),
+    ("jobs_due", "state = 'ready'"),
+)
+_RELEASED = {"claimed_by": None, "claimed_at": None, "bytes_sent": None, "progress_at": None}
+
+
+class Tx(Protocol):
+    """One transaction's statements, whichever database runs them."""
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Execute; the number of rows changed."""
+
+
+def _fs(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _value(name: str, value: Any) -> Any:
+    """A Python value as the column stores it (paths as bytes, flags as 0/1, states as their word)."""
+    if name in PATH_COLUMNS:
+        return _fs(value)
+    if isinstance(value, State):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def as_job(row: Row) -> Job:
+    return job_from_row(row if isinstance(row, dict) else dict(zip(row.keys(), row)))
+
+
+class SqlQueue(JobQueue):
+    """The named transitions over a `jobs` table, for any backend that supplies the hooks below."""
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _tx(self, durable: bool = True) -> contextlib.AbstractContextManager[Tx]:
+        """One write transaction; `durable=False`: its commit need not wait for the disk (see the backends)."""
+
+    @abc.abstractmethod
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Rows of one query outside any write transaction."""
+
+    def _index(self, name: str) -> str:
+        """An index hint for the query planner ("" where the planner needs none)."""
+        return ""
+
+    def _claimable(self) -> str:
+        """SQL: a row nobody holds (PostgreSQL: or whose holder's lease ran out; one `?`, now, per use)."""
+        return "claimed_by IS NULL"
+
+    def _claimable_args(self, now: float) -> tuple[Any, ...]:
+        return ()
+
+    def _lock_rows(self) -> str:
+        """A claim's row locking clause inside its sub-select ("" where a write transaction serialises)."""
+        return ""
+
+    def _held(self, now: float) -> dict[str, Any]:
+        """Columns a claim (and each step that keeps it) sets besides claimed_by / claimed_at (a lease)."""
+        return {}
+
+    def _released(self) -> dict[str, Any]:
+        return _RELEASED
+
+    def _serialise_content(self, tx: Tx, content_hash: str, size: int | None) -> None:
+        """Make content verdicts on the same bytes one at a time (a write transaction already does, in SQLite)."""
+
+    def _on_conflict(self) -> str:
+        """Appended to an observed file's INSERT: PostgreSQL lets the unique index decide between nodes."""
+        return ""
+
+    def _recover_where(self) -> tuple[str, tuple[Any, ...]]:
+        """The claims `recover()` may release: (SQL condition, args)."""
+        return "claimed_by IS NOT NULL", ()
+
+    def now(self) -> float:
+        return time.time()
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def _read_one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        rows = self._read(sql, args)
+        return rows[0] if rows else None
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._read_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return as_job(row) if row else None
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs", []
+        if state:
+            sql, args = sql + " WHERE state = ?", [state]
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [as_job(r) for r in self._read(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._read("SELECT state, count(*) AS n FROM jobs GROUP BY state"):
+            counts[row["state"]] = int(row["n"])
+        return counts
+
+    def oldest_waiting(self) -> Job | None:
+        marks = ",".join("?" * len(WAITING))
+        row = self._read_one(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id LIMIT 1", WAITING)
+        return as_job(row) if row else None
+
+    def recent_failures(self, limit: int = 5) -> list[Job]:
+        rows = self._read("SELECT * FROM jobs WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,))
+        return [as_job(r) for r in rows]
+
+    def in_flight(self) -> list[Job]:
+        return [as_job(r) for r in self._read("SELECT * FROM jobs WHERE claimed_by IS NOT NULL ORDER BY id")]
+
+    def settling(self) -> list[Job]:
+        return [as_job(r) for r in self._read("SELECT * FROM jobs WHERE state = 'settling' ORDER BY id")]
+
+    def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
+        """For a rescan: each known path's newest job's state and identity (inode, size, mtime_ns); the state is
+        "vanished" for a job skipped because its file had gone (a file found there now is back)."""
+        rows = self._read(
+            "SELECT path, CASE WHEN state = 'skipped' AND reason = 'vanished' THEN 'vanished' ELSE state END AS s, "
+            "inode, size, mtime_ns FROM jobs WHERE id IN "
+            "(SELECT max(id) FROM jobs WHERE path IS NOT NULL GROUP BY path)")
+        return {bytes(r["path"]): (r["s"], (r["inode"], r["size"], r["mtime_ns"])) for r in rows}
+
+    def next_due(self) -> float | None:
+        """When the earliest claimable job becomes due (None when there is none)."""
+        row = self._read_one(
+            "SELECT min(next_attempt_at) AS due FROM jobs WHERE claimed_by IS NULL AND "
+            "(state IN ('ready', 'url_issued', 'uploaded') OR (state = 'completed' AND after_done = 0))")
+        return row["due"] if row else None
+
+    def find_manual(self, seen: Seen) -> Job | None:
+        """The newest job for this exact file (same path and identity), if any."""
+        row = self._read_one(
+            "SELECT * FROM jobs WHERE path = ? AND inode = ? AND size = ? AND mtime_ns = ? ORDER BY id DESC LIMIT 1",
+            (_fs(seen.path), seen.inode, seen.size, seen.mtime_ns))
+        return as_job(row) if row else None
+
+    def same_size_elsewhere(self, job: Job) -> bool:
+        """Could another job hold the same bytes? (Only then is a hash needed before the upload.)"""
+        row = self._read_one(
+            "SELECT 1 AS x FROM jobs WHERE size = ? AND id != ? AND kind = 'file' AND collection_id IS ? AND "
+            "user_id IS ? AND state NOT IN ('failed', 'skipped') LIMIT 1",
+            (job.size, job.id, job.collection_id, job.user_id))
+        return row is not None
+
+    # -- meta -------------------------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx() as tx:
+            if value is None:
+                tx.run("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                       "excluded.value", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        row = self._read_one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row["value"] if row else None
+
+    # -- finding and settling ---------------------------------------------------------------------------------
+
+    def observe(self, seen: Iterable[Seen], now: float | None = None) -> list[tuple[int, Seen]]:
+        """Record files a watcher found; returns the jobs created (id, what was seen). One transaction.
+
+        A path with no job, whose last job is finished and was a different file (inode, size, mtime), or whose
+        last job was skipped because the file had vanished (it is back), gets a new `settling` job. A settling
+        job whose file changed restarts its settle clock. Anything else is left to the pipeline, which
+        re-checks the file before it sends it. Paths in a fixed order: two nodes inserting the same batch wait
+        for each other in the same order, never in a cycle.
+        """
+        now = self.now() if now is None else now
+        created: list[tuple[int, Seen]] = []
+        with self._tx() as tx:
+            for s in sorted(seen, key=lambda s: os.fsencode(s.path)):
+                row = tx.one("SELECT id, state, inode, size, mtime_ns, updated_at, reason FROM jobs "
+                             "WHERE path = ? ORDER BY id DESC LIMIT 1", (_fs(s.path),))
+                known = None if row is None else (row["inode"], row["size"], row["mtime_ns"])
+                back = row is not None and row["state"] == State.SKIPPED.value and row["reason"] == "vanished"
+                if row is None or back or (row["state"] in TERMINAL and known != s.identity):
+                    job_id = self._insert(tx, s, now, conflict=self._on_conflict())
+                    if job_id is not None:
+                        created.append((job_id, s))
+                elif row["state"] == State.SETTLING.value and known != s.identity:
+                    since = settle_clock(s.mtime_ns, row["updated_at"], now)
+                    tx.run("UPDATE jobs SET size = ?, mtime_ns = ?, inode = ?, device = ?, stable_since = ?, "
+                           "updated_at = ? WHERE id = ?", (s.size, s.mtime_ns, s.inode, s.device, since, now, row["id"]))
+        return created
+
+    def _insert(self, tx: Tx, s: Seen, now: float, state: State = State.SETTLING, conflict: str = "",
+                **extra: Any) -> int | None:
+        # Settling counts from the last change where it is known (a file that sat unchanged in a local folder
+        # while the daemon was down need not wait again), else from the moment the file was found.
+        stable_since = now if s.changed_at is None else min(now, s.changed_at)
+        values = dict(kind=s.kind, state=state.value, path=_fs(s.path), folder=_fs(s.folder),
+                      collection_id=s.collection_id, user_id=s.user_id, auto_caption=int(s.auto_caption),
+                      after_upload=s.after_upload, after_upload_when=s.after_upload_when, move_to=_fs(s.move_to),
+                      duplicates=s.duplicates, settle_seconds=s.settle_seconds, size=s.size, mtime_ns=s.mtime_ns,
+                      inode=s.inode, device=s.device, stable_since=stable_since, created_at=now, updated_at=now,
+                      **{k: _value(k, v) for k, v in extra.items()})
+        row = tx.one(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))}){conflict} "
+                     "RETURNING id", tuple(values.values()))
+        return None if row is None else int(row["id"])
+
+    def add(self, seen: Seen, state: State, **extra: Any) -> int:
+        with self._tx() as tx:
+            job_id = self._insert(tx, seen, self.now(), state, **extra)
+        assert job_id is not None
+        return job_id
+
+    def settle(self, decisions: Sequence[Settled]) -> set[int]:
+        now = self.now()
+        changed: set[int] = set()
+        with self._tx() as tx:
+            for d in decisions:
+                values = {**{k: _value(k, v) for k, v in d.facts.items()}, "state": d.state.value, "updated_at": now}
+                sql = (f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND state = 'settling' "
+                       "AND inode IS ? AND size IS ? AND mtime_ns IS ?")
+                if tx.run(sql, (*values.values(), d.job_id, *d.identity)):
+                    changed.add(d.job_id)
+        return changed
+
+    # -- claims -----------------------------------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int = 1, now: float | None = None) -> list[Job]:
+        """Atomically take up to `limit` due jobs for `owner`; in-flight jobs before new ones.
+
+        Each UPDATE picks and marks rows in one statement, all in one transaction, so two workers never take the
+        same job; each walks the (state, next_attempt_at) index, so a claim costs the same with 10 or 100,000
+        jobs waiting.
+        """
+        now = self.now() if now is None else now
+        held = {"claimed_by": owner, "claimed_at": now, **self._held(now)}
+        sets = ", ".join(f"{k} = ?" for k in held)
+        claimed: list[Job] = []
+        with self._tx(durable=False) as tx:
+            for index, which in CLAIM_ORDER:
+                if len(claimed) >= limit:
+                    break
+                rows = tx.rows(
+                    f"UPDATE jobs SET {sets} WHERE id IN (SELECT id FROM jobs {self._index(index)} WHERE {which} AND "
+                    f"next_attempt_at <= ? AND {self._claimable()} ORDER BY next_attempt_at, id LIMIT ? "
+                    f"{self._lock_rows()}) RETURNING *",
+                    (*held.values(), now, *self._claimable_args(now), limit - len(claimed)))
+                claimed.extend(sorted((as_job(r) for r in rows), key=lambda j: (j.next_attempt_at, j.id)))
+        return claimed
+
+    def claim_id(self, job_id: int, owner: str) -> Job | None:
+        now = self.now()
+        held = {"claimed_by": owner, "claimed_at": now, **self._held(now)}
+        with self._tx() as tx:
+            row = tx.one(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in held)} WHERE id = ? AND "
+                         f"{self._claimable()} RETURNING *", (*held.values(), job_id, *self._claimable_args(now)))
+        return as_job(row) if row else None
+
+    def recover(self) -> list[Job]:
+        where, args = self._recover_where()
+        released = self._released()
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT * FROM jobs WHERE {where} ORDER BY id {self._lock_rows().replace(' SKIP LOCKED', '')}",
+                           args)
+            tx.run(f"UPDATE jobs SET {', '.join(f'{k} = NULL' for k in released)} WHERE {where}", args)
+        return [as_job(r) for r in rows]
+
+    def renew(self, job: Job) -> bool:
+        return self._move(job, job.state, durable=False)
+
+    # -- the guarded transition ------------------------------------------------------------------------------
+
+    def _move(self, job: Job, to: State, *, release: bool = False, durable: bool = True, **facts: Any) -> bool:
+        """The one guarded UPDATE every named transition is: from the job's state, by its claim."""
+        check_transition(job.state, to)
+        if job.claimed_by is None:
+            raise ValueError(f"job {job.id} is not claimed: transitions need the claim they are guarded by")
+        now = self.now()
+        values = {k: _value(k, v) for k, v in facts.items()}
+        values.update(state=to.value, updated_at=now)
+        values.update(self._released() if release else self._held(now))
+        sql = (f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND state = ? AND "
+               "claimed_by = ? AND claimed_at IS ?")
+        with self._tx(durable) as tx:
+            return tx.run(sql, (*values.values(), job.id, job.state.value, job.claimed_by, job.claimed_at)) == 1
+
+    def issue_url(self, job: Job, media_id: int, upload_url: str, at: float) -> bool:
+        return self._move(job, State.URL_ISSUED, durable=False, media_id=media_id, upload_url=upload_url,
+                          url_issued_at=at)
+
+    def link_sending(self, job: Job, at: float) -> bool:
+        return self._move(job, State.URL_ISSUED, url_issued_at=at)
+
+    def restart(self, job: Job, why: str) -> bool:
+        return self._move(job, State.READY, media_id=None, upload_url=None, url_issued_at=None, last_error=why)
+
+    def mark_uploaded(self, job: Job, content_hash: str) -> bool:
+        return self._move(job, State.UPLOADED, content_hash=content_hash)
+
+    def skip_captions(self, job: Job) -> bool:
+        return self._move(job, job.state, captions_skipped=True)
+
+    def complete(self, job: Job, *, transcoding_status: str | None, at: float, release: bool,
+                 media_id: int | None = None, captions_skipped: bool | None = None) -> bool:
+        facts: dict[str, Any] = {"transcoding_status": transcoding_status, "last_error": None, "completed_at": at}
+        if media_id is not None:
+            facts["media_id"] = media_id
+        if captions_skipped is not None:
+            facts["captions_skipped"] = captions_skipped
+        if release:
+            facts["after_done"] = True
+        return self._move(job, State.COMPLETED, release=release, durable=not release, **facts)
+
+    def note_transcoding(self, job: Job, status: str | None) -> bool:
+        return self._move(job, job.state, transcoding_status=status)
+
+    def finish(self, job: Job, *, final_path: str | None = None, reason: str | None = None) -> bool:
+        facts: dict[str, Any] = {"after_done": True}
+        if final_path is not None:
+            facts["final_path"] = final_path
+        if reason is not None:
+            facts["reason"] = reason
+        return self._move(job, State.COMPLETED, release=True, **facts)
+
+    def skip(self, job: Job, reason: str, media_id: int | None = None) -> bool:
+        facts: dict[str, Any] = {"reason": reason}
+        if media_id is not None:
+            facts["media_id"] = media_id
+        return self._move(job, State.SKIPPED, release=True, **facts)
+
+    def fail(self, job: Job, error: str) -> bool:
+        return self._move(job, State.FAILED, release=True, last_error=error, reason=error,
+                          failed_state=job.state.value)
+
+    def reschedule(self, job: Job, *, next_attempt_at: float, attempts: int | None = None,
+                   last_error: str | None = None) -> bool:
+        facts: dict[str, Any] = {"next_attempt_at": next_attempt_at}
+        if attempts is not None:
+            facts["attempts"] = attempts
+        if last_error is not None:
+            facts["last_error"] = last_error
+        return self._move(job, job.state, release=True, **facts)
+
+    def release(self, job: Job, last_error: str | None = None) -> bool:
+        facts = {} if last_error is None else {"last_error": last_error}
+        return self._move(job, job.state, release=True, **facts)
+
+    def resettle(self, job: Job, identity: tuple[int, int, int, int] | None, at: float, last_error: str) -> bool:
+        facts: dict[str, Any] = {"stable_since": at, "content_hash": None, "last_error": last_error}
+        if identity is not None:
+            facts.update(zip(("size", "mtime_ns", "inode", "device"), identity))
+        if job.state in (State.URL_ISSUED, State.UPLOADED):
+            facts.update(media_id=None, upload_url=None, url_issued_at=None)
+        return self._move(job, State.SETTLING, release=True, **facts)
+
+    def set_progress(self, job: Job, bytes_sent: int) -> None:
+        with self._tx(durable=False) as tx:
+            tx.run("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ? AND claimed_by = ?",
+                   (bytes_sent, time.time(), job.id, job.claimed_by))
+
+    def content_verdict(self, job: Job, content_hash: str) -> tuple[Verdict, int | None]:
+        """See JobQueue.content_verdict. Its commit does not wait for the disk: the job's next state change (a
+        durable one) makes it durable before any request goes out, and a hash lost in a crash is simply
+        computed and asked about again."""
+        with self._tx(durable=False) as tx:
+            self._serialise_content(tx, content_hash, job.size)
+            row = tx.one(
+                "SELECT id, state, media_id FROM jobs WHERE content_hash = ? AND id != ? AND "
+                "collection_id IS ? AND user_id IS ? AND state NOT IN ('failed', 'skipped', 'settling') "
+                "ORDER BY state != 'completed', id LIMIT 1",
+                (content_hash, job.id, job.collection_id, job.user_id))
+            if row is not None and row["state"] == State.COMPLETED.value:
+                return Verdict.DUPLICATE, row["media_id"]
+            if row is not None:  # it recorded these bytes first and will upload them without asking again
+                return Verdict.WAIT, None
+            # A same-sized job already sending (its hash is not known until its PUT ends). By state: the jobs in
+            # flight are few, while one batch of same-sized clips can be thousands.
+            if job.state is State.READY and tx.one(
+                    f"SELECT 1 AS x FROM jobs {self._index('jobs_due')} WHERE state IN ('url_issued', 'uploaded') "
+                    "AND size = ? AND id != ? AND content_hash IS NULL AND kind = 'file' AND collection_id IS ? AND "
+                    "user_id IS ? AND claimed_by IS NOT NULL LIMIT 1",  # one merely waiting will ask after its PUT
+                    (job.size, job.id, job.collection_id, job.user_id)) is not None:
+                return Verdict.WAIT, None
+            tx.run("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?", (content_hash, self.now(), job.id))
+        return Verdict.UPLOAD, None
+
+    # -- operators ------------------------------------------------------------------------------------------
+
+    def retry(self, ids: Sequence[int] | None) -> list[int]:
+        """Each resumes at the step it failed at: a job whose bytes Studio already has (it failed completing) only
+        completes, one with an upload URL PUTs again, a link import that may have been sent is looked for in
+        Studio before it is sent again, any other starts over. Resumed before the upload, a job is asked about
+        duplicates again."""
+        with self._tx() as tx:
+            sql = "SELECT id, kind, upload_url, media_id, failed_state FROM jobs WHERE state = 'failed'"
+            if ids is None:
+                rows = tx.rows(sql + " ORDER BY id")
+            else:
+                rows = tx.rows(f"{sql} AND id IN ({','.join('?' * len(ids))}) ORDER BY id", tuple(ids))
+            now = self.now()
+            for row in rows:
+                if row["failed_state"] == State.UPLOADED.value and row["media_id"] is not None:
+                    state, forget_hash = State.UPLOADED, False
+                elif row["kind"] == "link" and row["failed_state"] == State.URL_ISSUED.value:
+                    state, forget_hash = State.URL_ISSUED, True  # maybe sent: reconciled before it is sent again
+                else:
+                    state, forget_hash = State.URL_ISSUED if row["upload_url"] else State.READY, True
+                check_transition(State.FAILED, state)
+                tx.run("UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, reason = NULL, "
+                       "failed_state = NULL, content_hash = CASE WHEN ? = 1 THEN NULL ELSE content_hash END, "
+                       "updated_at = ? WHERE id = ? AND state = 'failed'",
+                       (state.value, now, int(forget_hash), now, row["id"]))
+        return [int(r["id"]) for r in rows]
+

@@ -1,0 +1,187 @@
+"""The SQLite backend: one machine's queue in one file (the default `state_db`).
+
+One row per file (or URL) in `jobs`; its `state` is a plain word readable in the `sqlite3` shell. The connection
+is in autocommit mode and every read-then-write runs inside `BEGIN IMMEDIATE`, so each state change is one
+committed transaction before the caller starts the next side effect. A claim marks the row with its owner in
+the same transaction that picks it; `recover()` clears the marks at daemon start (the daemon lock guarantees
+nobody else holds them). The statements themselves are shared with PostgreSQL (`sql.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from studio_watch.errors import DatabaseTooNew
+from studio_watch.queue.sql import Row, SqlQueue
+
+SCHEMA_VERSION = 3
+
+_SCHEMA = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'file',          -- file | url
+    state TEXT NOT NULL,
+    path BLOB,                                  -- os.fsencode() of the source file
+    folder BLOB,                                -- the watched folder it was found in (NULL: by hand)
+    source_url TEXT,                            -- URL imports
+    is_external INTEGER NOT NULL DEFAULT 0,
+    collection_id INTEGER,
+    user_id INTEGER,
+    title TEXT,
+    description TEXT,
+    auto_caption INTEGER NOT NULL DEFAULT 0,
+    captions_skipped INTEGER NOT NULL DEFAULT 0,
+    after_upload TEXT NOT NULL DEFAULT 'keep',  -- keep | move | delete
+    after_upload_when TEXT NOT NULL DEFAULT 'completed',  -- completed | processed
+    move_to BLOB,
+    after_done INTEGER NOT NULL DEFAULT 0,      -- the after-upload action has finished
+    final_path BLOB,                            -- where a moved file went
+    duplicates TEXT NOT NULL DEFAULT 'skip',
+    settle_seconds REAL NOT NULL DEFAULT 0,
+    size INTEGER,
+    mtime_ns INTEGER,
+    inode INTEGER,
+    device INTEGER,
+    stable_since REAL,
+    content_hash TEXT,
+    media_id INTEGER,
+    upload_url TEXT,
+    url_issued_at REAL,
+    transcoding_status TEXT,
+    completed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reason TEXT,
+    claimed_by TEXT,
+    claimed_at REAL,
+    bytes_sent INTEGER,
+    progress_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_path ON jobs (path, id);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_hash ON jobs (content_hash);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+# Each step brings a database from the version before it to `target`; a new database runs them all.
+_MIGRATIONS = (
+    (1, _SCHEMA),
+    (2, "CREATE INDEX jobs_size ON jobs (size);"  # duplicate checks look for same-sized jobs
+        # claims look for after-upload actions still to do among (perhaps) 100,000 finished jobs
+        "CREATE INDEX jobs_after ON jobs (next_attempt_at) WHERE state = 'completed' AND after_done = 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN failed_state TEXT;"  # the step a failed job failed at: `retry` resumes there
+        # jobs that failed before this column existed: those whose complete failed are known by their error
+        "UPDATE jobs SET failed_state = 'uploaded' WHERE state = 'failed' AND media_id IS NOT NULL AND "
+        "(last_error LIKE 'complete:%' OR last_error LIKE 'gave up after % attempts: complete:%')"),
+)
+
+
+class _SqliteTx:
+    """One transaction's statements on the connection (the shared SQL is already in SQLite's dialect)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, args).fetchall()
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        rows = self.conn.execute(sql, args).fetchall()
+        return rows[0] if rows else None
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, args).rowcount
+
+
+class SqliteQueue(SqlQueue):
+    """The state database: one connection, shared by this process's threads under one lock.
+
+    One connection keeps one page cache. With a connection per thread, every commit by one worker made the
+    other re-read its pages (measured: a quarter more CPU per small file with two workers), and SQLite's busy
+    handler, which sleeps in steps of milliseconds, arbitrated between them. Other processes (`status`, an
+    `upload` beside the daemon) open their own connection and meet this one at SQLite's locks.
+    """
+
+    shared = False
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        self._mutex = threading.RLock()
+        self._create_file()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_ms / 1000)
+        self._db.row_factory = sqlite3.Row
+        self._tx_view = _SqliteTx(self._db)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # FULL is set around each durable commit: see _tx
+        self._migrate()
+
+    def _create_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Rows of one query, never in the middle of another thread's transaction."""
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    @contextlib.contextmanager
+    def _tx(self, durable: bool = True) -> Iterator[_SqliteTx]:
+        """One write transaction (BEGIN IMMEDIATE), holding the connection's lock from BEGIN to COMMIT.
+
+        A durable commit waits for the disk (synchronous=FULL). `durable=False` does not (synchronous=NORMAL: in
+        WAL mode still atomic, and it survives the process being killed; only a power cut can lose it, together
+        with everything after it). It is for leases, caches and progress, and for the state changes whose loss
+        only repeats a step that is safe to repeat (the pipeline says which, where it commits them).
+        """
+        conn = self._db
+        with self._mutex:
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._tx_view
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # also when COMMIT itself failed (disk full): never leave it open
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _index(self, name: str) -> str:
+        # SQLite's planner picks the (size) index for some of these queries and scans; the hint keeps each
+        # claim walking the (state, next_attempt_at) index, so it costs the same with 10 or 100,000 jobs.
+        return f"INDEXED BY {name}"
+
+    def close(self) -> None:
+        with self._mutex, contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._tx() as tx:
+            version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DatabaseTooNew(f"{self.path} was written by a newer studio-watch (schema {version}, this one "
+                                     f"knows {SCHEMA_VERSION}); upgrade studio-watch or use another state_db")
+            for target, script in _MIGRATIONS:
+                if version < target:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            tx.conn.execute(statement)
+            tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
