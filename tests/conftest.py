@@ -347,7 +347,9 @@ class PostgresServer:
                   "-o", opts, "start")
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.pg_ctl), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+        done = self._run(str(self.pg_ctl), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+        if done.returncode and "Is server running?" not in done.stderr:
+            raise AssertionError(f"pg_ctl stop failed: {done.stderr.strip()}")
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
@@ -368,7 +370,7 @@ class PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """The suite's own PostgreSQL (skipped, saying why, where it cannot run)."""
     try:
         import psycopg  # noqa: F401
@@ -383,11 +385,12 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
             account = Account("postgres", entry.pw_uid, entry.pw_gid)
         except KeyError:
             account = _account("sw-test-postgres")
-    root = tmp_path_factory.mktemp("pg")
-    for parent in [root, *root.parents]:  # the server's user must reach its folder
-        if parent == Path("/tmp") or parent == parent.parent:
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
+    import shutil
+    import tempfile
+
+    # Outside pytest's 0700 base folder, which the server's own user could not enter.
+    root = Path(tempfile.mkdtemp(prefix="studio-watch-pg-"))
+    root.chmod(0o711)
     server = PostgresServer(root, account)
     try:
         server.start_cluster()
@@ -397,6 +400,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield server
     finally:
         server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
