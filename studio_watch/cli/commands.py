@@ -437,3 +437,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     from studio_watch.daemon.health import cmd_health as run
 
     return run(args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from studio_watch.cli.migrate import cmd_migrate as run
+
+    return run(args)

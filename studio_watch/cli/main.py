@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_parser("status", help="whether a token is stored and when it expires (never the token)",
                     parents=[common])
     add("health", "exit 0 when the daemon is alive and healthy (for container and monitoring health checks)")
+    p = add("migrate", "move a single machine's SQLite queue into the PostgreSQL queue state_db names "
+                       "(example: studio-watch migrate --from /var/lib/studio-watch/state.db)")
+    p.add_argument("--from", dest="source", required=True, metavar="OLD_STATE_DB",
+                   help="the SQLite state database to move (stop its daemon first; the file is left unchanged)")
     p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
                        description="Serve a local Canvas Studio emulator: the public API studio-watch speaks (the three-step "
                                    "upload, URL imports, media, collections, users, OAuth), with fault injection.")

@@ -343,6 +343,12 @@ class Daemon:
     # -- finding and settling ----------------------------------------------------------------------------------
 
     def _on_found(self, found: list[Found], is_scan: bool) -> None:
+        try:
+            self._record_found(found, is_scan)
+        except DatabaseUnavailable as exc:  # the next rescan hands these files over again
+            log.warning("database_unavailable", during="found", files=len(found), error=str(exc))
+
+    def _record_found(self, found: list[Found], is_scan: bool) -> None:
         assert self.queue is not None
         if is_scan:  # a rescan sees every file: only hand over the new and the changed
             known = self.queue.latest_by_path()
@@ -359,6 +365,9 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 next_due = self.settle_once()
+            except DatabaseUnavailable as exc:
+                log.warning("database_unavailable", during="settle", error=str(exc))
+                next_due = time.time() + 1.0
             except Exception:
                 log.exception("settle_failed")
                 next_due = time.time() + 1.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from typing import Any, ContextManager, Iterable, Sequence
+from typing import Any, ContextManager, Iterable, Mapping, Sequence
 
 from studio_watch.queue.model import Job, Seen, Settled, State, Verdict
 
@@ -207,6 +207,16 @@ class JobQueue(abc.ABC):
         """A lock every node of the cluster respects (PostgreSQL: an advisory lock), for one-at-a-time work
         such as an OAuth refresh. A queue no one shares needs none beyond the caller's own."""
         return contextlib.nullcontext()
+
+    # -- moving a queue (`studio-watch migrate`) ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def dump(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Every job row and every meta entry."""
+
+    @abc.abstractmethod
+    def load(self, jobs: Sequence[Mapping[str, Any]], meta: Mapping[str, str]) -> int:
+        """Insert another queue's dump into this empty one, ids kept, claims cleared; the number of jobs."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -299,6 +299,10 @@ class PostgresQueue(SqlQueue):
         prefix = f"{self.node}/"
         return "left(claimed_by, ?) = ?", (len(prefix), prefix)
 
+    def _after_load(self, tx: Any) -> None:
+        tx.rows("SELECT setval(pg_get_serial_sequence('jobs', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM jobs), "
+                "false)")
+
     # -- claims and the heartbeat -----------------------------------------------------------------------------
 
     def claim(self, owner: str, limit: int = 1, now: float | None = None) -> list[Job]:

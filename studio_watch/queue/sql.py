@@ -15,7 +15,7 @@ import time
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from studio_watch.queue.base import JobQueue
-from studio_watch.queue.model import (PATH_COLUMNS, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
+from studio_watch.queue.model import (JOB_FIELDS, PATH_COLUMNS, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
                                       check_transition, job_from_row, settle_clock)
 
 Row = Mapping[str, Any]
@@ -27,6 +27,7 @@ CLAIM_ORDER = (
     ("jobs_due", "state IN ('uploaded', 'url_issued')"),
     ("jobs_due", "state = 'ready'"),
 )
+JOB_COLUMNS = JOB_FIELDS  # the jobs table's columns are the Job's fields, in both backends
 _RELEASED = {"claimed_by": None, "claimed_at": None, "bytes_sent": None, "progress_at": None}
 
 
@@ -445,3 +446,34 @@ class SqlQueue(JobQueue):
                        (state.value, now, int(forget_hash), now, row["id"]))
         return [int(r["id"]) for r in rows]
 
+    # -- moving a queue to another database (`studio-watch migrate`) -------------------------------------------
+
+    def dump(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Every job row (as columns) and every meta entry, for `migrate`."""
+        jobs = [dict(zip(r.keys(), r)) if not isinstance(r, dict) else dict(r)
+                for r in self._read("SELECT * FROM jobs ORDER BY id")]
+        meta = {r["key"]: r["value"] for r in self._read("SELECT key, value FROM meta")}
+        return jobs, meta
+
+    def load(self, jobs: Sequence[Mapping[str, Any]], meta: Mapping[str, str]) -> int:
+        """Insert another queue's jobs, ids kept, claims cleared, into this empty queue (one transaction).
+        Raises ValueError when this queue already holds jobs."""
+        released = self._released()
+        with self._tx() as tx:
+            if tx.one("SELECT 1 AS x FROM jobs LIMIT 1") is not None:
+                raise ValueError(f"{self.where} already holds jobs: migrate only into an empty queue")
+            columns: list[str] | None = None
+            for job in jobs:
+                row = {**{k: v for k, v in job.items() if k in JOB_COLUMNS}, **dict.fromkeys(released)}
+                if columns is None:
+                    columns = list(row)
+                tx.run(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                       tuple(bytes(row[c]) if isinstance(row[c], memoryview) else row[c] for c in columns))
+            for key, value in meta.items():
+                tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                       "excluded.value", (key, value))
+            self._after_load(tx)
+        return len(jobs)
+
+    def _after_load(self, tx: Tx) -> None:
+        """After rows came in with their ids: let new ids continue after them (PostgreSQL's sequence)."""
