@@ -90,7 +90,7 @@ def test_example_defaults_equal_folder_rule_defaults(tmp_path: Path) -> None:
 def test_example_top_level_sections_equal_dataclass_defaults(tmp_path: Path) -> None:
     data = _example_with_tmp_folders(tmp_path)
     cfg = config.parse(EXAMPLE, data)
-    for key in ("workers", "rescan_seconds", "observer"):
+    for key in ("workers", "rescan_seconds", "observer", "password_file", "lease_seconds"):
         assert data[key] == _field_default(Config, key), key
         assert getattr(cfg, key) == _field_default(Config, key), key
     for section, cls, parsed in (("retry", RetryConfig, cfg.retry), ("metrics", MetricsConfig, cfg.metrics),
@@ -409,3 +409,55 @@ def test_proxy_keys(base: dict[str, Any], source: Path, tmp_path: Path) -> None:
     assert (studio.proxy, studio.proxy_auth_file) == ("http://proxy.campus.edu:3128", auth)
     base["studio"].update(proxy_auth_file=str(tmp_path / "missing"))
     assert "no such file" in expect_error(source, base, "studio.proxy_auth_file")
+
+
+# -- a cluster's state_db ------------------------------------------------------------------------------------------
+
+def test_state_db_uri_node_name_and_lease(tmp_path: Path, base: dict[str, Any]) -> None:
+    import socket
+
+    parsed = config.parse(tmp_path / "c.yaml", base)
+    assert parsed.state_db == tmp_path / "state.db" and not parsed.shared_state
+    assert parsed.node_name == socket.gethostname() and parsed.lease_seconds == 30.0
+    uri = "postgresql://studio_watch@db.campus.edu:5432/queue?sslmode=verify-full"
+    cluster = config.parse(tmp_path / "c.yaml", {**base, "state_db": uri, "node_name": "room-101",
+                                                 "lease_seconds": 10})
+    assert (cluster.state_db, cluster.shared_state, cluster.node_name, cluster.lease_seconds) == (
+        uri, True, "room-101", 10.0)
+    assert config.state_db_password(cluster) is None  # libpq's own PGPASSFILE / ~/.pgpass then
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("node_name", "a/b", "without '/'"),
+    ("node_name", "x" * 65, "at most 64"),
+    ("state_db", "mysql://db/queue", "a path or a postgresql:// URI"),
+    ("lease_seconds", 0, "greater than zero"),
+    ("password_file", "pw", "only a postgresql:// state_db"),
+])
+def test_cluster_keys_are_checked(tmp_path: Path, base: dict[str, Any], key: str, value: Any, words: str) -> None:
+    assert words in expect_error(tmp_path / "c.yaml", {**base, key: value}, key)
+
+
+def test_the_password_comes_from_password_file_or_a_systemd_credential(tmp_path: Path, base: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pgpass"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    uri = "postgresql://studio_watch@db/queue"
+    parsed = config.parse(tmp_path / "c.yaml", {**base, "state_db": uri, "password_file": str(secret)})
+    assert config.state_db_password(parsed) == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "state_db_password").write_text("from-systemd")
+    (creds / "state_db_password").chmod(0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.state_db_password(config.parse(tmp_path / "c.yaml", {**base, "state_db": uri})) == "from-systemd"
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="password_file: .* readable by group or others"):
+        config.state_db_password(parsed)
+
+
+def test_a_uri_password_is_redacted_for_display(tmp_path: Path, base: dict[str, Any]) -> None:
+    parsed = config.parse(tmp_path / "c.yaml", {**base, "state_db": "postgresql://u:hunter2@db/q?password=hunter3"})
+    assert "hunter" not in parsed.state_db_display and parsed.state_db_display.count("***") == 2
+    assert config.redact_uri("postgresql:///q?host=/run/postgresql") == "postgresql:///q?host=/run/postgresql"
