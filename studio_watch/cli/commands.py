@@ -226,9 +226,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
     # Everything is checked before the job is recorded: a refused command leaves nothing behind for the next
     # daemon start to upload.
     path, st = _upload_source(args)
-    tokens = make_tokens(config)  # a missing or loose token file refuses the command here (exit 2)
     queue = queue_for(config)
     try:
+        # A missing or loose token file refuses the command here (exit 2). A cluster's OAuth pair is the one in
+        # its database.
+        tokens = make_tokens(config, queue)
         job_id = _enqueue_upload(queue, args, path, st)
         if job_id is None:
             return EXIT_OK

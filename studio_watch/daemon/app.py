@@ -42,12 +42,13 @@ PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `
 STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start
 
 
-def make_tokens(config: cfg.Config) -> TokenSource:
-    """The token source the config asks for (raises ConfigError for a missing or loose secret)."""
+def make_tokens(config: cfg.Config, queue: JobQueue | None = None) -> TokenSource:
+    """The token source the config asks for (raises ConfigError for a missing or loose secret). With a cluster's
+    queue, OAuth tokens are shared through it (one refresh at a time across nodes)."""
     if config.studio.oauth is not None:
         from studio_watch.studio.auth import OAuthTokens
 
-        tokens: TokenSource = OAuthTokens.from_config(config)
+        tokens: TokenSource = OAuthTokens.from_config(config, queue if queue is not None and queue.shared else None)
     else:
         def read() -> str:
             token = cfg.static_token(config)
@@ -128,7 +129,7 @@ class Daemon:
         try:
             self.queue = queue = queue_for(self.config)
             queue.register_node(self.config.node_name, os.getpid(), socket.gethostname())
-            tokens = self.tokens or make_tokens(self.config)
+            tokens = self.tokens or make_tokens(self.config, queue)
             self._recover(queue)
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)

@@ -280,14 +280,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     """`studio-watch check`: one line per check, a verdict line; exit 1 if anything failed (2: bad config)."""
     from studio_watch import logs
     from studio_watch.cli.main import load_config
-    from studio_watch.daemon.app import make_tokens
+    from studio_watch.daemon.app import make_tokens, queue_for
 
     config = load_config(args)
     logs.setup("error", config.log.format)
     results = [Check("config", OK, f"{config.source} is valid ({len(config.folders)} folder(s))")]
     client = None
     try:
-        tokens = make_tokens(config)
+        shared = queue_for(config) if config.shared_state and config.studio.oauth else None
+        try:
+            tokens = make_tokens(config, shared)  # a cluster's OAuth pair lives in its database
+        finally:
+            if shared is not None:
+                shared.close()
         source = "OAuth token store" if config.studio.oauth else "access token"
         results.append(Check("token", OK, f"{source} loaded"))
         retry = dataclasses.replace(config.retry, request_tries=1)

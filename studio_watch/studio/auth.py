@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -171,6 +171,95 @@ class TokenStore:
             os.close(fd)
 
 
+class SharedValues(Protocol):
+    """What a cluster's queue offers to share tokens between nodes (the PostgreSQL queue provides it)."""
+
+    where: str
+
+    def meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str | None) -> None: ...
+
+    def shared_lock(self, name: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+SHARED_KEY = "oauth_tokens"
+
+
+class SharedTokenStore(TokenStore):
+    """The token pair of a cluster, kept in the shared queue database, so that every node uses the one live
+    refresh token: Studio rotates it at each refresh, and a node refreshing with a stale copy would spend a dead
+    token (invalid_grant) and stop the cluster. A refresh runs under a cluster-wide lock; the new pair is one
+    committed row before anyone uses it. The node's own token_store file (written by `auth login`) seeds the
+    database, and a newer login there replaces what the database holds; the file is kept up to date too, for
+    `auth status` on that node. (The database then holds credentials: restrict who may read it.)"""
+
+    SIGNATURE_CACHE = 1.0  # seconds a look at the shared row is reused outside a refresh (one query per request
+    # would otherwise be added); under the lock it is always read afresh, so a rotated pair is never missed
+
+    def __init__(self, path: Path, source: Path, shared: SharedValues) -> None:
+        super().__init__(path, source)
+        self.shared = shared
+        self._seen: tuple[float, Any] | None = None
+        self._locked = False
+
+    def _shared(self) -> StoredTokens | None:
+        text = self.shared.meta(SHARED_KEY)
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            tokens = StoredTokens(**data)
+        except (TypeError, ValueError) as exc:
+            log.warning("shared_tokens_damaged", error=type(exc).__name__)
+            return None
+        tokens.register()
+        return tokens
+
+    def signature(self) -> Any:
+        now = time.monotonic()
+        if not self._locked and self._seen is not None and now - self._seen[0] < self.SIGNATURE_CACHE:
+            return self._seen[1]
+        sig = (self.shared.meta(SHARED_KEY), super().signature())
+        self._seen = (now, sig)
+        return sig
+
+    def load(self) -> StoredTokens:
+        shared = self._shared()
+        try:
+            local: StoredTokens | None = super().load()
+        except ConfigError:
+            if shared is None:
+                raise
+            local = None
+        if shared is None or (local is not None and _age_key(local) > _age_key(shared)):
+            assert local is not None
+            self.shared.set_meta(SHARED_KEY, json.dumps(asdict(local)))  # a fresh login on this node wins
+            return local
+        return shared
+
+    def save(self, tokens: StoredTokens) -> None:
+        self.shared.set_meta(SHARED_KEY, json.dumps(asdict(tokens)))  # the cluster's copy: what counts
+        try:
+            super().save(tokens)
+        except OSError as exc:
+            log.warning("token_store_write_failed", path=str(self.path), error=exc.strerror, kept="in the database")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self.shared.shared_lock("oauth-refresh"), super().locked():
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+                self._seen = None
+
+
+def _age_key(tokens: StoredTokens) -> float:
+    return max(tokens.obtained_at, tokens.refreshed_at or 0.0)
+
+
 def _reason(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).split(" for url ")[0]
 
@@ -229,14 +318,16 @@ class OAuthTokens:
                               f"studio.oauth.client_id is {client_id!r}: run studio-watch auth login")
 
     @classmethod
-    def from_config(cls, config: cfg.Config) -> OAuthTokens:
-        """Build from `studio.oauth` (ConfigError without a token store or with a loose secret file)."""
+    def from_config(cls, config: cfg.Config, shared: SharedValues | None = None) -> OAuthTokens:
+        """Build from `studio.oauth` (ConfigError without a token store or with a loose secret file). `shared`:
+        a cluster's queue, where the nodes keep their one token pair."""
         oauth = config.studio.oauth
         if oauth is None:
             raise ConfigError(f"{config.source}: studio.oauth: not configured")
         secret = cfg.client_secret(config)
         logs.register_secret(secret)
-        store = TokenStore(oauth.token_store, config.source)
+        store = TokenStore(oauth.token_store, config.source) if shared is None else \
+            SharedTokenStore(oauth.token_store, config.source, shared)
         return cls(store, config.studio.url + TOKEN_PATH, oauth.client_id, secret, token_http(config.studio))
 
     def close(self) -> None:

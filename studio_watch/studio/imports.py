@@ -343,18 +343,23 @@ def cmd_import_url(args: argparse.Namespace) -> int:
     import sys
 
     from studio_watch.cli.main import EXIT_OK, load_config
-    from studio_watch.daemon.app import make_tokens
+    from studio_watch.daemon.app import make_tokens, queue_for
 
     is_external, title = validate_import(args.url, args.collection, args.user, args.title, args.external)
     config = load_config(args)
     logs.setup("warning" if config.log.level == "info" else config.log.level, config.log.format)
     request = ImportRequest(args.url, title, args.description or "", bool(args.auto_caption), is_external,
                             args.collection, args.user)
-    client = StudioClient(config.studio, config.retry, make_tokens(config))
+    queue = queue_for(config) if config.shared_state else None  # a cluster shares its OAuth tokens through it
     try:
-        result = import_once(client, None, request)
+        client = StudioClient(config.studio, config.retry, make_tokens(config, queue))
+        try:
+            result = import_once(client, None, request)
+        finally:
+            client.close()
     finally:
-        client.close()
+        if queue is not None:
+            queue.close()
     if result.captions_skipped:
         print(f"warning: {CAPTIONS_SKIPPED}", file=sys.stderr)
     notes = [n for n, on in (("external", is_external), ("captions skipped", result.captions_skipped),

@@ -314,3 +314,46 @@ def test_status_of_an_expired_token(sb: Sandbox, tmp_path: Path) -> None:
     text = "\n".join(lines)
     assert usable and "expired" in text and "refreshed automatically" in text
     assert old.access_token not in text and old.refresh_token not in text
+
+
+def test_a_cluster_shares_one_token_pair_and_refreshes_it_once(sb: Sandbox, tmp_path: Path, pg_uri: str) -> None:
+    """Three nodes, one database: one login (on node 0), one refresh for all of them after a 401, the new
+    refresh token stored in the database, and nobody left holding a dead one."""
+    from studio_watch.queue import open_queue
+
+    homes = [tmp_path / f"node{n}" for n in range(3)]
+    configs = []
+    for home in homes:
+        home.mkdir()
+        configs.append(cfg.load(write_config(home, sb.url)))
+    login(configs[0], sb.issue_auth_code(), None)
+    first = stored(configs[0])
+    queues = [open_queue(pg_uri, node=f"node{n}") for n in range(3)]
+    sources = [OAuthTokens.from_config(c, shared=q) for c, q in zip(configs, queues)]
+    try:
+        assert {s.token() for s in sources} == {first["access_token"]}  # nodes 1 and 2 have no file of their own
+        calls = token_calls(sb)
+        barrier, results = threading.Barrier(6), []
+
+        def refresh(source: OAuthTokens) -> None:
+            barrier.wait()
+            results.append(source.refresh(first["access_token"]))
+
+        threads = [threading.Thread(target=refresh, args=(s,)) for s in sources for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert token_calls(sb) - calls == 1, "more than one node spent the refresh token"
+        shared = json.loads(queues[2].meta("oauth_tokens") or "{}")
+        assert set(results) == {shared["access_token"]} and shared["refresh_token"] != first["refresh_token"]
+        # The next rotation starts from the shared pair, on any node: it is the live one.
+        again = sources[1].refresh(shared["access_token"])
+        assert again != shared["access_token"]
+        # Another node sees it within the store's signature cache (a second), or at once when it is refused.
+        assert sources[2].refresh(shared["access_token"]) == again and token_calls(sb) - calls == 2
+    finally:
+        for s in sources:
+            s.close()
+        for q in queues:
+            q.close()
