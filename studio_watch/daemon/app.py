@@ -212,7 +212,8 @@ class Daemon:
         from studio_watch.daemon.metrics import Metrics, MetricsServer
 
         metrics = Metrics(queue, lambda: self.pause.paused,
-                          [str(f.path) for f in self.config.folders if f.expect is not None])
+                          [str(f.path) for f in self.config.folders if f.expect is not None],
+                          node=self.config.node_name if queue.shared else None)
         self.activity.listeners.append(metrics.on_event)
         server = MetricsServer(self.config.metrics.listen, metrics, self.healthy,
                                lambda: self.ready.is_set() and not self.pause.paused)

@@ -34,22 +34,28 @@ READ_TIMEOUT_SECONDS = 10.0
 class QueueCollector(Collector):
     """Reads the job counts, the pause flag and the oldest waiting job when Prometheus scrapes."""
 
-    def __init__(self, queue: JobQueue, paused: Callable[[], bool]) -> None:
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool], node: str | None = None) -> None:
         """Remember where to read from; start the single reader thread lazily."""
         self.queue, self.paused = queue, paused
+        self.labels, self.values = (["node"], [node]) if node else ([], [])
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-reader")
 
     def collect(self) -> Iterator[Metric]:
         """One family per gauge; every state is present (0 when no job is in it)."""
         counts, oldest_age = self._reader.submit(self._read).result(timeout=READ_TIMEOUT_SECONDS)
-        jobs = GaugeMetricFamily("studio_watch_jobs", "Jobs in the state database, by state.", labels=["state"])
+        jobs = GaugeMetricFamily("studio_watch_jobs", "Jobs in the state database, by state.",
+                                 labels=["state", *self.labels])
         for state in STATES:
-            jobs.add_metric([state], counts.get(state, 0))
+            jobs.add_metric([state, *self.values], counts.get(state, 0))
         yield jobs
-        yield GaugeMetricFamily("studio_watch_queue_paused", "1 while the whole queue is paused (outage or "
-                                "refused token), else 0.", value=1.0 if self.paused() else 0.0)
-        yield GaugeMetricFamily("studio_watch_oldest_waiting_seconds", "Age of the oldest job not yet completed, "
-                                "failed or skipped (0 when none waits).", value=oldest_age)
+        for name, text, value in (
+                ("studio_watch_queue_paused", "1 while the whole queue is paused (outage or refused token), else 0.",
+                 1.0 if self.paused() else 0.0),
+                ("studio_watch_oldest_waiting_seconds", "Age of the oldest job not yet completed, failed or "
+                 "skipped (0 when none waits).", oldest_age)):
+            family = GaugeMetricFamily(name, text, labels=self.labels)
+            family.add_metric(self.values, value)
+            yield family
 
     def _read(self) -> tuple[dict[str, int], float]:
         """Counts per state and the oldest waiting job's age (runs on the reader thread)."""
@@ -66,21 +72,27 @@ class QueueCollector(Collector):
 class Metrics:
     """Every metric studio-watch exports, in its own registry."""
 
-    def __init__(self, queue: JobQueue, paused: Callable[[], bool], expect_folders: Iterable[str] = ()) -> None:
-        """Create the registry, the counters and histogram, and the scrape-time queue collector."""
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool], expect_folders: Iterable[str] = (),
+                 node: str | None = None) -> None:
+        """Create the registry, the counters and histogram, and the scrape-time queue collector. `node`: a
+        cluster member's name, carried as a `node` label by every series (none on a single machine)."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.uploaded_bytes = Counter("studio_watch_uploaded_bytes", "Bytes sent to Studio in completed PUTs.",
-                                      registry=self.registry)
-        self.upload_seconds = Histogram("studio_watch_upload_seconds", "Duration of each completed upload PUT.",
-                                        buckets=UPLOAD_BUCKETS, registry=self.registry)
+        self._node = {"node": node} if node else {}
+        labels = list(self._node)
+        uploaded = Counter("studio_watch_uploaded_bytes", "Bytes sent to Studio in completed PUTs.", labels,
+                           registry=self.registry)
+        seconds = Histogram("studio_watch_upload_seconds", "Duration of each completed upload PUT.", labels,
+                            buckets=UPLOAD_BUCKETS, registry=self.registry)
+        self.uploaded_bytes = uploaded.labels(**self._node) if node else uploaded
+        self.upload_seconds = seconds.labels(**self._node) if node else seconds
         self.failures = Counter("studio_watch_failures", "Failures, by reason (transient ones included).",
-                                ["reason"], registry=self.registry)
+                                ["reason", *labels], registry=self.registry)
         self.recordings_missing = Counter("studio_watch_recordings_missing", "Lectures of a folder's timetable "
-                                          "that brought no recording by their end + grace.", ["folder"],
+                                          "that brought no recording by their end + grace.", ["folder", *labels],
                                           registry=self.registry)
         for folder in expect_folders:  # a series from the start, so a rate() sees the first one
-            self.recordings_missing.labels(folder=folder)
-        self.queue_collector = QueueCollector(queue, paused)
+            self.recordings_missing.labels(folder=folder, **self._node)
+        self.queue_collector = QueueCollector(queue, paused, node)
         self.registry.register(self.queue_collector)
 
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -89,9 +101,9 @@ class Metrics:
             self.uploaded_bytes.inc(data["bytes"])
             self.upload_seconds.observe(data["seconds"])
         elif kind == "failure":
-            self.failures.labels(reason=data["reason"]).inc()
+            self.failures.labels(reason=data["reason"], **self._node).inc()
         elif kind == "recording_missing":
-            self.recordings_missing.labels(folder=data["folder"]).inc()
+            self.recordings_missing.labels(folder=data["folder"], **self._node).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in the registry."""

@@ -273,3 +273,20 @@ def test_metrics_after_three_uploads(tmp_path: Path, sandbox, daemons) -> None:
     assert get(f"{base}/healthz")[0] == 200
     assert get(f"{base}/readyz")[0] == 200
     assert daemon.stop() == 0
+
+
+def test_a_cluster_nodes_series_carry_its_name(queue: JobQueue) -> None:
+    metrics = Metrics(queue, paused=lambda: False, node="room-101")
+    try:
+        metrics.on_event("put_done", {"bytes": 5, "seconds": 0.5})
+        metrics.on_event("failure", {"reason": "transient"})
+        values = samples(metrics.exposition().decode())
+    finally:
+        metrics.close()
+    node = ("node", "room-101")
+    assert values[("studio_watch_uploaded_bytes_total", (node,))] == 5
+    assert values[("studio_watch_upload_seconds_count", (node,))] == 1
+    assert values[("studio_watch_failures_total", (node, ("reason", "transient")))] == 1
+    assert values[("studio_watch_jobs", (node, ("state", "ready")))] == 0
+    assert values[("studio_watch_queue_paused", (node,))] == 0
+    assert all(dict(labels).get("node") == "room-101" for (name, labels) in values if name.startswith("studio_watch"))
