@@ -421,6 +421,8 @@ class Daemon:
         try:
             st = os.lstat(job.path)  # the entry itself: a symlink is never followed
         except FileNotFoundError:
+            if job.folder and not os.path.isdir(job.folder):  # an unmounted share, not a vanished file: look later
+                return {"stable_since": now}, now + max(job.settle_seconds, 10.0), None
             return {"state": State.SKIPPED, "reason": "vanished"}, None, ("job_skipped", {**about, "reason": "vanished"})
         except OSError as exc:
             why = f"cannot stat: {exc.strerror}"

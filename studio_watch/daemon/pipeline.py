@@ -145,7 +145,12 @@ class Pipeline:
             else:
                 self._fail(job, str(exc))
         except SourceVanished:
-            self._skip(job, "vanished")
+            if job.folder and not os.path.isdir(job.folder):  # the share is not mounted here: not a vanished file
+                log.warning("folder_missing", job_id=job.id, folder=job.folder, path=job.display_path)
+                self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + self.retry.max_seconds,
+                                                 last_error=f"folder missing: {job.folder}"), job)
+            else:
+                self._skip(job, "vanished")
         except SourceChanged as exc:
             self._resettle(job, exc)
         except StudioError as exc:  # anything the client did not classify more precisely
