@@ -3,7 +3,8 @@
 Statements are written in SQLite's dialect (`?` placeholders, `IS ?` for a comparison that treats NULL as a
 value); the PostgreSQL backend's transaction object translates them (`%s`, `IS NOT DISTINCT FROM`). What
 really differs (connections and transactions, migrations, how a claim locks rows and how long it lasts,
-index hints) is a hook each backend fills in.
+index hints) is a hook each backend fills in. One responsibility (the statements themselves), hence one module
+past the usual size.
 """
 
 from __future__ import annotations

@@ -78,3 +78,20 @@ def test_a_password_in_the_uri_never_shows(tmp_path: Path, sandbox, daemons, pg_
     assert "daemon_started" in daemon.output() and "node:    n1" in text.stdout
     for output in (daemon.output(), status.stdout, status.stderr, text.stdout, text.stderr):
         assert "pw-7f3a9" not in output
+
+
+def test_upload_by_hand_on_a_cluster(tmp_path: Path, sandbox, daemons, pg_uri: str) -> None:
+    from ..conftest import write_media
+
+    config = cluster_config(tmp_path, sandbox.url, pg_uri, "n1")
+    alone = write_media(tmp_path / "alone.mp4", 200_000, seed=1)
+    result = run_cli("upload", str(alone), "-c", str(config))  # no node is up: the command does it itself
+    assert result.returncode == 0 and "uploaded" in result.stdout, result.stderr
+    daemon = daemons(cluster_config(tmp_path, sandbox.url, pg_uri, "n2"))
+    daemon.wait_ready()
+    beside = write_media(tmp_path / "beside.mp4", 300_000, seed=2)
+    result = run_cli("upload", str(beside), "-c", str(config))  # a live node uploads it; the command follows
+    assert result.returncode == 0 and "uploaded" in result.stdout, result.stderr
+    assert "a node of the cluster uploads it" in result.stderr
+    assert daemon.stop() == 0
+    assert len(sandbox.completed()) == 2 and sandbox.violations() == []
