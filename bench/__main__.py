@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--only ROW,...]`: run the benchmark rows, print the table, write RESULTS.md.
 
-Rows: sink, goodput, memory, tls, rtt, overhead, detection, scan, idle, reads (goodput and memory share their runs).
-Everything talks to 127.0.0.1 only; the baselines run in the same invocation as what they are compared with.
+Rows: sink, goodput, memory, tls, rtt, overhead, detection, scan, idle, reads (goodput and memory share their runs),
+cluster. Everything talks to 127.0.0.1 only, except the cluster row, which talks to network namespaces it
+creates; the baselines run in the same invocation as what they are compared with.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import daemons, tls, uploads
+from . import cluster, daemons, tls, uploads
 from .harness import SCRATCH_DISK, Sink, filesystem_of
 from .report import Result, render
 
@@ -31,6 +32,7 @@ ROWS: list[tuple[tuple[str, ...], RowFn]] = [
     (("detection",), daemons.detection_rows),
     (("scan",), daemons.scan_rows),
     (("idle",), daemons.idle_rows),
+    (("cluster",), cluster.cluster_rows),
 ]
 NAMES = [name for names, _ in ROWS for name in names]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

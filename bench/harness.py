@@ -39,11 +39,12 @@ TIME = "/usr/bin/time"  # GNU time: the peak RSS of exactly the process it runs
 class Sink:
     """`python -m bench.sink` as a separate process, and a tiny client for its control endpoints."""
 
-    def __init__(self, tls: TlsFiles | None = None) -> None:
-        """With `tls`, the sink speaks https with tls.cert; clients trust tls.ca."""
+    def __init__(self, tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
+        """With `tls`, the sink speaks https with tls.cert; clients trust tls.ca. `host`: where it listens."""
         self.tls = tls
         extra = ["--tls", str(tls.cert), str(tls.key)] if tls else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0", *extra], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0", "--host", host, *extra],
+                                     cwd=REPO,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()

@@ -190,11 +190,12 @@ class Connection:
         self.sock.sendall(head.encode() + body)
 
 
-def serve(port: int, tls: ssl.SSLContext | None = None) -> None:
-    """Listen on 127.0.0.1:port, print the bound port, and serve until SIGTERM/SIGINT (https with `tls`)."""
+def serve(port: int, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+    """Listen on host:port, print the bound port, and serve until SIGTERM/SIGINT (https with `tls`). (The upload
+    URLs it issues always name 127.0.0.1: the cluster row's namespaces forward that to the sink's side.)"""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
+    listener.bind((host, port))
     listener.listen(256)
     bound = listener.getsockname()[1]
     stats = Stats()
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.sink", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve https with this certificate")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the cluster row: 0.0.0.0)")
     args = parser.parse_args(argv)
     tls = None
     if args.tls:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         tls.load_cert_chain(*args.tls)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(args.port, tls)
+        serve(args.port, tls, args.host)
     except KeyboardInterrupt:
         pass
     return 0

@@ -129,6 +129,7 @@ class Daemon:
         try:
             self.queue = queue = queue_for(self.config)
             queue.register_node(self.config.node_name, os.getpid(), socket.gethostname())
+            queue.on_work(self.wake.set)  # another node made a job ready: claim it now, not at the next poll
             tokens = self.tokens or make_tokens(self.config, queue)
             self._recover(queue)
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)

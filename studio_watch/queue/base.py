@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from typing import Any, ContextManager, Iterable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 from studio_watch.queue.model import Job, Seen, Settled, State, Verdict
 
@@ -198,6 +198,10 @@ class JobQueue(abc.ABC):
 
     def node_seen(self, status: dict[str, Any] | None) -> None:
         """Heartbeat: this node is alive (with what it is doing, for `status`)."""
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        """Have `wake()` called whenever another process makes a job ready (PostgreSQL: LISTEN/NOTIFY). A queue
+        no one shares needs none: this process's own events wake its workers."""
 
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members, for `status` (empty for a queue no one shares)."""

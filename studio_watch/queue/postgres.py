@@ -15,6 +15,8 @@ What the cluster needs beyond the shared SQL (`sql.py`), and how it is done here
   (SIGKILL closes the socket and frees it); the `nodes` table says who was seen when, for `status`.
 - **Content verdicts** on same-sized files take a transaction advisory lock, so two copies of the same bytes
   on two nodes never both go ahead; `shared_lock` gives any caller (an OAuth refresh) a cluster-wide lock.
+- **Waking other nodes**: a job that becomes ready sends `NOTIFY studio_watch_work`; every daemon LISTENs and
+  wakes its workers at once, instead of at its next poll (procrastinate does the same).
 - **Outages**: a lost connection raises DatabaseUnavailable; the next call reconnects.
 """
 
@@ -45,6 +47,7 @@ CONNECT_TIMEOUT = 5  # seconds: a node must notice an unreachable server quickly
 SKEW_TOLERANCE = 1.0  # seconds of clock difference to the server that are left uncorrected (NTP keeps within)
 _CONTENT_LOCK = 0x5357  # advisory lock class of content verdicts (the second key: the file size)
 _MIGRATE_LOCK = 0x53574D  # advisory lock held while one node migrates the schema
+CHANNEL = "studio_watch_work"  # NOTIFY channel: a job became ready
 
 _SCHEMA = """
 CREATE TABLE jobs (
@@ -169,6 +172,7 @@ class PostgresQueue(SqlQueue):
         self._registered: tuple[str, int, str] | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
         with self._mutex:
             self._connection()
         self._migrate()
@@ -236,8 +240,9 @@ class PostgresQueue(SqlQueue):
 
     def close(self) -> None:
         self._stop.set()
-        if self._beat is not None:
-            self._beat.join(timeout=5)
+        for thread in (self._beat, self._listener):
+            if thread is not None:
+                thread.join(timeout=5)
         with self._mutex:
             if self._registered is not None:
                 with contextlib.suppress(Exception):
@@ -298,6 +303,54 @@ class PostgresQueue(SqlQueue):
         # This node's claims only: its name is held by this process, so a claim signed with it is a dead run's.
         prefix = f"{self.node}/"
         return "left(claimed_by, ?) = ?", (len(prefix), prefix)
+
+    # -- waking the cluster's workers ------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with contextlib.suppress(DatabaseUnavailable):
+            with self._tx(durable=False) as tx:
+                tx.run(f"NOTIFY {CHANNEL}")
+
+    def settle(self, decisions: Sequence[Any]) -> set[int]:
+        changed = super().settle(decisions)
+        if any(d.state.value == "ready" and d.job_id in changed for d in decisions):
+            self._notify()
+        return changed
+
+    def add(self, seen: Any, state: Any, **extra: Any) -> int:
+        job_id = super().add(seen, state, **extra)
+        if state.value == "ready":
+            self._notify()
+        return job_id
+
+    def retry(self, ids: Sequence[int] | None) -> list[int]:
+        moved = super().retry(ids)
+        if moved:
+            self._notify()
+        return moved
+
+    def on_work(self, wake: Any) -> None:
+        """Call `wake()` whenever any node makes a job ready (a LISTEN on a connection of its own)."""
+        def listen() -> None:
+            while not self._stop.is_set():
+                try:
+                    conn = self._connect()
+                except DatabaseUnavailable:
+                    self._stop.wait(1.0)
+                    continue
+                try:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            wake()
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    self._stop.wait(1.0)
+                finally:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+        self._listener = threading.Thread(target=listen, name="queue-listener", daemon=True)
+        self._listener.start()
 
     def _after_load(self, tx: Any) -> None:
         tx.rows("SELECT setval(pg_get_serial_sequence('jobs', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM jobs), "

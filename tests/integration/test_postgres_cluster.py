@@ -208,3 +208,13 @@ def test_the_password_never_shows_in_where(pg_uri: str) -> None:
         assert "s3cret" not in q.where and "***" in q.where
     finally:
         q.close()
+
+
+def test_a_job_made_ready_on_one_node_wakes_the_others(nodes: list[JobQueue]) -> None:
+    a, b, _ = nodes
+    woken = threading.Event()
+    b.on_work(woken.set)
+    time.sleep(0.3)  # the listener's LISTEN is in place (it runs on its own connection)
+    assert not woken.is_set()
+    a.add(seen("/share/a.mp4"), State.READY)
+    assert woken.wait(5), "no NOTIFY reached the other node"
