@@ -3,6 +3,7 @@ a cluster has) on one real database started by the suite."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Iterator
@@ -14,7 +15,7 @@ from studio_watch.errors import DatabaseTooNew, DatabaseUnavailable, NodeNameInU
 from studio_watch.queue import Settled, State, open_queue
 from studio_watch.queue.base import JobQueue
 
-from ..conftest import PostgresServer, drive
+from ..conftest import PostgresServer, drive, wait_until
 from ..unit.test_jobqueue import seen
 
 LEASE = 30.0
@@ -214,7 +215,8 @@ def test_a_job_made_ready_on_one_node_wakes_the_others(nodes: list[JobQueue]) ->
     a, b, _ = nodes
     woken = threading.Event()
     b.on_work(woken.set)
-    time.sleep(0.3)  # the listener's LISTEN is in place (it runs on its own connection)
-    assert not woken.is_set()
-    a.add(seen("/share/a.mp4"), State.READY)
-    assert woken.wait(5), "no NOTIFY reached the other node"
+    assert not woken.wait(0.5)  # nothing became ready: no wake-up
+    n = itertools.count()
+    # The listener sets up its LISTEN on a connection of its own: jobs made ready until one wakes it.
+    assert wait_until(lambda: bool(a.add(seen(f"/share/{next(n)}.mp4"), State.READY)) and woken.wait(0.2), 10), \
+        "no NOTIFY reached the other node"
