@@ -190,7 +190,9 @@ def cluster_rows(_: Sink, quick: bool) -> list[Result]:
              f"namespaces, each behind a veth link shaped by tc tbf to {RATE_MBIT} Mbit/s ({link / 1e6:.1f} MB/s), "
              "one PostgreSQL (Unix socket), one sink. Throughput: PUT bytes from the first upload URL to the last "
              f"PUT's last byte. 1 node {mb(rates[1])}, 2 nodes {mb(rates[2])} ({rates[2] / rates[1]:.2f}x), "
-             f"3 nodes {mb(rates[3])}. Failover: a 24 MiB PUT, its node SIGKILLed after 1 s, lease {LEASE:.0f} s."]
+             f"3 nodes {mb(rates[3])}. Failover: a 24 MiB PUT, its node SIGKILLed after 1 s, lease {LEASE:.0f} s. "
+             f"The links are {RATE_MBIT} Mbit/s rather than 200: at 3 x 200 Mbit/s this 2-core machine, not the "
+             "links, would be the bottleneck, and the row would measure the CPU."]
     return [Result("cluster: 3 nodes vs 1 (throughput)", mb(rates[3]), mb(rates[1]) + " (1 node)", f"{ratio3:.2f}x",
                    ">= 2.7x", ratio3 >= 2.7, notes),
             Result("cluster: failover after SIGKILL", f"{took:.1f} s", "-", "-", f"<= lease + 5 s ({LEASE + 5:.0f} s)",

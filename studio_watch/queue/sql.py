@@ -416,7 +416,8 @@ class SqlQueue(JobQueue):
                     "user_id IS ? AND claimed_by IS NOT NULL LIMIT 1",  # one merely waiting will ask after its PUT
                     (job.size, job.id, job.collection_id, job.user_id)) is not None:
                 return Verdict.WAIT, None
-            tx.run("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ?", (content_hash, self.now(), job.id))
+            tx.run("UPDATE jobs SET content_hash = ?, updated_at = ? WHERE id = ? AND claimed_by IS ? AND claimed_at IS ?",
+                   (content_hash, self.now(), job.id, job.claimed_by, job.claimed_at))  # fenced like a transition
         return Verdict.UPLOAD, None
 
     # -- operators ------------------------------------------------------------------------------------------

@@ -164,6 +164,11 @@ class SqliteQueue(SqlQueue):
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
 
+    def renew(self, job: Any) -> bool:
+        # One machine: the daemon lock is the fence (no other process works on this queue, and claims end only
+        # by this process's own transitions), so there is no lease to confirm and no write to pay for.
+        return job.claimed_by is not None
+
     def _index(self, name: str) -> str:
         # SQLite's planner picks the (size) index for some of these queries and scans; the hint keeps each
         # claim walking the (state, next_attempt_at) index, so it costs the same with 10 or 100,000 jobs.
