@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio_watch.queue.base import JobQueue
-from studio_watch.queue.model import (STATES, TERMINAL, TRANSITIONS, WAITING, IllegalTransition, Job, Seen, Settled,
-                                      State, Step, Verdict, settle_clock, show_path)
+from studio_watch.queue.model import (STATES, TERMINAL, TRANSITIONS, WAITING, IllegalTransition, Job, LectureRecord,
+                                      Seen, Settled, State, Step, Verdict, settle_clock, show_path)
 
-__all__ = ["JobQueue", "STATES", "TERMINAL", "TRANSITIONS", "WAITING", "IllegalTransition", "Job", "Seen", "Settled",
+__all__ = ["JobQueue", "STATES", "TERMINAL", "TRANSITIONS", "WAITING", "IllegalTransition", "Job", "LectureRecord",
+           "Seen", "Settled",
            "State", "Step", "Verdict", "settle_clock", "show_path", "open_queue", "is_postgres"]
 
 DEFAULT_LEASE_SECONDS = 30.0

@@ -16,7 +16,7 @@ import contextlib
 import os
 from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
-from studio_watch.queue.model import Job, Seen, Settled, State, Verdict
+from studio_watch.queue.model import Job, LectureRecord, Seen, Settled, State, Verdict
 
 
 class JobQueue(abc.ABC):
@@ -211,6 +211,28 @@ class JobQueue(abc.ABC):
         """A lock every node of the cluster respects (PostgreSQL: an advisory lock), for one-at-a-time work
         such as an OAuth refresh. A queue no one shares needs none beyond the caller's own."""
         return contextlib.nullcontext()
+
+    # -- timetables (see daemon/expectations.py) ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def watching_since(self, folder: str, now: float | None) -> float | None: ...
+
+    @abc.abstractmethod
+    def newest_job_id(self) -> int: ...
+
+    @abc.abstractmethod
+    def seen_in(self, folder: str, since: float, until: float) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def record_lecture(self, record: LectureRecord) -> bool: ...
+
+    @abc.abstractmethod
+    def lecture_late(self, folder: str, lecture: str, job_id: int, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    def lectures(self, folder: str | None = None, since: float | None = None, until: float | None = None,
+                 outcome: str | None = None, open_at: float | None = None,
+                 limit: int | None = None) -> list[LectureRecord]: ...
 
     # -- moving a queue (`studio-watch migrate`) ----------------------------------------------------------------
 

@@ -170,6 +170,10 @@ class Job:
 
 JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 PATH_COLUMNS = ("path", "folder", "move_to", "final_path")
+TEXT_COLUMNS = frozenset({"last_error", "reason"})  # error text: redacted before it is stored (logs.redact)
+# Once the bytes are in Studio (or the job ended without needing them), the upload URL is never used again: its
+# signature is a secret that need not be kept any longer.
+URL_SPENT = frozenset({State.UPLOADED, State.COMPLETED, State.SKIPPED})
 FLAG_COLUMNS = ("is_external", "auto_caption", "captions_skipped", "after_done")
 
 
@@ -188,6 +192,36 @@ def job_from_row(values: dict[str, Any]) -> Job:
 def show_path(path: str) -> str:
     """A path for humans and logs: bytes that are not UTF-8 shown as escapes, never a crash."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class LectureRecord:
+    """The verdict on one expected lecture (see expect/judge.py): recorded, missing, or late."""
+
+    folder: str
+    lecture: str  # the lecture's key: UID and start instant
+    summary: str
+    zone: str | None
+    starts_at: float
+    ends_at: float
+    due_at: float
+    late_until: float
+    outcome: str
+    job_id: int | None
+    judged_at: float
+    resolved_at: float | None = None
+
+    def summary_dict(self) -> dict[str, Any]:
+        return {"folder": show_path(self.folder), "lecture": self.lecture, "summary": self.summary,
+                "zone": self.zone, "start": self.starts_at, "end": self.ends_at, "outcome": self.outcome,
+                "job_id": self.job_id, "judged_at": self.judged_at, "resolved_at": self.resolved_at}
+
+
+def lecture_from_row(values: dict[str, Any]) -> LectureRecord:
+    """The one place where a `lectures` row becomes a LectureRecord."""
+    values = dict(values)
+    values["folder"] = os.fsdecode(bytes(values["folder"]))
+    return LectureRecord(**values)
 
 
 @dataclass(frozen=True)

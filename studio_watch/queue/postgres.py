@@ -103,7 +103,25 @@ CREATE INDEX jobs_after ON jobs (next_attempt_at) WHERE state = 'completed' AND 
 CREATE INDEX jobs_claimed ON jobs (claimed_by) WHERE claimed_by IS NOT NULL;
 CREATE UNIQUE INDEX jobs_one_live_job_per_path ON jobs (path)
     WHERE state IN ('settling', 'ready', 'url_issued', 'uploaded');
+CREATE INDEX jobs_folder_seen ON jobs (folder, created_at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE lectures (
+    folder BYTEA NOT NULL,
+    lecture TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    zone TEXT,
+    starts_at DOUBLE PRECISION NOT NULL,
+    ends_at DOUBLE PRECISION NOT NULL,
+    due_at DOUBLE PRECISION NOT NULL,
+    late_until DOUBLE PRECISION NOT NULL,
+    outcome TEXT NOT NULL,
+    job_id BIGINT,
+    judged_at DOUBLE PRECISION NOT NULL,
+    resolved_at DOUBLE PRECISION,
+    PRIMARY KEY (folder, lecture)
+);
+CREATE INDEX lectures_open ON lectures (outcome, late_until);
+CREATE TABLE timetable_watch (folder BYTEA PRIMARY KEY, since DOUBLE PRECISION NOT NULL);
 CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
     host TEXT,

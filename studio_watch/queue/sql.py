@@ -16,7 +16,9 @@ import time
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from studio_watch.queue.base import JobQueue
-from studio_watch.queue.model import (JOB_FIELDS, PATH_COLUMNS, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
+from studio_watch.logs import redact
+from studio_watch.queue.model import (JOB_FIELDS, PATH_COLUMNS, TEXT_COLUMNS, URL_SPENT, LectureRecord,
+                                      lecture_from_row, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
                                       check_transition, job_from_row, settle_clock)
 
 Row = Mapping[str, Any]
@@ -28,6 +30,7 @@ CLAIM_ORDER = (
     ("jobs_due", "state IN ('uploaded', 'url_issued')"),
     ("jobs_due", "state = 'ready'"),
 )
+REDACTED_KEY = "error_text_redacted"  # meta: older rows' error text has been passed through redact() once
 JOB_COLUMNS = JOB_FIELDS  # the jobs table's columns are the Job's fields, in both backends
 _RELEASED = {"claimed_by": None, "claimed_at": None, "bytes_sent": None, "progress_at": None}
 
@@ -48,9 +51,12 @@ def _fs(path: str | None) -> bytes | None:
 
 
 def _value(name: str, value: Any) -> Any:
-    """A Python value as the column stores it (paths as bytes, flags as 0/1, states as their word)."""
+    """A Python value as the column stores it (paths as bytes, flags as 0/1, states as their word, error text
+    redacted: a secret echoed in an error never reaches the database)."""
     if name in PATH_COLUMNS:
         return _fs(value)
+    if name in TEXT_COLUMNS and isinstance(value, str):
+        return redact(value)
     if isinstance(value, State):
         return value.value
     if isinstance(value, bool):
@@ -298,7 +304,24 @@ class SqlQueue(JobQueue):
             rows = tx.rows(f"SELECT * FROM jobs WHERE {where} ORDER BY id {self._lock_rows().replace(' SKIP LOCKED', '')}",
                            args)
             tx.run(f"UPDATE jobs SET {', '.join(f'{k} = NULL' for k in released)} WHERE {where}", args)
+            marks = ", ".join("?" * len(URL_SPENT))
+            tx.run(f"UPDATE jobs SET upload_url = NULL WHERE upload_url IS NOT NULL AND state IN ({marks})",
+                   tuple(sorted(s.value for s in URL_SPENT)))  # rows written before this rule
+            if tx.one("SELECT 1 AS x FROM meta WHERE key = ?", (REDACTED_KEY,)) is None:
+                self._redact_stored(tx)  # once: error text stored before it was redacted on the way in
         return [as_job(r) for r in rows]
+
+    @staticmethod
+    def _redact_stored(tx: Tx) -> None:
+        rows = tx.rows("SELECT id, last_error, reason FROM jobs WHERE last_error IS NOT NULL OR "
+                       "(reason IS NOT NULL AND reason NOT IN ('duplicate', 'vanished', 'empty'))")
+        for row in rows:
+            error, reason = row["last_error"], row["reason"]
+            clean = (redact(error) if error else error, redact(reason) if reason else reason)
+            if clean != (error, reason):
+                tx.run("UPDATE jobs SET last_error = ?, reason = ? WHERE id = ?", (*clean, row["id"]))
+        tx.run("INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+               (REDACTED_KEY,))
 
     def renew(self, job: Job) -> bool:
         return self._move(job, job.state, durable=False)
@@ -313,6 +336,8 @@ class SqlQueue(JobQueue):
         now = self.now()
         values = {k: _value(k, v) for k, v in facts.items()}
         values.update(state=to.value, updated_at=now)
+        if to in URL_SPENT:
+            values["upload_url"] = None  # its signature is a secret that need not be kept any longer
         values.update(self._released() if release else self._held(now))
         sql = (f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND state = ? AND "
                "claimed_by = ? AND claimed_at IS ?")
@@ -447,6 +472,67 @@ class SqlQueue(JobQueue):
                        "updated_at = ? WHERE id = ? AND state = 'failed'",
                        (state.value, now, int(forget_hash), now, row["id"]))
         return [int(r["id"]) for r in rows]
+
+    # -- timetables: what each folder saw, and the verdict on each lecture ---------------------------------------
+
+    def watching_since(self, folder: str, now: float | None) -> float | None:
+        """When this folder's timetable began to be judged (set by the first call with `now`; lectures before are
+        not judged). With `now` None, only read (None: never judged)."""
+        if now is None:
+            row = self._read_one("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),))
+            return None if row is None else float(row["since"])
+        with self._tx() as tx:
+            tx.run("INSERT INTO timetable_watch (folder, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                   (_fs(folder), now))
+            row = tx.one("SELECT since FROM timetable_watch WHERE folder = ?", (_fs(folder),))
+            assert row is not None
+            return float(row["since"])
+
+    def newest_job_id(self) -> int:
+        """The id of the newest job (0 for none): a cheap "has any file been seen since?" """
+        row = self._read_one("SELECT max(id) AS newest FROM jobs")
+        return int(row["newest"] or 0) if row else 0
+
+    def seen_in(self, folder: str, since: float, until: float) -> list[Job]:
+        """The files first seen in a watched folder between two instants (a recursive folder's subfolders too)."""
+        rows = self._read("SELECT * FROM jobs WHERE folder = ? AND created_at >= ? AND created_at <= ? AND "
+                          "kind = 'file' ORDER BY created_at, id", (_fs(folder), since, until))
+        return [as_job(r) for r in rows]
+
+    def record_lecture(self, record: LectureRecord) -> bool:
+        """Store a verdict unless the lecture already has one; True when this call stored it (in a cluster:
+        the one node whose call stored it, so a missing recording is alerted once)."""
+        with self._tx() as tx:
+            return tx.run(
+                "INSERT INTO lectures (folder, lecture, summary, zone, starts_at, ends_at, due_at, late_until, "
+                "outcome, job_id, judged_at, resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (_fs(record.folder), record.lecture, record.summary, record.zone, record.starts_at, record.ends_at,
+                 record.due_at, record.late_until, record.outcome, record.job_id, record.judged_at,
+                 record.resolved_at)) == 1
+
+    def lecture_late(self, folder: str, lecture: str, job_id: int, now: float) -> bool:
+        """A missing lecture's file turned up: missing becomes late (True only for the call that changed it)."""
+        with self._tx() as tx:
+            return tx.run("UPDATE lectures SET outcome = 'late', job_id = ?, resolved_at = ? WHERE folder = ? "
+                          "AND lecture = ? AND outcome = 'missing'", (job_id, now, _fs(folder), lecture)) == 1
+
+    def lectures(self, folder: str | None = None, since: float | None = None, until: float | None = None,
+                 outcome: str | None = None, open_at: float | None = None,
+                 limit: int | None = None) -> list[LectureRecord]:
+        """Verdicts, newest lecture first: by folder, lectures starting in [since, until), by outcome, or (open_at)
+        missing ones that a late file may still resolve."""
+        where, args = [], []
+        for clause, value in (("folder = ?", _fs(folder) if folder is not None else None), ("starts_at >= ?", since),
+                              ("starts_at < ?", until), ("outcome = ?", outcome),
+                              ("outcome = 'missing' AND late_until >= ?", open_at)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM lectures" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY starts_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [lecture_from_row(r if isinstance(r, dict) else dict(zip(r.keys(), r))) for r in self._read(sql, args)]
 
     # -- moving a queue to another database (`studio-watch migrate`) -------------------------------------------
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from studio_watch.errors import DatabaseTooNew
+from studio_watch.private import private_dir
 from studio_watch.queue.sql import Row, SqlQueue
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE jobs (
@@ -81,6 +82,15 @@ _MIGRATIONS = (
         # jobs that failed before this column existed: those whose complete failed are known by their error
         "UPDATE jobs SET failed_state = 'uploaded' WHERE state = 'failed' AND media_id IS NOT NULL AND "
         "(last_error LIKE 'complete:%' OR last_error LIKE 'gave up after % attempts: complete:%')"),
+    # Timetables: the files each folder saw by when (jobs.created_at is when a file was first seen), the verdict
+    # on each expected lecture (one row, so it is never alerted twice), and since when a folder was judged.
+    (4, "CREATE INDEX jobs_folder_seen ON jobs (folder, created_at);"
+        "CREATE TABLE lectures (folder BLOB NOT NULL, lecture TEXT NOT NULL, summary TEXT NOT NULL, zone TEXT, "
+        "starts_at REAL NOT NULL, ends_at REAL NOT NULL, due_at REAL NOT NULL, late_until REAL NOT NULL, "
+        "outcome TEXT NOT NULL, job_id INTEGER, judged_at REAL NOT NULL, resolved_at REAL, "
+        "PRIMARY KEY (folder, lecture));"
+        "CREATE INDEX lectures_open ON lectures (outcome, late_until);"
+        "CREATE TABLE timetable_watch (folder BLOB PRIMARY KEY, since REAL NOT NULL)"),
 )
 
 
@@ -129,7 +139,7 @@ class SqliteQueue(SqlQueue):
         self._migrate()
 
     def _create_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
 

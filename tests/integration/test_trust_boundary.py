@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.daemon.pipeline import Pipeline
-from studio_watch.queue.store import JobQueue, Seen, State
+from studio_watch.queue import JobQueue, Seen, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StaticToken, StudioClient
 
@@ -46,7 +46,7 @@ def _ready(queue: JobQueue, path: Path, kind: str = "file") -> int:
 def _run_bounded(db: Path, sb: Sandbox, job_id: int, seconds: float = 15) -> None:
     """One process's go at the job (its own queue, client and pipeline, as after a restart); fails the test if
     it does not come back (a worker blocked in open() forever)."""
-    queue, client = JobQueue(db), _client(sb)
+    queue, client = open_queue(db), _client(sb)
     try:
         [job] = [j for j in queue.claim("test", limit=10) if j.id == job_id]
         worker = threading.Thread(target=Pipeline(queue, client, RETRY, _Pauses(), threading.Event()).run,
@@ -68,14 +68,14 @@ def test_a_fifo_swapped_in_for_a_queued_file_fails_that_job_and_never_hangs(tmp_
         write_media(path, 200_000)
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job_id = _ready(queue, path, kind)
         queue.close()
         path.unlink()
         os.mkfifo(path)  # nobody ever opens it for writing: a blocking open() would wait forever
         for restart in range(2):
             _run_bounded(db, sb, job_id)
-            queue = JobQueue(db)
+            queue = open_queue(db)
             job = queue.get(job_id)
             assert job.state is State.FAILED and "FIFO" in job.last_error and name in job.last_error, job
             queue.retry([job_id])  # `studio-watch retry`, then the next daemon start
@@ -89,13 +89,13 @@ def test_a_symlink_swapped_in_for_a_queued_file_is_never_read(tmp_path):
     path = write_media(tmp_path / "lecture.mp4", len(TOKEN))
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job_id = _ready(queue, path)
         queue.close()
         path.unlink()
         path.symlink_to(secret)
         _run_bounded(db, sb, job_id)
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job = queue.get(job_id)
         queue.close()
         assert job.state is State.FAILED and "symbolic link" in job.last_error
@@ -107,11 +107,11 @@ def test_an_error_body_echoing_the_request_leaves_no_secret_in_the_database(tmp_
     path = write_media(tmp_path / "lecture.mp4", 100_000)
     db = tmp_path / "state.db"
     with Sandbox(faults=Faults(echo_status=400, error_endpoints=frozenset({endpoint}))) as sb:
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job_id = _ready(queue, path)
         queue.close()
         _run_bounded(db, sb, job_id)
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job = queue.get(job_id)
         queue.close()
         echoed = [e for e in sb.events() if e.get("fault") == "echo"]
@@ -129,11 +129,11 @@ def test_the_upload_url_is_cleared_once_the_bytes_are_in_studio(tmp_path):
     path = write_media(tmp_path / "lecture.mp4", 100_000)
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = JobQueue(db)
+        queue = open_queue(db)
         job_id = _ready(queue, path)
         queue.close()
         _run_bounded(db, sb, job_id)
-    queue = JobQueue(db)
+    queue = open_queue(db)
     job = queue.get(job_id)
     queue.close()
     assert job.state is State.COMPLETED and job.media_id is not None and job.upload_url is None

@@ -444,3 +444,16 @@ def test_newline_and_nfd_paths_round_trip_unchanged(queue: JobQueue) -> None:
     paths = {queue.get(job_id).path for job_id, _ in created}  # type: ignore[union-attr]
     assert paths == {nfd, nfc, newline}
     assert {j.display_path for j in queue.jobs()} == {nfd, nfc, newline}
+
+
+def test_a_spent_upload_url_is_forgotten_and_error_text_is_redacted(queue: JobQueue) -> None:
+    job_id = queue.add(seen("/watch/a.mp4"), State.READY)
+    job = drive(queue, job_id, State.URL_ISSUED, upload_url="https://up.example/u/1?signature=s3cr3t")
+    assert job.upload_url is not None  # still needed: the PUT may be redone
+    held = queue.claim_id(job_id, "w")
+    assert held is not None and queue.reschedule(held, next_attempt_at=0.0,
+                                                 last_error="put: HTTP 500: /u/1?signature=s3cr3t")
+    job = queue.get(job_id)
+    assert job is not None and "s3cr3t" not in (job.last_error or "") and job.last_error
+    done = drive(queue, job_id, State.COMPLETED)
+    assert done.upload_url is None

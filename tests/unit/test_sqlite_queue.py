@@ -48,12 +48,13 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     if wal.exists():
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
 
 
 # What older databases looked like: the statements that take a current one back to that version.
-OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state"],
-                 2: ["ALTER TABLE jobs DROP COLUMN failed_state"]}
+_V4 = ["DROP INDEX jobs_folder_seen", "DROP TABLE lectures", "DROP TABLE timetable_watch"]
+OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state", *_V4],
+                 2: ["ALTER TABLE jobs DROP COLUMN failed_state", *_V4], 3: _V4}
 
 
 @pytest.mark.parametrize("version", sorted(OLDER_SCHEMAS))
@@ -66,7 +67,7 @@ def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> Non
     raw(db_path, f"PRAGMA user_version = {version}")
     again = open_queue(db_path)
     try:
-        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
         assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_after'") == [("jobs_after",)]
         job = again.get(job_id)
         assert job is not None and (job.title, job.state, job.failed_state) == ("Kept", State.FAILED, None)
@@ -118,3 +119,20 @@ def test_paths_are_stored_as_their_bytes(queue: JobQueue, db_path: Path) -> None
     path = os.fsdecode(b"/watch/caf\xe9.mp4")
     queue.observe([seen(path)], now=1.0)
     assert raw(db_path, "SELECT typeof(path), path FROM jobs") == [("blob", b"/watch/caf\xe9.mp4")]
+
+
+def test_recover_redacts_error_text_stored_before_redaction_once_and_clears_spent_urls(db_path: Path) -> None:
+    open_queue(db_path).close()
+    raw(db_path, "INSERT INTO jobs (kind, state, path, folder, collection_id, user_id, auto_caption, after_upload, "
+                 "duplicates, settle_seconds, size, stable_since, created_at, updated_at, attempts, next_attempt_at, "
+                 "last_error, upload_url) VALUES ('file', 'completed', X'2f612e6d7034', X'2f', NULL, NULL, 0, 'keep', "
+                 "'skip', 0, 1, 0, 0, 0, 0, 0, 'put: HTTP 400: /u/1?signature=0ldsecret1', "
+                 "'https://up.example/u/1?signature=0ldsecret1')")
+    queue = open_queue(db_path)
+    try:
+        queue.recover()
+        [job] = queue.jobs()
+        assert job.last_error == "put: HTTP 400: /u/1?[redacted]" and job.upload_url is None
+        assert queue.meta("error_text_redacted") == "1"
+    finally:
+        queue.close()

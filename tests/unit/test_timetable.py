@@ -17,8 +17,8 @@ from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.expectations import Expectations
 from studio_watch.expect import judge as j
 from studio_watch.expect.timetable import Timetable
-from studio_watch.queue.store import JobQueue, Seen, State
-from tests.conftest import ical_event, write_calendar
+from studio_watch.queue import JobQueue, Seen, State, open_queue
+from tests.conftest import drive, ical_event, write_calendar
 
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
 
@@ -158,7 +158,7 @@ class Room:
                        dt.datetime.fromtimestamp(self.T0 + b, dt.timezone.utc)) for uid, a, b in lectures))
         self.rule = FolderRule(path=self.folder, expect=ExpectConfig(calendar=str(self.calendar), grace_seconds=grace))
         self.now = self.T0
-        self.queue = JobQueue(self.db)
+        self.queue = open_queue(self.db)
         self.alerts = RecordedAlerts()
         self.missing: list[str] = []
         self.checker = self._checker()
@@ -171,7 +171,7 @@ class Room:
 
     def restart(self) -> None:
         self.queue.close()
-        self.queue = JobQueue(self.db)
+        self.queue = open_queue(self.db)
         self.checker = self._checker()
 
     def at(self, offset: float) -> None:
@@ -186,7 +186,7 @@ class Room:
                     duplicates="skip", settle_seconds=0)
         [(job_id, _)] = self.queue.observe([seen], now=self.T0 + seen_at)
         if state is not None:
-            self.queue.update(job_id, state=state, reason="empty")
+            drive(self.queue, job_id, state, reason="empty")
         return job_id
 
     def outcomes(self) -> dict[str, str]:
@@ -288,7 +288,7 @@ def test_downtime_is_judged_at_the_next_start_from_what_the_queue_saw(room: Room
     room.queue.close()
     # Down from 10 s to 2000 s: A's file was written at 180 s, and found by the startup scan at 2000 s.
     room.now = room.T0 + 2000
-    room.queue = JobQueue(room.db)
+    room.queue = open_queue(room.db)
     room.file("a.mp4", seen_at=2000, written_at=180)
     room.checker = room._checker()
     room.at(2000)
@@ -319,7 +319,7 @@ def test_late_window_ends_at_the_next_lecture_or_a_day() -> None:
 
 
 def test_quiet_without_expect(tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "state.db")
+    queue = open_queue(tmp_path / "state.db")
     try:
         checker = Expectations(queue, RecordedAlerts(), tmp_path / "state.db", fetch=None)
         checker.update_rules([FolderRule(path=tmp_path)])
@@ -332,7 +332,7 @@ def test_quiet_without_expect(tmp_path: Path) -> None:
 
 def test_the_status_line_reads_as_the_timetable_states_it() -> None:
     from studio_watch.daemon.timetable_report import missing_line
-    from studio_watch.queue.store import LectureRecord
+    from studio_watch.queue import LectureRecord
 
     start = dt.datetime(2026, 12, 7, 9, 0, tzinfo=BERLIN).timestamp()
     record = LectureRecord(folder="/srv/capture/room-101", lecture="k", summary="CS101 Lecture", zone="Europe/Berlin",
