@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_watch.queue.store import JobQueue
+from studio_watch.queue import open_queue
 from studio_watch.sandbox.server import Faults
 
 from ..conftest import run_cli, sha256_of, wait_until, write_config, write_media
@@ -103,7 +103,7 @@ def test_sigterm_stops_cleanly_and_leaves_upload_resumable(tmp_path, daemons):
         jobs = json.loads(run_cli("jobs", "--json", "-c", str(config)).stdout)
         assert [j["state"] for j in jobs] == ["url_issued"]  # resumable at its exact step: the PUT again
         assert not [e for e in daemon.events if e.get("event") in ("job_crashed", "job_retry_scheduled")]
-        queue = JobQueue(tmp_path / "state.db")
+        queue = open_queue(tmp_path / "state.db")
         try:
             assert [j.claimed_by for j in queue.jobs()] == [None]  # unclaimed: any worker may take it
         finally:
