@@ -429,8 +429,19 @@ class PostgresQueue(SqlQueue):
                     self._holding.pop(job_id, None)  # released meanwhile, or taken over: nothing to extend
             if self._registered is not None:
                 tx.run("UPDATE nodes SET last_seen = ? WHERE name = ?", (now, self.node))
-        if self._registered is not None and (self._node_conn is None or self._node_conn.closed):
+        if self._registered is not None and not self._name_held():
             self._take_name()  # the server restarted: the name's lock went with the old connection
+
+    def _name_held(self) -> bool:
+        """Is the connection holding the node name's lock still alive? (An idle connection does not notice a
+        server restart until it is used.)"""
+        if self._node_conn is None or self._node_conn.closed:
+            return False
+        try:
+            self._node_conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
 
     # -- nodes ------------------------------------------------------------------------------------------------
 

@@ -220,3 +220,27 @@ def test_a_job_made_ready_on_one_node_wakes_the_others(nodes: list[JobQueue]) ->
     # The listener sets up its LISTEN on a connection of its own: jobs made ready until one wakes it.
     assert wait_until(lambda: bool(a.add(seen(f"/share/{next(n)}.mp4"), State.READY)) and woken.wait(0.2), 10), \
         "no NOTIFY reached the other node"
+
+
+def test_the_node_name_is_held_again_after_a_server_restart(pg_uri: str, postgres_server: PostgresServer) -> None:
+    first = open_queue(pg_uri, node="room-101")
+    first.register_node("room-101", 111, "host-a")
+    try:
+        postgres_server.restart("fast")
+        assert wait_until(lambda: _beats(first), 10)  # its heartbeat reconnects and takes the name again
+        second = open_queue(pg_uri, node="room-101")
+        try:
+            with pytest.raises(NodeNameInUse):
+                second.register_node("room-101", 222, "host-b")
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def _beats(q: JobQueue) -> bool:
+    try:
+        q.keep_alive()  # type: ignore[attr-defined]
+        return True
+    except DatabaseUnavailable:
+        return False
