@@ -392,3 +392,20 @@ def test_a_file_a_writer_still_holds_open_does_not_settle(tmp_path, sandbox, sta
         recording.close()
     assert d.wait_states({"completed": 2}, timeout=20)
     assert sorted(m["bytes_received"] for m in sandbox.completed()) == [3000, 5000]
+
+
+def test_a_watched_folder_gone_as_a_whole_is_not_a_vanished_file(tmp_path, sandbox, start):
+    """A share not mounted on this node (the whole watched folder missing) must not skip its files as vanished:
+    another node, or this one once the share is back, uploads them."""
+    d = start([{"path": "in", "settle_seconds": 0.5}], observer="polling", rescan_seconds=1)
+    write_media(tmp_path / "in" / "lecture.mp4", 50_000, seed=3)
+    assert d.wait_states({"settling": 1}, timeout=10)
+    [job] = d.jobs()
+    (tmp_path / "in").rename(tmp_path / "unmounted")
+    gone_at = time.time()
+    # The settler looks again after the settle time (the row's updated_at moves): the job keeps settling.
+    assert wait_until(lambda: d.queue.get(job.id).updated_at > gone_at + 0.5, 15)  # type: ignore[union-attr]
+    assert d.queue.get(job.id).state is State.SETTLING  # type: ignore[union-attr]
+    (tmp_path / "unmounted").rename(tmp_path / "in")
+    assert d.wait_states({"completed": 1})
+    assert len(sandbox.completed()) == 1
