@@ -200,7 +200,7 @@ def test_explain_date_escapes_control_characters_in_the_files_it_lists(tmp_path:
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import datetime as dt
 
-    from studio_watch.queue.store import JobQueue, Seen, State
+    from studio_watch.queue import Seen, State, open_queue
     from tests.conftest import ical_event, write_calendar
 
     start = dt.datetime.now().replace(hour=9, minute=0, second=0, microsecond=0)
@@ -208,7 +208,7 @@ def test_explain_date_escapes_control_characters_in_the_files_it_lists(tmp_path:
     config_path = write_config(tmp_path, "https://myschool.instructuremedia.com",
                                [{"path": folder(tmp_path, "room-101"), "expect": {"calendar": str(tmp_path / "room.ics")}}])
     name = str(tmp_path / "room-101" / "evil\x1b[2J\nname.mp4")
-    queue = JobQueue(cfg.load(config_path).state_db)
+    queue = open_queue(cfg.load(config_path).state_db)
     queue.add(Seen(path=name, folder=str(tmp_path / "room-101"), size=5, mtime_ns=0, inode=1, device=1,
                    collection_id=None, user_id=None, auto_caption=False, after_upload="keep", move_to=None,
                    duplicates="skip", settle_seconds=1), State.SKIPPED, reason="bad\x1b[31m")
