@@ -244,3 +244,18 @@ def _beats(q: JobQueue) -> bool:
         return True
     except DatabaseUnavailable:
         return False
+
+
+def test_a_pause_tripped_on_one_node_pauses_and_resumes_the_others(nodes: list[JobQueue]) -> None:
+    from studio_watch.config import RetryConfig
+    from studio_watch.daemon.control import PauseSwitch
+
+    stop = threading.Event()
+    a, b = (PauseSwitch(q, None, RetryConfig(), stop) for q in nodes[:2])  # type: ignore[arg-type]
+    a.trip("Studio answered 503 to /ping")
+    assert a.paused and not b.paused
+    b.follow_shared()
+    assert b.paused and b.reason == "Studio answered 503 to /ping"
+    a.clear()  # node a's probe got an answer
+    b.follow_shared()
+    assert not b.paused and b.wait_resumed(0)
