@@ -131,6 +131,7 @@ class NotifyConfig:
     command: str | None = None  # run with the alert as JSON on stdin
     webhook: str | None = None  # POSTed the same JSON
     paused_after_seconds: float = 600.0  # alert when the queue has been paused this long
+    folder_missing_after_seconds: float = 300.0  # alert when a watched folder has been unavailable this long
 
 
 @dataclass(frozen=True)
@@ -571,13 +572,27 @@ def _folder(source: Path, where: str, data: Any, defaults: FolderRule) -> Folder
         rule = dataclasses.replace(rule, expect=None)
     if rule.expect is not None and not rule.expect.is_url and not Path(rule.expect.calendar or "").is_file():
         r.fail("expect.calendar", f"no such file: {rule.expect.calendar}")
-    if not path.is_dir():
-        r.fail("path", f"folder does not exist or is not a directory: {path}")
+    # A missing folder is not a config error (a late or lost mount): `run` watches it once it appears and says
+    # so meanwhile, and `check` fails naming it. Something else at that path is a mistake.
+    present = _exists(path)
+    if present and not path.is_dir():
+        r.fail("path", f"not a directory: {path}")
     if rule.after_upload == "move" and rule.move_to is None:
         r.fail("move_to", "required when after_upload is move")
-    if rule.after_upload == "move" and rule.move_to is not None and not rule.move_to.is_dir():
+    if rule.after_upload == "move" and rule.move_to is not None and present and not rule.move_to.is_dir():
         r.fail("move_to", f"folder does not exist: {rule.move_to}")
     return rule
+
+
+def _exists(path: Path) -> bool:
+    """Is there anything at `path`? (A folder we may not look into counts: `check` says what is wrong.)"""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _check_folders(source: Path, folders: tuple[FolderRule, ...]) -> None:
@@ -653,7 +668,8 @@ def _notify(source: Path, data: Any) -> NotifyConfig:
     if webhook is not None:
         _check_url(r, webhook, "webhook", allow_path=True)
     notify = NotifyConfig(command=r.get("command", str), webhook=webhook,
-                          paused_after_seconds=r.positive("paused_after_seconds", 600.0))
+                          paused_after_seconds=r.positive("paused_after_seconds", 600.0),
+                          folder_missing_after_seconds=r.positive("folder_missing_after_seconds", 300.0))
     r.finish()
     return notify
 

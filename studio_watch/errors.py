@@ -9,6 +9,9 @@ Every expected failure is one of these; anything else is a bug and may show a tr
     ├── DatabaseUnavailable    the state database cannot be reached (PostgreSQL down): work waits, exit code 1
     ├── LeaseLost              another node took this job over (its lease ran out): this worker lets go of it
     ├── NodeNameInUse          a live daemon of the cluster already runs under this node_name: exit code 1
+    ├── DatabaseUnusable       the state database cannot be used as it is (corrupt, unreadable, lost): exit code 1
+    │   └── DatabaseReplaced   the running daemon's database file was deleted or replaced under it
+    ├── StorageFull            the disk under the state database is full or failing: the queue pauses, retries
     ├── StudioError            something the Studio API (or the network to it) did
     │   ├── TransientError     worth trying again later: 429, 5xx, resets, read timeouts
     │   │   └── Unreachable    the API host cannot be reached at all: pauses the whole queue
@@ -68,6 +71,16 @@ class LeaseLost(StudioWatchError):
 
 class NodeNameInUse(StudioWatchError):
     """Another live daemon of the cluster holds this node_name (the message names its pid and host)."""
+class DatabaseUnusable(StudioWatchError):
+    """The state database cannot be opened or used as it is; the message names the file and what to do."""
+
+
+class DatabaseReplaced(DatabaseUnusable):
+    """The database file the daemon opened was deleted or replaced while it ran."""
+
+
+class StorageFull(StudioWatchError):
+    """A commit failed because the disk under the state database is full or failing (SQLITE_FULL, SQLITE_IOERR)."""
 
 
 class StudioError(StudioWatchError):

@@ -148,16 +148,17 @@ def open_tmp(tmp_path: Path) -> Path:
 class DaemonProcess:
     """`studio-watch run` as a real child process, its JSON log lines collected as they come.
 
-    With `user`, the daemon runs as that account (as under the systemd unit), not as the test's root."""
+    With `user`, the daemon runs as that account (as under the systemd unit), not as the test's root. `prefix`
+    runs it under a wrapper command (e.g. `unshare` for a user namespace with its own limits)."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, user: Account | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
         self.config = config
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "studio_watch", "run", "-c", str(config), *args],
+            [*prefix, sys.executable, "-m", "studio_watch", "run", "-c", str(config), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             **(user.popen_args() if user else {}))
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -206,8 +207,8 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
     def start(config: Path, env: dict[str, str] | None = None, user: Account | None = None,
-              args: tuple[str, ...] = ()) -> DaemonProcess:
-        d = DaemonProcess(config, env, user, args)
+              args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> DaemonProcess:
+        d = DaemonProcess(config, env, user, args, prefix)
         started.append(d)
         return d
 

@@ -18,7 +18,7 @@ from studio_watch.cli.main import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_er
                   print_json, stop_on_signals)
 from studio_watch.daemon.control import PAUSE_KEY, STATUS_KEY, DaemonLock
 from studio_watch.daemon.app import Daemon, make_tokens, queue_for
-from studio_watch.errors import DatabaseLocked
+from studio_watch.errors import ConfigError, DatabaseLocked, StudioWatchError
 from studio_watch.queue import STATES, TERMINAL, Job, JobQueue, Seen, State, Step
 from studio_watch.daemon.pipeline import NullObserver, Pipeline
 from studio_watch.files.watcher import classify
@@ -28,9 +28,12 @@ from studio_watch.studio.client import StudioClient, TokenSource
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args)
+    if not config.folders:
+        raise ConfigError(f"{config.source}: folders: no folder to watch; `run` needs at least one (upload and "
+                          "import-url work without)")
     logs.setup(config.log.level, config.log.format)
     stop = threading.Event()
-    daemon = Daemon(config, stop)
+    daemon = Daemon(config, stop, new_database=getattr(args, "new_database", False))
     stop_on_signals(stop, on_hup=daemon.reload_requested.set)
     daemon.run()
     return EXIT_OK
@@ -65,17 +68,11 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
                        "upload_window_open": (snapshot or {}).get("upload_window_open")},
             "upload_by_hand_pid": upload,  # an `upload` working alone holds the database
             "oldest_waiting": _summary(oldest) if oldest else None,
-            "oldest_waiting_seconds": round(time.time() - oldest.created_at, 1) if oldest else None,
+            "oldest_waiting_seconds": waited(oldest.created_at) if oldest else None,
             "transfers": [_transfer(j) for j in queue.in_flight() if j.state is State.URL_ISSUED],
             "recent_failures": [_summary(j) for j in queue.recent_failures()],
-            "folders": [{"path": str(f.path), "collection_id": f.collection_id, "user_id": f.user_id,
-                         "observer": watched.get(str(f.path), {}).get("observer"),
-                         "watching": watched.get(str(f.path), {}).get("alive"),
-                         "last_scan": watched.get(str(f.path), {}).get("last_scan"),
-                         "settle_seconds": f.settle_seconds,
-                         # False: polled, a writer holding a file open cannot be seen (None: not watched now)
-                         "open_writers_seen": watched.get(str(f.path), {}).get("open_writers_seen")}
-                        for f in config.folders],
+            "storage_paused": (snapshot or {}).get("storage_paused"),
+            "folders": [_folder(f, watched.get(str(f.path))) for f in config.folders],
             "state_db": queue.where,
             "node": config.node_name,
             "nodes": nodes,  # a cluster's members: name, host, pid, last_seen, live, sending (job ids)
@@ -102,6 +99,25 @@ def _timetables(config: cfg.Config, queue: JobQueue, snapshot: Any) -> list[dict
     return status_timetables(config, queue, time.time(), snapshot)
 
 
+def waited(since: float, now: float | None = None) -> float:
+    """How long a job has waited: never negative, never zero (a time from a clock that ran fast counts as now)."""
+    return max(1.0, round((time.time() if now is None else now) - since, 1))
+
+
+def _folder(rule: cfg.FolderRule, watched: dict[str, Any] | None) -> dict[str, Any]:
+    """A folder for `status`: from the daemon's snapshot when one runs, else from what is on disk now."""
+    w = watched or {}
+    available = w.get("available", True) if watched else os.path.isdir(rule.path)
+    reason = w.get("unavailable_reason") if watched else (None if available else "missing")
+    return {"path": str(rule.path), "collection_id": rule.collection_id, "user_id": rule.user_id,
+            "observer": w.get("observer"), "watching": w.get("alive"), "last_scan": w.get("last_scan"),
+            "available": available, "unavailable_reason": reason, "unavailable_since": w.get("unavailable_since"),
+            "polling_reason": w.get("polling_reason"), "polled_mounts": w.get("polled_mounts", []),
+            "warning": w.get("warning"), "settle_seconds": rule.settle_seconds,
+            # False: polled, a writer holding a file open cannot be seen (None: not watched now)
+            "open_writers_seen": w.get("open_writers_seen")}
+
+
 def _transfer(job: Job) -> dict[str, Any]:
     sent, total = job.bytes_sent or 0, job.size or 0
     elapsed = max((job.progress_at or time.time()) - (job.claimed_at or time.time()), 1e-6)
@@ -125,7 +141,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if data["upload_by_hand_pid"]:
         state += f"; an upload by hand (pid {data['upload_by_hand_pid']}) is working on the queue"
     print(f"daemon:  {state}")
-    if data["paused"]:
+    if data["storage_paused"]:
+        print(f"queue:   PAUSED: {logs.shown(data['storage_paused'])}")
+    elif data["paused"]:
         print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: "
               f"{logs.shown(data['pause_reason'])}")
     else:
@@ -148,9 +166,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"failed:  job {f['id']}: {logs.shown(f['path'])}: {logs.shown(f['last_error'])}")
     for f in data["folders"]:
         target = cfg.target_text(f["collection_id"], f["user_id"])
-        watch = "not watched (daemon not running)" if f["watching"] is None else \
-            f"{f['observer']} {'ok' if f['watching'] else 'DEAD'}" + \
-            (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "")
+        if not f["available"]:
+            since = f" for {human_age(time.time() - f['unavailable_since'])}" if f["unavailable_since"] else ""
+            watch = f"UNAVAILABLE{since}: {logs.shown(f['unavailable_reason'])}"
+        elif f["watching"] is None:
+            watch = "not watched (daemon not running)"
+        else:
+            watch = f"{f['observer']} {'ok' if f['watching'] else 'DEAD'}" + \
+                (f" (instead of inotify: {f['polling_reason']})" if f["polling_reason"] else "") + \
+                (f", polling network mounts {', '.join(f['polled_mounts'])}" if f["polled_mounts"] else "") + \
+                (f", scanned {human_age(time.time() - f['last_scan'])} ago" if f["last_scan"] else "") + \
+                (f"; WARNING: {f['warning']}" if f["warning"] else "")
         writers = f"; {unseen_message(f['settle_seconds'])}" if f["open_writers_seen"] is False else ""
         print(f"folder:  {logs.shown(f['path'])} → {target} [{watch}{writers}]")
     for t in data["timetables"]:
@@ -397,7 +423,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     stop_on_signals(stop)
-    sandbox = sandbox_from_args(args)
+    try:
+        sandbox = sandbox_from_args(args)
+    except OSError as exc:  # the port is taken (or may not be bound): one line, not a traceback
+        raise StudioWatchError(f"sandbox: cannot listen on port {getattr(args, 'port', '?')}: "
+                               f"{exc.strerror or exc} (choose another with --port, or 0 for any free one)") from None
     try:
         serve_forever_until(sandbox, stop, sys.stdout)
     finally:

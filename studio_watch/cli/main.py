@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    add("run", "run the daemon in the foreground (stops cleanly on SIGTERM/SIGINT)")
+    p = add("run", "run the daemon in the foreground (stops cleanly on SIGTERM/SIGINT)")
+    p.add_argument("--new-database", action="store_true",
+                   help="start a new state database where an earlier one was lost (its -wal, -shm or lock file "
+                        "is still there); files marked as uploaded on disk are still not sent again")
     p = add("status", "jobs per state, oldest waiting job, recent failures, pause state")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p = add("jobs", "one line per job: id, state, path, media id, attempts, last error")
@@ -134,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StudioWatchError as exc:
         print(f"studio-watch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:  # a database damaged in a way the queue did not classify: still one line
+        print(f"studio-watch: state database error: {exc} (see docs/operations.md, 'The state database')",
+              file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -8,11 +8,11 @@ events. Teardown runs in `finally`, in reverse order of construction.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -22,11 +22,14 @@ import structlog
 
 from studio_watch import config as cfg
 from studio_watch import logs
-from studio_watch.files import sources
+from studio_watch.files import marks, sources
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
                       sd_notify, watchdog_interval)
-from studio_watch.errors import ConfigError, DatabaseLocked, DatabaseUnavailable
+from studio_watch.daemon.folder_locks import BEAT_SECONDS, FolderLocks
+from studio_watch.daemon.storage import StorageGuard
+from studio_watch.errors import (ConfigError, DatabaseLocked, DatabaseReplaced, DatabaseUnavailable, StorageFull,
+                                 StudioWatchError)
 from studio_watch.queue import Job, JobQueue, Seen, Settled, State, open_queue, settle_clock, show_path
 from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.schedule import RateLimiter, Schedule, parse_window
@@ -39,6 +42,8 @@ log = structlog.get_logger(__name__)
 SETTLE_BATCH = 1000  # settle promotions per transaction (bounded; batches of 100, letting workers start sooner,
                      # measured slower: the settler and the first worker then trade the GIL)
 PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
+IDENTITY_EVERY = 2.0  # seconds between two looks at whether the database file is still the one opened
+CLAMP_EVERY = 60.0  # seconds between two corrections of times written under a wrong clock
 STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start
 
 
@@ -61,7 +66,7 @@ def make_tokens(config: cfg.Config, queue: JobQueue | None = None) -> TokenSourc
     return tokens
 
 
-def queue_for(config: cfg.Config) -> JobQueue:
+def queue_for(config: cfg.Config, new_database: bool = False, verify: bool = False) -> JobQueue:
     """The queue `state_db` names: a SQLite file, or a cluster's PostgreSQL database (as `node_name`)."""
     from urllib.parse import unquote, urlsplit
 
@@ -72,7 +77,8 @@ def queue_for(config: cfg.Config) -> JobQueue:
     for secret in (password, inline and unquote(inline)):
         if secret:
             logs.register_secret(secret)
-    return open_queue(config.state_db, node=config.node_name, password=password, lease_seconds=config.lease_seconds)
+    return open_queue(config.state_db, node=config.node_name, password=password, lease_seconds=config.lease_seconds,
+                      new_database=new_database, verify=verify)
 
 
 def to_seen(found: Found, local_clock: bool = False) -> Seen:
@@ -96,8 +102,9 @@ class Daemon:
     """`studio-watch run`."""
 
     def __init__(self, config: cfg.Config, stop: threading.Event | None = None,
-                 tokens: TokenSource | None = None) -> None:
+                 tokens: TokenSource | None = None, new_database: bool = False) -> None:
         self.config = config
+        self.new_database = new_database
         self.stop = stop or threading.Event()
         self.reload_requested = threading.Event()
         self.tokens = tokens
@@ -114,46 +121,65 @@ class Daemon:
         self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio)
         self.queue: JobQueue | None = None
         self.expectations: Any = None  # daemon.expectations.Expectations when a folder has a timetable
-        self._not_before = 0.0
+        self.storage: StorageGuard | None = None
+        self.folder_locks: FolderLocks | None = None
+        self.failure: StudioWatchError | None = None  # why the daemon stopped by itself (exit 1)
+        self._not_before = 0.0  # time.monotonic(): a clock step must not move it
         self._pause_alerted = False
+        self._folder_alerted: set[Path] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until the stop event is set. Raises DatabaseLocked, ConfigError."""
-        # A cluster's node takes its name in the database instead (register_node); a file lock is per machine.
-        lock = None if self.config.shared_state else DaemonLock(Path(self.config.state_db))
-        if lock is not None and not self._acquire(lock):
+        """Run until the stop event is set. Raises DatabaseLocked, DatabaseUnusable (DatabaseReplaced when the
+        database file was deleted or replaced while running), DatabaseUnavailable, ConfigError."""
+        # The file is checked before its lock file is made: a lock file beside a blank database is a trace of a
+        # lost one (integrity.prepare).
+        queue = self._open_queue()
+        if queue is None:
             return
+        self.queue = queue
+        # A cluster's node takes its name in the database instead (register_node); a file lock is per machine.
+        lock = None if queue.shared else DaemonLock(Path(self.config.state_db))
         client = watcher = server = None
         try:
-            self.queue = queue = queue_for(self.config)
+            if lock is not None and not self._acquire(lock):
+                return
             queue.register_node(self.config.node_name, os.getpid(), socket.gethostname())
             queue.on_work(self.wake.set)  # another node made a job ready: claim it now, not at the next poll
             tokens = self.tokens or make_tokens(self.config, queue)
-            self._recover(queue)
+            if not self._until_written(lambda: self._recover(queue), "startup recovery"):
+                return
             client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
             self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
+            self.storage = StorageGuard(queue, self.config.retry, self.stop, on_change=self._storage_changed)
             self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
                                      processed_timeout=self._processed_timeout, heartbeat=self._beat,
                                      hold_after_upload=self._hold_after_upload)
             self.alerts.start()
             self.activity.listeners.append(self._alert_on_failure)
             server = self._start_metrics(queue)
+            if not queue.shared:  # a shared queue makes each file one job by itself
+                self.folder_locks = FolderLocks(self.config.state_db)
+            locks = self.folder_locks
             self.watcher = watcher = Watcher(self.config.folders, self.config.observer, self.config.rescan_seconds,
-                                             self._on_found, self.stop)
+                                             self._on_found, self.stop,
+                                             claim=locks.claim if locks else None,
+                                             release=(lambda rule: locks.release(rule.path)) if locks else None)
             watcher.start()
             self._start_expectations(queue)  # after the startup scan: lectures of a downtime are judged from it
             self._start_thread("settler", self._settle_loop)
             self._start_thread("prober", self.pause.probe_loop)
+            self._start_thread("storage-prober", self.storage.probe_loop)
             jitter = self.config.schedule.start_jitter_seconds
-            self._not_before = time.time() + (random.uniform(0, jitter) if jitter else 0.0)
+            self._not_before = time.monotonic() + (random.uniform(0, jitter) if jitter else 0.0)
             for n in range(self.config.workers):
                 self._start_thread(f"worker-{n + 1}", self._work_loop)
             self.ready.set()
-            self._publish()
+            self._safely(self._publish)
             sd_notify(f"READY=1\nSTATUS={self.status_line()}")
-            log.info("daemon_ready", start_delay=round(max(0.0, self._not_before - time.time()), 1))
+            log.info("daemon_ready", start_delay=round(max(0.0, self._not_before - time.monotonic()), 1),
+                     degraded=watcher.degraded() or None)
             self._main_loop()
         finally:
             self.stop.set()
@@ -172,13 +198,55 @@ class Daemon:
             self.alerts.close()
             if client is not None:
                 client.close()
-            if self.queue is not None:
-                with contextlib.suppress(Exception):  # a database that is down must not hide the first error
-                    self.queue.set_meta(self._status_key(), None)
-                self.queue.close()
+            ours = lock is None or lock.fd is not None  # a daemon refused the lock must not clear the holder's
+            if ours and not isinstance(self.failure, DatabaseReplaced):
+                self._safely(lambda: queue.set_meta(self._status_key(), None))
+            queue.close()
             if lock is not None:
                 lock.release()
-            log.info("daemon_stopped")
+            log.info("daemon_stopped", error=str(self.failure) if self.failure else None)
+        if self.failure is not None:
+            raise self.failure
+
+    def _open_queue(self) -> JobQueue | None:
+        """Open the state database, checked; a full disk is waited out (None: stopped meanwhile)."""
+        tries = 0
+        while True:
+            try:
+                return queue_for(self.config, new_database=self.new_database, verify=True)
+            except StorageFull as exc:
+                tries += 1
+                log.error("state_db_full", error=str(exc), retry_in=min(30.0, 2.0 * tries))
+                sd_notify(f"EXTEND_TIMEOUT_USEC={int(40e6)}\nSTATUS=waiting for space: {exc}")
+                if self.stop.wait(min(30.0, 2.0 * tries)):
+                    return None
+
+    def _until_written(self, step: Callable[[], None], what: str) -> bool:
+        """Run a step that writes, waiting out a full disk (False: stopped meanwhile)."""
+        tries = 0
+        while True:
+            try:
+                step()
+                return True
+            except StorageFull as exc:
+                tries += 1
+                log.error("state_db_full", error=str(exc), step=what, retry_in=min(30.0, 2.0 * tries))
+                sd_notify(f"EXTEND_TIMEOUT_USEC={int(40e6)}\nSTATUS=waiting for space: {exc}")
+                if self.stop.wait(min(30.0, 2.0 * tries)):
+                    return False
+
+    def _safely(self, step: Callable[[], None]) -> None:
+        """A step of the main loop (status publishing, meta writes) that must never stop the daemon."""
+        try:
+            step()
+        except StorageFull as exc:
+            if self.storage is not None:
+                self.storage.trip(exc)
+        except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: the daemon waits for it
+            log.warning("database_unavailable", step=getattr(step, "__name__", "step"), error=str(exc))
+            sd_notify("STATUS=waiting for the state database")
+        except (StudioWatchError, OSError, sqlite3.Error) as exc:
+            log.warning("main_loop_step_failed", step=getattr(step, "__name__", "step"), error=str(exc))
 
     def _acquire(self, lock: DaemonLock) -> bool:
         """Take the database (False: stopped first). While a lone `studio-watch upload` works on it, wait for it
@@ -202,6 +270,10 @@ class Daemon:
         recovered = queue.recover()
         if not queue.shared:  # a cluster's pause is the cluster's: a node joining it does not lift it
             queue.set_meta(PAUSE_KEY, None)
+        clamped = queue.clamp_times(queue.now(), self._max_wait())
+        if clamped:
+            log.warning("clock_times_clamped", jobs=clamped,
+                        reason="times in the database lay in the future (the clock was wrong when they were written)")
         log.info("daemon_started", pid=os.getpid(), state_db=queue.where, node=self.config.node_name,
                  folders=len(self.config.folders), workers=self.config.workers, recovered=len(recovered),
                  **{f"recovered_{s.value}": sum(1 for j in recovered if j.state is s)
@@ -212,12 +284,12 @@ class Daemon:
             return None
         from studio_watch.daemon.metrics import Metrics, MetricsServer
 
-        metrics = Metrics(queue, lambda: self.pause.paused,
-                          [str(f.path) for f in self.config.folders if f.expect is not None],
-                          node=self.config.node_name if queue.shared else None)
+        metrics = Metrics(queue, self._paused, [str(f.path) for f in self.config.folders if f.expect is not None],
+                          node=self.config.node_name if queue.shared else None, folders=self._folder_states)
         self.activity.listeners.append(metrics.on_event)
         server = MetricsServer(self.config.metrics.listen, metrics, self.healthy,
-                               lambda: self.ready.is_set() and not self.pause.paused)
+                               lambda: self.ready.is_set() and not self._paused(),
+                               detail=self._degraded)
         server.start()
         log.info("metrics_listening", listen=self.config.metrics.listen)
         return server
@@ -247,28 +319,82 @@ class Daemon:
 
     def _main_loop(self) -> None:
         interval = watchdog_interval()
-        last_status, last_publish = "", 0.0
+        last_status, last_publish, last_identity, last_clamp, last_beat = "", 0.0, 0.0, time.monotonic(), 0.0
+        wall_minus_mono = time.time() - time.monotonic()
         while not self.stop.wait(min(interval or 1.0, 1.0)):
+            now = time.monotonic()
+            if now - last_identity >= IDENTITY_EVERY:
+                last_identity = now
+                try:
+                    self.queue.check_same_file()  # type: ignore[union-attr]
+                except DatabaseReplaced as exc:
+                    log.error("state_db_replaced", error=str(exc))
+                    self.failure = exc
+                    self.stop.set()
+                    break
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
             self.watcher.restart_dead()
+            self.watcher.check_folders()
+            self.watcher.check_watches()
+            if self.folder_locks is not None and now - last_beat >= BEAT_SECONDS:
+                last_beat = now
+                for folder in self.folder_locks.beat():
+                    log.error("folder_lock_lost", folder=str(folder))
             if interval and self.healthy():
                 sd_notify("WATCHDOG=1")
-            try:
-                if self.queue is not None and self.queue.shared:
-                    self.pause.follow_shared()
-                if time.monotonic() - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
-                    self._publish()
-                    last_publish = time.monotonic()
+            step = time.time() - now - wall_minus_mono  # the wall clock moved against the monotonic one
+            if abs(step) > 5.0 or now - last_clamp >= CLAMP_EVERY:
+                if abs(step) > 5.0:
+                    log.warning("clock_stepped", seconds=round(step, 1))
+                wall_minus_mono, last_clamp = time.time() - now, now
+                self._safely(self._clamp)
+            if self.queue is not None and self.queue.shared:
+                self._safely(self.pause.follow_shared)
+            if now - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
+                self._safely(self._publish)
+                last_publish = now
+                try:
                     status = self.status_line()
-                    if status != last_status:
-                        sd_notify(f"STATUS={status}")
-                        last_status = status
-            except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: the daemon waits for it
-                log.warning("database_unavailable", error=str(exc))
-                sd_notify("STATUS=waiting for the state database")
+                except DatabaseUnavailable:
+                    status = "waiting for the state database"
+                except (StudioWatchError, sqlite3.Error) as exc:
+                    status = f"state database unreadable: {exc}"
+                if status != last_status:
+                    sd_notify(f"STATUS={status}")
+                    last_status = status
             self._alert_on_long_pause()
+            self._alert_on_folders()
+
+    def _clamp(self) -> None:
+        if self.queue is not None and self.queue.clamp_times(self.queue.now(), self._max_wait()):
+            self.wake.set()
+            self.kick_settler.set()
+
+    def _max_wait(self) -> float:
+        """The longest wait a job may be given (a Retry-After is capped at retry.max_seconds)."""
+        return self.config.retry.max_seconds + 60.0
+
+    def _storage_changed(self) -> None:
+        """The state database's disk filled or has room again; once it has, look for the files found meanwhile
+        (they could not be recorded)."""
+        self.wake.set()
+        if self.storage is not None and not self.storage.paused and getattr(self, "watcher", None) is not None:
+            self.watcher.scan_all()
+
+    def _paused(self) -> bool:
+        return self.pause.paused or (self.storage is not None and self.storage.paused)
+
+    def _degraded(self) -> list[str]:
+        """What is wrong without being fatal, one line each (for /healthz and `status`)."""
+        lines = self.watcher.degraded() if getattr(self, "watcher", None) is not None else []
+        if self.storage is not None and self.storage.paused:
+            lines.append(f"queue paused: {self.storage.reason}")
+        return lines
+
+    def _folder_states(self) -> list[dict[str, Any]]:
+        return self.watcher.folder_status()
 
     def healthy(self) -> bool:
         """Observers and rescanner alive, every thread alive, and no worker stuck (no heartbeat for too long)."""
@@ -286,9 +412,12 @@ class Daemon:
         waiting = counts["settling"] + counts["ready"]
         busy = sum(1 for job in self.busy.values() if job is not None)
         paused = f"paused: {self.pause.reason}; " if self.pause.paused else ""
+        if self.storage is not None and self.storage.paused:
+            paused += f"paused: {self.storage.reason}; "
         closed = "" if self.schedule.open() else "outside upload hours; "
+        degraded = "".join(f"; {line}" for line in self.watcher.degraded())
         return (f"{paused}{closed}uploading {busy}, {waiting} waiting, {counts['completed']} completed, "
-                f"{counts['failed']} failed")
+                f"{counts['failed']} failed{degraded}")
 
     def _publish(self) -> None:
         """A snapshot for `status` (another process): folders, live transfers, schedule."""
@@ -298,7 +427,8 @@ class Daemon:
                           "seconds": round(time.monotonic() - t.started, 1)} for t in self.activity.transfers.values()]
         snapshot = {"pid": os.getpid(), "at": time.time(), "folders": self.watcher.folder_status(),
                     "transfers": transfers, "healthy": self.healthy(), "upload_window_open": self.schedule.open(),
-                    "uploaded_bytes": self.activity.uploaded_bytes}
+                    "uploaded_bytes": self.activity.uploaded_bytes,
+                    "storage_paused": self.storage.reason if self.storage is not None else None}
         if self.expectations is not None:
             snapshot["timetables"] = self.expectations.snapshot()
         snapshot["node"] = self.config.node_name
@@ -335,6 +465,18 @@ class Daemon:
         if kind == "job_failed":
             self.alerts.send("job_failed", **data)
 
+    def _alert_on_folders(self) -> None:
+        """Alert on a folder unavailable past notify.folder_missing_after_seconds, and again when it is back."""
+        unavailable = self.watcher.unavailable
+        for path in list(self._folder_alerted - set(unavailable)):
+            self._folder_alerted.discard(path)
+            self.alerts.send("folder_available", folder=str(path), resolved=True)
+        for path, gone in list(unavailable.items()):
+            if path not in self._folder_alerted and \
+                    time.time() - gone.since >= self.config.notify.folder_missing_after_seconds:
+                self._folder_alerted.add(path)
+                self.alerts.send("folder_unavailable", folder=str(path), reason=gone.reason, since=gone.since)
+
     def _alert_on_long_pause(self) -> None:
         since = self.pause.since if self.pause.paused else None
         if since is None:
@@ -358,7 +500,12 @@ class Daemon:
             found = [f for f in found if _changed(known.get(os.fsencode(f.path)), f.stat)]
         if not found:
             return
-        created = self.queue.observe([to_seen(f, self.watcher.local_clock(f.rule)) for f in found])
+        try:
+            created = self.queue.observe([to_seen(f, self.watcher.local_clock(f.rule)) for f in found])
+        except StorageFull as exc:  # the next rescan finds them again
+            if self.storage is not None:
+                self.storage.trip(exc)
+            return
         for job_id, seen in created:
             log.info("file_found", job_id=job_id, path=show_path(seen.path), kind=seen.kind, bytes=seen.size)
         self.kick_settler.set()
@@ -370,6 +517,10 @@ class Daemon:
                 next_due = self.settle_once()
             except DatabaseUnavailable as exc:
                 log.warning("database_unavailable", during="settle", error=str(exc))
+                next_due = time.time() + 1.0
+            except StorageFull as exc:
+                if self.storage is not None:
+                    self.storage.trip(exc)
                 next_due = time.time() + 1.0
             except Exception:
                 log.exception("settle_failed")
@@ -385,7 +536,8 @@ class Daemon:
         batch: list[tuple[Job, Settled, tuple[str, dict[str, Any]] | None]] = []
         now = self.queue.now() if now is None else now
         for job in self.queue.settling():
-            due: float | None = (job.stable_since or now) + job.settle_seconds
+            # a settle clock in the future was written under a clock since stepped back: counted from now
+            due: float | None = min(job.stable_since or now, now) + job.settle_seconds
             if due is not None and due <= now:
                 change, due, event = self._settle(job, now)
                 batch.append((job, change, event))
@@ -445,6 +597,13 @@ class Daemon:
             why = f"file is {st.st_size:,} bytes; Studio accepts at most {cfg.MAX_UPLOAD_BYTES:,} (10 GB)"
             self.activity.failure("too_large")
             return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
+        if job.kind == "file":
+            media_id = marks.uploaded_as(job.path, st, job.collection_id, job.user_id,
+                                         same_inode_only=job.duplicates == "upload")
+            if media_id is not None:  # uploaded before, by a database that is gone: never twice
+                return ({"state": State.SKIPPED, "reason": "already uploaded (marked on the file)",
+                         "media_id": media_id}, None,
+                        ("job_skipped", {**about, "reason": "already_uploaded", "media_id": media_id}))
         rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
         folder, path = Path(job.folder or rule.path), Path(job.path)
         title = logs.title_text(cfg.render(rule.title, path, folder, st.st_size, st.st_mtime))
@@ -491,6 +650,9 @@ class Daemon:
             except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: wait for it, quietly
                 log.warning("database_unavailable", worker=name, error=str(exc))
                 self.stop.wait(1.0)
+            except StorageFull as exc:  # the job stays claimed: released when the disk has room again
+                assert self.storage is not None
+                self.storage.trip(exc, self.busy.get(name))
             except Exception:  # the database or a bug: log, breathe, go on; the job stays claimed until restart
                 log.exception("worker_error", worker=name)
                 self.stop.wait(1.0)
@@ -503,8 +665,8 @@ class Daemon:
         try:
             # Looked at with the turn in hand: waiting for one can take a while, and a pause or the end of the
             # upload hours may have come meanwhile.
-            paused = self.pause.paused
-            closed_for = max(self._not_before - time.time(), self.schedule.seconds_until_open())
+            paused = self._paused()
+            closed_for = max(self._not_before - time.monotonic(), self.schedule.seconds_until_open())
             if not paused and closed_for <= 0:
                 jobs = self.queue.claim(owner)
                 for job in jobs:
@@ -513,7 +675,11 @@ class Daemon:
         finally:
             self.turns.end(name)
         if paused:
-            self.pause.wait_resumed(1.0)
+            if self.pause.paused:
+                self.pause.wait_resumed(1.0)
+            else:
+                self.wake.wait(1.0)
+                self.wake.clear()
         elif closed_for > 0:
             self.stop.wait(min(closed_for, 10.0))
         elif not jobs:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fnmatch
 import json
 import os
 import stat
@@ -25,7 +24,7 @@ from studio_watch import config as cfg, logs
 from studio_watch.errors import AuthError, StudioError, StudioWatchError, TransientError
 from studio_watch.studio.client import IMPORT_PATH, StudioClient
 from studio_watch.files import sources
-from studio_watch.files.watcher import classify, filesystem_type, is_network_fs, rule_for
+from studio_watch.files.watcher import classify, count_dirs, filesystem_type, is_network_fs, rule_for
 from studio_watch.files.writers import after_upload_quiet, unseen_message
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -151,19 +150,6 @@ def _check_move_to(where: str, rule: cfg.FolderRule) -> Check:
         return Check("move_to", WARN, f"{where}: move_to {rule.move_to} is on another filesystem: every move "
                      "copies the whole file")
     return Check("move_to", OK, f"{where}: move_to {rule.move_to} is writable")
-
-
-def count_dirs(rule: cfg.FolderRule, limit: int) -> int:
-    """Directories an inotify observer watches for this folder (stops counting past `limit`)."""
-    if not rule.recursive:
-        return 1
-    count = 0
-    for _, dirs, _ in os.walk(rule.path):
-        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatchcase(d, p) for p in rule.exclude)]
-        count += 1
-        if count > limit:
-            break
-    return count
 
 
 def effective_observer(config: cfg.Config, rule: cfg.FolderRule, mountinfo: str = MOUNTINFO) -> str:

@@ -17,7 +17,7 @@ import structlog
 
 from studio_watch.private import private_dir
 from studio_watch import config as cfg
-from studio_watch.errors import AuthError, DatabaseLocked, StudioError
+from studio_watch.errors import AuthError, DatabaseLocked, StudioError, StudioWatchError
 from studio_watch.queue import Job, JobQueue
 from studio_watch.daemon.pipeline import Observer, backoff
 from studio_watch.studio.client import StudioClient
@@ -47,8 +47,11 @@ class DaemonLock:
             pid, role = self.holder(fd)
             os.close(fd)
             raise DatabaseLocked(str(self.path)[:-5], pid, role) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {self.role}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {self.role}\n".encode())
+        except OSError as exc:  # a full disk: the lock holds all the same, only `status` cannot name the pid
+            log.warning("lock_file_not_written", path=str(self.path), error=exc.strerror)
         self.fd = fd
 
     @staticmethod
@@ -112,7 +115,7 @@ class PauseSwitch:
                 return
             self.reason, self.since = reason, time.time()
             self._resumed.clear()
-            self.queue.set_meta(PAUSE_KEY, json.dumps({"reason": reason, "since": self.since}))
+            self._record(json.dumps({"reason": reason, "since": self.since}))
         log.error("queue_paused", reason=reason)
         self._tripped.set()
 
@@ -122,7 +125,7 @@ class PauseSwitch:
                 return
             paused_for = time.time() - (self.since or time.time())
             self.reason = self.since = None
-            self.queue.set_meta(PAUSE_KEY, None)
+            self._record(None)
             self._resumed.set()
         log.info("queue_resumed", paused_seconds=round(paused_for, 1))
 
@@ -146,6 +149,13 @@ class PauseSwitch:
             self._tripped.set()
         else:
             log.info("queue_resumed", paused_seconds=round(paused_for, 1), by="another node")
+
+    def _record(self, value: str | None) -> None:
+        """The pause for `status`; a database that cannot be written (disk full) must not stop the pause."""
+        try:
+            self.queue.set_meta(PAUSE_KEY, value)
+        except StudioWatchError as exc:
+            log.warning("pause_not_recorded", error=str(exc))
 
     def wait_resumed(self, timeout: float) -> bool:
         return self._resumed.wait(timeout)

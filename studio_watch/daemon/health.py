@@ -26,10 +26,13 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the daemon is healthy, 1 (with a one-line reason on stderr) when it is not."""
     config = cfg.load(cfg.config_path(getattr(args, "config", None)))
+    degraded: list[str] = []
     if config.metrics.listen:
-        healthy, reason = check_http(healthz_url(config.metrics.listen))
+        healthy, reason = check_http(healthz_url(config.metrics.listen), degraded=degraded)
     else:
         healthy, reason = check_lock(config)
+    for line in degraded:  # healthy all the same (a missing folder must not get the container restarted)
+        print(f"studio-watch: {line}", file=sys.stderr)
     if not healthy:
         print(f"studio-watch: unhealthy: {reason}", file=sys.stderr)
         return EXIT_UNHEALTHY
@@ -44,8 +47,8 @@ def healthz_url(listen: str) -> str:
     return f"http://{shown}:{port}/healthz"
 
 
-def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
-    """(True, "") on a 200 from `url`, else (False, why)."""
+def check_http(url: str, timeout: float = TIMEOUT_SECONDS, degraded: list[str] | None = None) -> tuple[bool, str]:
+    """(True, "") on a 200 from `url`, else (False, why); the body's "degraded: ..." lines go to `degraded`."""
     from studio_watch.studio.proxies import Proxies
     from studio_watch.studio.transport import Pool
 
@@ -57,6 +60,8 @@ def check_http(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
         return False, f"{url}: {exc}"
     finally:
         pool.close()
+    if degraded is not None:
+        degraded.extend(line for line in reply.text.splitlines() if line.startswith("degraded: "))
     if reply.status_code == 200:
         return True, ""
     return False, f"{url} answered {reply.status_code}"

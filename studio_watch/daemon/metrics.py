@@ -34,9 +34,10 @@ READ_TIMEOUT_SECONDS = 10.0
 class QueueCollector(Collector):
     """Reads the job counts, the pause flag and the oldest waiting job when Prometheus scrapes."""
 
-    def __init__(self, queue: JobQueue, paused: Callable[[], bool], node: str | None = None) -> None:
+    def __init__(self, queue: JobQueue, paused: Callable[[], bool], node: str | None = None,
+                 folders: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         """Remember where to read from; start the single reader thread lazily."""
-        self.queue, self.paused = queue, paused
+        self.queue, self.paused, self.folders = queue, paused, folders
         self.labels, self.values = (["node"], [node]) if node else ([], [])
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-reader")
 
@@ -56,12 +57,24 @@ class QueueCollector(Collector):
             family = GaugeMetricFamily(name, text, labels=self.labels)
             family.add_metric(self.values, value)
             yield family
+        if self.folders is not None:
+            available = GaugeMetricFamily("studio_watch_folder_available", "1 while the watched folder is there "
+                                          "and watched by this daemon; 0 while it is missing or held by another "
+                                          "daemon.", labels=["folder", *self.labels])
+            polled = GaugeMetricFamily("studio_watch_folder_polling_fallback", "1 while the folder is polled "
+                                       "because inotify could not watch it (watch limit, probe failed).",
+                                       labels=["folder", *self.labels])
+            for folder in self.folders():
+                available.add_metric([folder["path"], *self.values], 1.0 if folder["available"] else 0.0)
+                polled.add_metric([folder["path"], *self.values], 1.0 if folder.get("polling_reason") else 0.0)
+            yield available
+            yield polled
 
     def _read(self) -> tuple[dict[str, int], float]:
         """Counts per state and the oldest waiting job's age (runs on the reader thread)."""
         counts = self.queue.counts()
         oldest = self.queue.oldest_waiting()
-        age = max(0.0, time.time() - oldest.created_at) if oldest is not None else 0.0
+        age = max(1.0, time.time() - oldest.created_at) if oldest is not None else 0.0  # a waiting job waits
         return counts, age
 
     def close(self) -> None:
@@ -73,7 +86,7 @@ class Metrics:
     """Every metric studio-watch exports, in its own registry."""
 
     def __init__(self, queue: JobQueue, paused: Callable[[], bool], expect_folders: Iterable[str] = (),
-                 node: str | None = None) -> None:
+                 node: str | None = None, folders: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         """Create the registry, the counters and histogram, and the scrape-time queue collector. `node`: a
         cluster member's name, carried as a `node` label by every series (none on a single machine)."""
         self.registry = CollectorRegistry(auto_describe=False)
@@ -92,7 +105,7 @@ class Metrics:
                                           registry=self.registry)
         for folder in expect_folders:  # a series from the start, so a rate() sees the first one
             self.recordings_missing.labels(folder=folder, **self._node)
-        self.queue_collector = QueueCollector(queue, paused, node)
+        self.queue_collector = QueueCollector(queue, paused, node, folders)
         self.registry.register(self.queue_collector)
 
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -126,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._metrics()
         elif path == "/healthz":
-            self._probe(self.server.healthy)
+            self._probe(self.server.healthy, self.server.detail)
         elif path == "/readyz":
             self._probe(self.server.ready)
         else:
@@ -142,16 +155,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
 
-    def _probe(self, check: Callable[[], bool]) -> None:
-        """200 "ok" when `check()` is true, 503 otherwise (also when it raises)."""
+    def _probe(self, check: Callable[[], bool], detail: Callable[[], list[str]] | None = None) -> None:
+        """200 "ok" when `check()` is true, 503 otherwise (also when it raises); then one line per thing that is
+        degraded without being fatal (a missing folder, a folder polled past the inotify limit)."""
         try:
             good = bool(check())
         except Exception:
             good = False
+        try:
+            lines = "".join(f"degraded: {line}\n" for line in (detail() if detail else []))
+        except Exception:
+            lines = ""
         if good:
-            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+            self._send(HTTPStatus.OK, f"ok\n{lines}".encode(), "text/plain; charset=utf-8")
         else:
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"unavailable\n", "text/plain; charset=utf-8")
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"unavailable\n{lines}".encode(), "text/plain; charset=utf-8")
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         """One complete response with a Content-Length."""
@@ -172,10 +190,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], metrics: Metrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool], family: int) -> None:
+                 ready: Callable[[], bool], family: int, detail: Callable[[], list[str]] | None = None) -> None:
         """Bind with the right address family (IPv6 for a host with a colon)."""
         self.address_family = family
-        self.metrics, self.healthy, self.ready = metrics, healthy, ready
+        self.metrics, self.healthy, self.ready, self.detail = metrics, healthy, ready, detail
         super().__init__(address, _Handler)
 
 
@@ -196,7 +214,7 @@ class MetricsServer:
     """Serves `metrics` and the two probes on `listen` ("HOST:PORT", port 0 picks a free one)."""
 
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], detail: Callable[[], list[str]] | None = None) -> None:
         """Bind now, so a taken port fails at startup (StudioWatchError, exit 1); serve after start()."""
         import socket
 
@@ -204,7 +222,7 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.metrics = metrics
         try:
-            self._server = _Server((host, port), metrics, healthy, ready, family)
+            self._server = _Server((host, port), metrics, healthy, ready, family, detail)
         except OSError as exc:
             raise StudioWatchError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
         self._thread: threading.Thread | None = None

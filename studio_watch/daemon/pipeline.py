@@ -19,11 +19,11 @@ from typing import Any, Callable, Protocol
 import structlog
 
 from studio_watch import logs
-from studio_watch.files import sources
+from studio_watch.files import marks, sources
 from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from studio_watch.errors import (AuthError, CaptionsDisabled, DatabaseUnavailable, LeaseLost, MediaNotFound, PermanentError,
-                                 SourceChanged, SourceUnreadable, SourceVanished, Stopping, StudioError, TransientError,
-                                 UploadUrlExpired)
+                                 SourceChanged, SourceUnreadable, SourceVanished, Stopping, StorageFull, StudioError,
+                                 TransientError, UploadUrlExpired)
 from studio_watch.queue import Job, JobQueue, State, Step, Verdict
 from studio_watch.studio.client import StudioClient
 
@@ -155,6 +155,8 @@ class Pipeline:
             self._resettle(job, exc)
         except StudioError as exc:  # anything the client did not classify more precisely
             self._reschedule(self._fresh(job), exc)
+        except StorageFull:  # no write can succeed now: the worker pauses the queue, the job stays claimed
+            raise
         except Exception as exc:  # a bug must not kill the worker or lose the job
             log.exception("job_crashed", job_id=job.id, path=job.display_path)
             self._reschedule(self._fresh(job), exc)
@@ -327,6 +329,8 @@ class Pipeline:
         job = self._step(job, self.queue.complete(job, transcoding_status=status, at=at, release=keep),
                          state=State.COMPLETED, transcoding_status=status, last_error=None, completed_at=at,
                          **({"after_done": True, "claimed_by": None} if keep else {}))
+        if keep and job.path is not None:  # a memory of the upload on the file itself, should the database be lost
+            marks.record(job.path, job.media_id, job.size, job.mtime_ns, job.inode, job.collection_id, job.user_id)
         log.info("upload_completed", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=job.size,
                  title=title, already_completed=media is None, captions_skipped=job.captions_skipped)
         return job

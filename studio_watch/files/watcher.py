@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 LINK_SUFFIXES = (".url", ".webloc")
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
                         "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
+MOUNTINFO = "/proc/self/mountinfo"
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
 # What the kernel is asked to report: a file appearing, being renamed in, written, closed after writing, or
 # deleted. Writes only mark the file as being written (files/writers.py), without a stat; never opens or reads:
@@ -133,27 +134,55 @@ def scan(rule: FolderRule) -> Iterator[Found]:
                 continue  # vanished between listing and stat: the next event or scan will tell
 
 
-def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The filesystem type of the mount holding `path`, from /proc/self/mountinfo (None if unknown)."""
+def mounts(mountinfo: str = MOUNTINFO) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount, from /proc/self/mountinfo (empty if unreadable)."""
     try:
         lines = Path(mountinfo).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, best_type = "", None
+        return []
+    found = []
     for line in lines:
         fields = line.split()
         if " - " not in line or len(fields) < 5:
             continue
         mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040 is a space
-        fs_type = line.split(" - ", 1)[1].split()[0]
+        found.append((mount_point, line.split(" - ", 1)[1].split()[0]))
+    return found
+
+
+def filesystem_type(path: Path, mountinfo: str = MOUNTINFO) -> str | None:
+    """The filesystem type of the mount holding `path`, from /proc/self/mountinfo (None if unknown)."""
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for mount_point, fs_type in mounts(mountinfo):
         if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
             best, best_type = mount_point, fs_type
     return best_type
 
 
+def network_mounts_under(path: Path, mountinfo: str = MOUNTINFO) -> list[tuple[Path, str]]:
+    """Network filesystems mounted strictly inside `path` (a recursive folder polls those, whatever it uses)."""
+    root = os.path.realpath(path).rstrip("/") + "/"
+    return sorted({(Path(m), t) for m, t in mounts(mountinfo) if m.startswith(root) and is_network_fs(t)})
+
+
+def count_dirs(rule: FolderRule, limit: int) -> int:
+    """Directories an inotify observer watches for this folder (stops counting past `limit`)."""
+    if not rule.recursive:
+        return 1
+    count = 0
+    for _, dirs, _ in os.walk(rule.path):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatchcase(d, p) for p in rule.exclude)]
+        count += 1
+        if count > limit:
+            break
+    return count
+
+
 def is_network_fs(fs_type: str | None) -> bool:
     return fs_type is not None and (fs_type in NETWORK_FS or fs_type.startswith("fuse"))
+
+
 
 
 class _Handler(FileSystemEventHandler):
@@ -182,30 +211,57 @@ class _Handler(FileSystemEventHandler):
             return
         if event.is_directory:
             if kind in ("created", "moved") and self.rule.recursive:
+                self.watcher.dirs_appeared.add(self.rule.path)  # its watches are counted again
                 self.watcher.scan_folder(self.rule, path)  # files moved in with a directory make no events
             return
         self.watcher.report_path(self.rule, path)
 
 
+@dataclass
+class Unavailable:
+    """A folder not watched right now, why, and since when (wall clock, for humans and alerts)."""
+
+    reason: str
+    since: float
+
+
 class Watcher:
-    """Observers for every folder, the startup scan and the periodic rescan."""
+    """Observers for every folder, the startup scan and the periodic rescan.
+
+    A folder that is missing (a late or lost mount), not a directory any more, or owned by another daemon
+    (`claim` says so) is not watched: it is reported in `unavailable`, and `check_folders`, called about once a
+    second, picks it up (watch + scan) as soon as it is there, and notices one that went away or was mounted
+    over (its st_dev/st_ino changed)."""
 
     def __init__(self, rules: Iterable[FolderRule], observer: str, rescan_seconds: float,
-                 on_found: Callable[[list[Found], bool], None], stop: threading.Event) -> None:
+                 on_found: Callable[[list[Found], bool], None], stop: threading.Event,
+                 claim: Callable[[FolderRule], str | None] | None = None,
+                 release: Callable[[FolderRule], None] | None = None, mountinfo: str = MOUNTINFO) -> None:
         self.rules = tuple(rules)
         self.observer_setting = observer
         self.rescan_seconds = rescan_seconds
         self.on_found = on_found
         self.stop = stop
+        self.claim = claim or (lambda rule: None)
+        self.release = release or (lambda rule: None)
+        self.mountinfo = mountinfo
         self.observers: dict[str, BaseObserver] = {}
         self.kinds: dict[Path, str] = {}
         self.watches: dict[Path, Any] = {}
+        self.extra: dict[Path, list[tuple[Path, Any]]] = {}  # network mounts inside a recursive folder: polled
+        self.identity: dict[Path, tuple[int, int]] = {}  # st_dev, st_ino of each watched folder when scheduled
+        self.unavailable: dict[Path, Unavailable] = {}
+        self.polling_reason: dict[Path, str] = {}  # folders polled instead of inotify, and why
+        self.warnings: dict[Path, str] = {}  # what the operator should know about a folder's watch
+        self.dirs_appeared: set[Path] = set()
+        self.mount_points: set[Path] = set()  # folders seen as mount points: unmounted, they are unavailable
         self.probes: dict[str, threading.Event] = {}
         self.forced_polling: set[Path] = set()
         self.probe_seconds = PROBE_SECONDS
         self.last_scan: dict[Path, float] = {}
         self.writers = OpenWriters()
         self._unseen_said: set[Path] = set()
+        self._lock = threading.RLock()
         self._rescanner: threading.Thread | None = None
 
     def local_clock(self, rule: FolderRule) -> bool:
@@ -225,21 +281,125 @@ class Watcher:
     def observer_kind(self, rule: FolderRule) -> str:
         if self.observer_setting != "auto":
             return self.observer_setting
-        if rule.path in self.forced_polling or is_network_fs(filesystem_type(rule.path)):
+        if rule.path in self.forced_polling or is_network_fs(filesystem_type(rule.path, self.mountinfo)):
             return "polling"
         return "inotify"
+
+    def active(self) -> list[FolderRule]:
+        return [rule for rule in self.rules if rule.path in self.kinds]
 
     def start(self) -> None:
         """Start observing, then scan every folder once (files that arrived while we were down)."""
         for rule in self.rules:
-            self._schedule(rule)
-        for observer in self.observers.values():
-            observer.start()
+            self._activate(rule)
         if self.observer_setting == "auto":
             self._self_test([rule for rule in self.rules if self.kinds.get(rule.path) == "inotify"])
+        self.check_watches(force=True)
         self.scan_all(full=True)
         self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
         self._rescanner.start()
+
+    # -- folders coming and going ----------------------------------------------------------------------------
+
+    def _activate(self, rule: FolderRule) -> bool:
+        """Watch `rule`'s folder if it is there and ours; else record why not. True when it is now watched."""
+        try:
+            st = os.stat(rule.path)
+            reason = None if stat.S_ISDIR(st.st_mode) else "not a directory"
+        except FileNotFoundError:
+            reason = "missing"
+        except OSError as exc:
+            reason = f"cannot be read: {exc.strerror}"
+        if reason is None and os.path.ismount(rule.path):
+            self.mount_points.add(rule.path)
+        elif reason is None and rule.path in self.mount_points:
+            reason = "not mounted (the empty mount point is there; it was a mount point)"
+        if reason is None:
+            reason = self.claim(rule)
+        if reason is not None:
+            self._mark_unavailable(rule, reason)
+            return False
+        self.identity[rule.path] = (st.st_dev, st.st_ino)
+        self._schedule(rule)
+        gone = self.unavailable.pop(rule.path, None)
+        if gone is not None:
+            log.info("folder_available", folder=str(rule.path), was=gone.reason,
+                     unavailable_seconds=round(max(0.0, time.time() - gone.since), 1))
+        return True
+
+    def _mark_unavailable(self, rule: FolderRule, reason: str) -> None:
+        known = self.unavailable.get(rule.path)
+        if known is not None and known.reason == reason:
+            return
+        self.unavailable[rule.path] = Unavailable(reason, known.since if known else time.time())
+        if reason == "missing":
+            log.error("folder_missing", folder=str(rule.path),
+                      message="the watched folder does not exist (a late or lost mount?); the others go on, and "
+                              "this one is watched as soon as it appears")
+        elif reason.startswith("watched by another"):
+            log.error("folder_held_elsewhere", folder=str(rule.path), reason=reason)
+        else:
+            log.error("folder_unavailable", folder=str(rule.path), reason=reason)
+
+    def check_folders(self) -> None:
+        """Notice folders that went away (or were mounted over) and pick up ones that are back. Cheap: one stat
+        per folder; about once a second."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.path in self.kinds:
+                    try:
+                        st = os.stat(rule.path)
+                        now = (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+                    except OSError:
+                        now = None
+                    if now == self.identity.get(rule.path):
+                        continue
+                    self._unschedule(rule.path)
+                    self.release(rule)
+                    if now is None:
+                        self._mark_unavailable(rule, "missing")
+                        continue
+                    log.warning("folder_replaced", folder=str(rule.path),
+                                reason="another filesystem was mounted on it, or it was recreated")
+                if self._activate(rule):
+                    self.scan_folder(rule, str(rule.path), is_scan=True)
+
+    # -- inotify limits ----------------------------------------------------------------------------------------
+
+    def check_watches(self, force: bool = False) -> list[Path]:
+        """Recursive inotify folders whose every subfolder is not watched (the watch limit was reached) switch to
+        polling. Runs at start, when directories appeared (`force` or `dirs_appeared`). Returns the switched."""
+        from studio_watch.files import inotify_limits
+
+        with self._lock:
+            todo = [r for r in self.rules if self.kinds.get(r.path) == "inotify" and r.recursive
+                    and (force or r.path in self.dirs_appeared)]
+            self.dirs_appeared.clear()
+            if not todo:
+                return []
+            watched = inotify_limits.held_watches()
+            if watched is None:
+                return []
+            switched = []
+            for rule in todo:
+                missing, young = inotify_limits.unwatched_dirs(rule.path, watched)
+                if young and not missing:
+                    self.dirs_appeared.add(rule.path)  # too soon to tell: again at the next look
+                if missing:
+                    limit = inotify_limits.watch_limit()
+                    self._fall_back(rule, f"inotify watch limit reached (fs.inotify.max_user_watches={limit}): "
+                                          f"{len(missing)}{'+' if len(missing) >= 100 else ''} subfolder(s) not "
+                                          f"watched, e.g. {missing[0]}")
+                    switched.append(rule.path)
+            return switched
+
+    def _fall_back(self, rule: FolderRule, reason: str) -> None:
+        """Poll this folder instead of inotify, saying why (loudly: the operator should raise the limit)."""
+        log.error("inotify_limit_reached", folder=str(rule.path), switched_to="polling", reason=reason,
+                  advice="raise it: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances), "
+                         "or set observer: polling")
+        self.polling_reason[rule.path] = reason
+        self._switch_to_polling(rule)
 
     def _self_test(self, rules: list[FolderRule]) -> None:
         """Write a hidden probe file into each inotify folder; where no event arrives, switch to polling.
@@ -267,6 +427,7 @@ class Watcher:
             if not seen:
                 log.warning("observer_probe_failed", folder=str(rule.path), switched_to="polling",
                             reason=f"inotify reported no event for a probe file within {self.probe_seconds} s")
+                self.polling_reason[rule.path] = "inotify reported no event for a probe file"
                 self._switch_to_polling(rule)
         for probe in written.values():
             self.probes.pop(probe, None)
@@ -275,53 +436,135 @@ class Watcher:
         self._unschedule(rule.path)
         self.forced_polling.add(rule.path)
         self._schedule(rule)
-        if not self.observers["polling"].is_alive():
-            self.observers["polling"].start()
+
+    def _observer(self, kind: str) -> BaseObserver:
+        """The observer of this kind, started (so that scheduling a watch raises its errors right there)."""
+        observer = self.observers.get(kind)
+        if observer is None:
+            observer = self.observers[kind] = PollingObserver(timeout=1.0) if kind == "polling" else Observer()
+            observer.daemon = True
+        if not observer.is_alive():
+            observer.start()
+        return observer
 
     def _schedule(self, rule: FolderRule) -> None:
         kind = self.observer_kind(rule)
-        if kind not in self.observers:
-            self.observers[kind] = PollingObserver(timeout=1.0) if kind == "polling" else Observer()
-            self.observers[kind].daemon = True
-        self.watches[rule.path] = self.observers[kind].schedule(_Handler(self, rule), str(rule.path),
-                                                                recursive=rule.recursive, event_filter=EVENTS)
+        fs = filesystem_type(rule.path, self.mountinfo)
+        if kind == "inotify" and is_network_fs(fs):
+            self.warnings[rule.path] = (f"observer: inotify on {fs}, a network filesystem: files written by other "
+                                        "machines wait for the rescan (set observer: auto or polling)")
+            log.warning("inotify_on_network_fs", folder=str(rule.path), filesystem=fs,
+                        message=self.warnings[rule.path])
+        if kind == "inotify" and rule.path not in self.polling_reason:
+            reason = self._over_limit(rule)
+            if reason is not None:
+                self.polling_reason[rule.path] = reason
+                log.error("inotify_limit_reached", folder=str(rule.path), switched_to="polling", reason=reason,
+                          advice="raise fs.inotify.max_user_watches, or set observer: polling")
+                self.forced_polling.add(rule.path)
+                kind = "polling"
+        try:
+            watch = self._observer(kind).schedule(_Handler(self, rule), str(rule.path), recursive=rule.recursive,
+                                                  event_filter=EVENTS)
+        except OSError as exc:
+            if kind != "inotify":
+                raise
+            # ENOSPC (watch limit) or EMFILE (instance limit), or the folder went away just now
+            self.polling_reason[rule.path] = f"inotify refused: {exc.strerror or exc}"
+            log.error("inotify_limit_reached", folder=str(rule.path), switched_to="polling", error=str(exc),
+                      advice="raise fs.inotify.max_user_watches / max_user_instances, or set observer: polling")
+            self.forced_polling.add(rule.path)
+            kind = "polling"
+            watch = self._observer(kind).schedule(_Handler(self, rule), str(rule.path), recursive=rule.recursive,
+                                                  event_filter=EVENTS)
+        self.watches[rule.path] = watch
         self.kinds[rule.path] = kind
-        if not self.observers[kind].is_alive() and self._rescanner is not None:
-            self.observers[kind].start()
+        if kind == "inotify" and rule.recursive:
+            self._schedule_network_mounts(rule)
         log.info("folder_watched", folder=str(rule.path), observer=kind, recursive=rule.recursive,
-                 collection_id=rule.collection_id, user_id=rule.user_id)
+                 collection_id=rule.collection_id, user_id=rule.user_id, polled_mounts=[
+                     str(p) for p, _ in self.extra.get(rule.path, [])] or None)
         if kind != "inotify" and rule.path not in self._unseen_said:
             self._unseen_said.add(rule.path)  # once per folder, not at every restart of its observer
             log.warning("open_writers_unseen", folder=str(rule.path), settle_seconds=rule.settle_seconds,
                         message=unseen_message(rule.settle_seconds))
 
+    def _over_limit(self, rule: FolderRule) -> str | None:
+        """Why this folder cannot have inotify (it needs more watches than are left), or None."""
+        from studio_watch.files import inotify_limits
+
+        limit = inotify_limits.watch_limit()
+        if limit is None or not rule.recursive:
+            return None
+        held = inotify_limits.held_watches()
+        needed = count_dirs(rule, limit)
+        if len(held or ()) + needed > limit:
+            return (f"needs {needed} inotify watches, {len(held or ())} already held, "
+                    f"fs.inotify.max_user_watches is {limit}")
+        return None
+
+    def _schedule_network_mounts(self, rule: FolderRule) -> None:
+        """Network filesystems mounted inside a recursive inotify folder are polled besides (inotify there sees
+        only this machine's writes); the inotify watch still covers the rest of the tree."""
+        for mount, fs in network_mounts_under(rule.path, self.mountinfo):
+            watch = self._observer("polling").schedule(_Handler(self, rule), str(mount), recursive=True,
+                                                       event_filter=EVENTS)
+            self.extra.setdefault(rule.path, []).append((mount, watch))
+            log.info("network_mount_polled", folder=str(rule.path), mount=str(mount), filesystem=fs)
+
     def _unschedule(self, path: Path) -> None:
         kind, watch = self.kinds.pop(path, None), self.watches.pop(path, None)
-        if kind is not None and watch is not None:
-            with contextlib.suppress(KeyError):  # already gone with its observer
-                self.observers[kind].unschedule(watch)
+        self.identity.pop(path, None)
+        extra = self.extra.pop(path, [])
+        for observer_kind, handle in [(kind, watch)] + [("polling", w) for _, w in extra]:
+            if observer_kind is not None and handle is not None and observer_kind in self.observers:
+                with contextlib.suppress(KeyError):  # already gone with its observer
+                    self.observers[observer_kind].unschedule(handle)
 
     def update_rules(self, rules: Iterable[FolderRule]) -> None:
         """Apply a reloaded config: stop watching removed folders, start on new or changed ones, scan those."""
-        new = {rule.path: rule for rule in rules}
-        old = {rule.path: rule for rule in self.rules}
-        for path, rule in old.items():
-            if new.get(path) != rule:
-                self._unschedule(path)
-                log.info("folder_unwatched", folder=str(path), reason="removed" if path not in new else "changed")
-        self.rules = tuple(new.values())
-        for path, rule in new.items():
-            if old.get(path) != rule:
-                self._schedule(rule)
-                self.scan_folder(rule, str(path), is_scan=True)
+        with self._lock:
+            new = {rule.path: rule for rule in rules}
+            old = {rule.path: rule for rule in self.rules}
+            for path, rule in old.items():
+                if new.get(path) != rule:
+                    self._unschedule(path)
+                    self.unavailable.pop(path, None)
+                    if path not in new:
+                        self.release(rule)
+                    log.info("folder_unwatched", folder=str(path), reason="removed" if path not in new else "changed")
+            self.rules = tuple(new.values())
+            for path, rule in new.items():
+                if old.get(path) != rule and self._activate(rule):
+                    self.scan_folder(rule, str(path), is_scan=True)
 
     def folder_status(self) -> list[dict[str, Any]]:
-        """Per folder: observer kind, whether its observer is alive, when it was last scanned."""
-        return [{"path": str(rule.path), "observer": self.kinds.get(rule.path),
-                 "alive": bool(self.kinds.get(rule.path) in self.observers
-                               and self.observers[self.kinds[rule.path]].is_alive()),
-                 "last_scan": self.last_scan.get(rule.path), "open_writers_seen": self.sees_writers(rule)}
-                for rule in self.rules]
+        """Per folder: observer kind, whether its observer is alive, when it was last scanned, whether it is
+        available (and if not, why and since when), why it is polled when inotify was wanted."""
+        result = []
+        for rule in self.rules:
+            kind = self.kinds.get(rule.path)
+            gone = self.unavailable.get(rule.path)
+            result.append({
+                "path": str(rule.path), "observer": kind,
+                "alive": bool(kind in self.observers and self.observers[kind].is_alive()),
+                "last_scan": self.last_scan.get(rule.path), "available": gone is None,
+                "unavailable_reason": gone.reason if gone else None, "unavailable_since": gone.since if gone else None,
+                "polling_reason": self.polling_reason.get(rule.path) if kind == "polling" else None,
+                "polled_mounts": [str(p) for p, _ in self.extra.get(rule.path, [])],
+                "warning": self.warnings.get(rule.path), "open_writers_seen": self.sees_writers(rule)})
+        return result
+
+    def degraded(self) -> list[str]:
+        """One short line per folder that is not watched as it should be (for STATUS= lines and /healthz)."""
+        lines = []
+        for rule in self.rules:
+            gone = self.unavailable.get(rule.path)
+            if gone is not None:
+                lines.append(f"folder {rule.path} {gone.reason}")
+            elif self.kinds.get(rule.path) == "polling" and rule.path in self.polling_reason:
+                lines.append(f"folder {rule.path} polled: {self.polling_reason[rule.path]}")
+        return lines
 
     def alive(self) -> bool:
         return all(o.is_alive() for o in self.observers.values()) and (
@@ -329,13 +572,15 @@ class Watcher:
 
     def restart_dead(self) -> bool:
         """Replace any observer thread that died, and rescan (its events are lost). True if one was restarted."""
-        dead = [kind for kind, o in self.observers.items() if not o.is_alive()]
-        for kind in dead:
-            log.error("observer_died", observer=kind)
-            del self.observers[kind]
-            for rule in self.rules:
-                if self.kinds.get(rule.path) == kind:
-                    self._schedule(rule)  # a fresh observer, started by _schedule
+        with self._lock:
+            dead = [kind for kind, o in self.observers.items() if not o.is_alive()]
+            for kind in dead:
+                log.error("observer_died", observer=kind)
+                del self.observers[kind]
+                for rule in self.rules:
+                    if self.kinds.get(rule.path) == kind or (kind == "polling" and rule.path in self.extra):
+                        self._unschedule(rule.path)
+                        self._activate(rule)  # a fresh observer, started by _schedule
         if dead:
             self.scan_all(full=True)
         return bool(dead)
@@ -355,6 +600,8 @@ class Watcher:
             quiet.setLevel(level)
         if self._rescanner is not None:
             self._rescanner.join(timeout=5)
+        for rule in self.rules:
+            self.release(rule)
 
     def report_path(self, rule: FolderRule, path: str) -> None:
         kind, _ = classify(rule, path)
@@ -380,16 +627,18 @@ class Watcher:
             self.last_scan[rule.path] = time.time()
 
     def scan_all(self, full: bool = False) -> int:
-        """Scan every folder and report everything found at once; returns the number of qualifying files."""
+        """Scan every watched folder and report everything found at once; returns the number of qualifying files.
+        Folders not watched right now (missing, owned elsewhere) are left out: they are scanned when they come."""
         started = time.monotonic()
         found: list[Found] = []
-        for rule in self.rules:
+        rules = self.active()
+        for rule in rules:
             found.extend(scan(rule))
         self.on_found(found, True)
         now = time.time()
-        for rule in self.rules:
+        for rule in rules:
             self.last_scan[rule.path] = now
-        log.debug("folders_scanned", folders=len(self.rules), files=len(found),
+        log.debug("folders_scanned", folders=len(rules), files=len(found),
                   seconds=round(time.monotonic() - started, 3))
         return len(found)
 

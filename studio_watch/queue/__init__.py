@@ -24,13 +24,16 @@ def is_postgres(state_db: str | Path) -> bool:
 
 
 def open_queue(state_db: str | Path, *, node: str = "local", password: str | None = None,
-               lease_seconds: float = DEFAULT_LEASE_SECONDS) -> JobQueue:
+               lease_seconds: float = DEFAULT_LEASE_SECONDS, new_database: bool = False,
+               verify: bool = False) -> JobQueue:
     """The queue at `state_db`. Raises DatabaseTooNew, DatabaseUnavailable (PostgreSQL), ConfigError (psycopg
-    is not installed)."""
+    is not installed); for a SQLite file DatabaseUnusable and StorageFull too. `new_database` and `verify` (the
+    daemon's `run --new-database`, its quick_check at start) concern a file: a PostgreSQL database is the
+    server's to keep whole and cannot be lost as a file can."""
     if is_postgres(state_db):
         from studio_watch.queue.postgres import PostgresQueue
 
         return PostgresQueue(str(state_db), node=node, password=password, lease_seconds=lease_seconds)
     from studio_watch.queue.sqlite import SqliteQueue
 
-    return SqliteQueue(Path(state_db))
+    return SqliteQueue(Path(state_db), new_database=new_database, verify=verify)

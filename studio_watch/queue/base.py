@@ -185,6 +185,21 @@ class JobQueue(abc.ABC):
         (UPLOAD, None), (DUPLICATE, the earlier media id) or (WAIT, None) while a copy is in flight. One
         transaction (serialised across nodes), so two copies never both go ahead."""
 
+    # -- the machine misbehaving (the daemon's main loop and its storage guard) --------------------------------
+
+    @abc.abstractmethod
+    def clamp_times(self, now: float, max_wait: float) -> int:
+        """Bring times written under a clock that was wrong back into reach: a wait longer than `max_wait`
+        becomes due `now`, a settle clock or creation time in the future becomes `now`. Returns the rows changed."""
+
+    def probe_write(self) -> None:
+        """One small durable write: raises StorageFull while the database's disk is still full."""
+        self.set_meta("write_probe", str(self.now()))
+
+    def check_same_file(self) -> None:
+        """Raise DatabaseReplaced when the database this queue has open is no longer the one its name points at
+        (a file deleted or replaced under the daemon). Nothing to check for a database that is not a file."""
+
     # -- operators ------------------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -269,7 +269,8 @@ class Settled:
 
 
 SETTLE_FACTS = frozenset({"size", "mtime_ns", "inode", "device", "stable_since", "title", "description",
-                          "next_attempt_at", "reason", "last_error"})
+                          "next_attempt_at", "reason", "last_error",
+                          "media_id"})  # a file marked as uploaded by a lost database: skipped, with its media
 
 
 class Verdict(str, Enum):

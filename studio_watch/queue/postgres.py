@@ -17,7 +17,11 @@ What the cluster needs beyond the shared SQL (`sql.py`), and how it is done here
   on two nodes never both go ahead; `shared_lock` gives any caller (an OAuth refresh) a cluster-wide lock.
 - **Waking other nodes**: a job that becomes ready sends `NOTIFY studio_watch_work`; every daemon LISTENs and
   wakes its workers at once, instead of at its next poll (procrastinate does the same).
-- **Outages**: a lost connection raises DatabaseUnavailable; the next call reconnects.
+- **Outages**: a lost connection raises DatabaseUnavailable; the next call reconnects. A server whose disk is
+  full (SQLSTATE 53100) raises StorageFull, as a full SQLite disk does: the daemon pauses the queue until a write
+  succeeds again.
+- **Clocks**: `clamp_times` clamps against the server's clock (this node's offset to it measured again first),
+  so a node whose own clock stepped neither clamps the cluster's waits wrongly nor keeps a stale offset.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import structlog
 
-from studio_watch.errors import ConfigError, DatabaseTooNew, DatabaseUnavailable, NodeNameInUse
+from studio_watch.errors import ConfigError, DatabaseTooNew, DatabaseUnavailable, NodeNameInUse, StorageFull
 from studio_watch.queue.model import Job
 from studio_watch.queue.sql import _RELEASED, Row, SqlQueue
 
@@ -238,6 +242,8 @@ class PostgresQueue(SqlQueue):
         with self._mutex:
             try:
                 return _PgTx(self._connection().cursor(), self._cache).rows(sql, args)
+            except psycopg.errors.DiskFull as exc:
+                raise self._full(exc) from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise self._lost(exc) from None
 
@@ -253,8 +259,25 @@ class PostgresQueue(SqlQueue):
                     if not durable:
                         cur.execute("SET LOCAL synchronous_commit = off")
                     yield _PgTx(cur, self._cache)
+            except psycopg.errors.DiskFull as exc:  # the server is up; its disk is not: pause, do not reconnect
+                raise self._full(exc) from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise self._lost(exc) from None
+
+    def _full(self, exc: BaseException) -> StorageFull:
+        return StorageFull(f"{self.where}: the database server cannot write: {_first_line(exc)} (free space on "
+                           "its disk; the queue resumes by itself)")
+
+    def clamp_times(self, now: float, max_wait: float) -> int:
+        """Times here are the server's, so `now` (this node's idea of it) is not trusted: the offset to the server
+        is measured again (a step of this node's clock is noticed here) and the server's time used instead."""
+        with self._mutex:
+            try:
+                self._connection()
+                self._measure_skew()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise self._lost(exc) from None
+        return super().clamp_times(self.now(), max_wait)
 
     def close(self) -> None:
         self._stop.set()

@@ -445,6 +445,21 @@ class SqlQueue(JobQueue):
                    (content_hash, self.now(), job.id, job.claimed_by, job.claimed_at))  # fenced like a transition
         return Verdict.UPLOAD, None
 
+    # -- clocks ---------------------------------------------------------------------------------------------
+
+    def clamp_times(self, now: float, max_wait: float) -> int:
+        changed = 0
+        with self._tx() as tx:
+            for state in ("ready", "url_issued", "uploaded", "completed"):  # each an indexed range
+                changed += tx.run("UPDATE jobs SET next_attempt_at = ? WHERE state = ? AND next_attempt_at > ?",
+                                  (now, state, now + max_wait))
+            changed += tx.run("UPDATE jobs SET stable_since = ? WHERE state = 'settling' AND stable_since > ?",
+                              (now, now + 1.0))
+            marks = ",".join("?" * len(WAITING))
+            changed += tx.run(f"UPDATE jobs SET created_at = ? WHERE state IN ({marks}) AND created_at > ?",
+                              (now, *WAITING, now + 1.0))
+        return changed
+
     # -- operators ------------------------------------------------------------------------------------------
 
     def retry(self, ids: Sequence[int] | None) -> list[int]:

@@ -4,7 +4,8 @@ One row per file (or URL) in `jobs`; its `state` is a plain word readable in the
 is in autocommit mode and every read-then-write runs inside `BEGIN IMMEDIATE`, so each state change is one
 committed transaction before the caller starts the next side effect. A claim marks the row with its owner in
 the same transaction that picks it; `recover()` clears the marks at daemon start (the daemon lock guarantees
-nobody else holds them). The statements themselves are shared with PostgreSQL (`sql.py`).
+nobody else holds them). The statements themselves are shared with PostgreSQL (`sql.py`); the file's own
+hazards (lost, replaced, damaged, on a full disk) are `integrity.py`'s.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from studio_watch.errors import DatabaseTooNew
-from studio_watch.private import private_dir
+from studio_watch.queue import integrity
 from studio_watch.queue.sql import Row, SqlQueue
 
 SCHEMA_VERSION = 4
@@ -124,29 +126,57 @@ class SqliteQueue(SqlQueue):
 
     shared = False
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000, new_database: bool = False,
+                 verify: bool = False) -> None:
+        """Open (or create) the database at `path`. A blank database where an earlier one left traces is refused
+        unless `new_database`; `verify` runs SQLite's quick_check first (the daemon, at start). Raises
+        DatabaseUnusable (one line naming the file and what to do), StorageFull, DatabaseTooNew."""
         self.path = Path(path)
         self.where = str(self.path)
         self._mutex = threading.RLock()
+        integrity.prepare(self.path, new_database)
         self._create_file()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout_ms / 1000)
-        self._db.row_factory = sqlite3.Row
-        self._tx_view = _SqliteTx(self._db)
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")  # FULL is set around each durable commit: see _tx
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=busy_timeout_ms / 1000)
+            self._db.row_factory = sqlite3.Row
+            self._tx_view = _SqliteTx(self._db)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")  # FULL is set around each durable commit: see _tx
+            if verify:
+                found = [r[0] for r in self._db.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    raise sqlite3.DatabaseError("database disk image is malformed: " + "; ".join(found))
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise integrity.translate(self.path, exc) from None
+        self.opened = integrity.file_identity(self.path)
         self._migrate()
 
     def _create_file(self) -> None:
-        private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise integrity.opening_error(self.path, exc) from None
         os.close(fd)
+
+    def check_same_file(self) -> None:
+        """Raise DatabaseReplaced when the file at the path is no longer the one this queue has open."""
+        integrity.check_same(self.path, self.opened)
+
+    def probe_write(self) -> None:
+        """One small durable write (raises StorageFull while the disk is still full)."""
+        self.set_meta("write_probe", str(time.time()))
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         """Rows of one query, never in the middle of another thread's transaction."""
         with self._mutex:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise integrity.translate(self.path, exc) from None
 
     @contextlib.contextmanager
     def _tx(self, durable: bool = True) -> Iterator[_SqliteTx]:
@@ -168,8 +198,11 @@ class SqliteQueue(SqlQueue):
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:  # also when COMMIT itself failed (disk full): never leave it open
-                        conn.execute("ROLLBACK")
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
                     raise
+            except sqlite3.Error as exc:  # disk full or failing, damaged: an error the caller can act on
+                raise integrity.translate(self.path, exc) from None
             finally:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -189,6 +222,8 @@ class SqliteQueue(SqlQueue):
             self._db.close()
 
     def _migrate(self) -> None:
+        if self._read_one("PRAGMA user_version")[0] == SCHEMA_VERSION:  # type: ignore[index]
+            return  # nothing to write: a full disk must not stop a current database from opening
         with self._tx() as tx:
             version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

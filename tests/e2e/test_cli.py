@@ -24,7 +24,7 @@ def broken(tmp_path: Path, sandbox_url: str, mutate) -> Path:
     (lambda d: d["studio"].update(proxy="http://u:pw@proxy.example:3128"), "studio.proxy", "proxy_auth_file"),
     (lambda d: d["studio"].update(proxy_auth_file="nope"), "studio.proxy_auth_file", "studio.proxy"),
     (lambda d: d["folders"][0].update(collection_id="abc"), "folders[0].collection_id", "integer"),
-    (lambda d: d["folders"][0].update(path="nope"), "folders[0].path", "does not exist"),
+    (lambda d: d["folders"][0].update(path="token"), "folders[0].path", "not a directory"),  # missing: not an error
     (lambda d: d["folders"][0].update(after_upload="move"), "folders[0].move_to", "required"),
     (lambda d: d["studio"].update(token_file=None, token_env="STUDIO_WATCH_TEST_UNSET"), "studio.token_env", "not set"),
     (lambda d: d["studio"].update(url="http://studio.example.edu"), "studio.url", "loopback"),

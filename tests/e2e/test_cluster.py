@@ -61,6 +61,9 @@ def test_three_nodes_one_share_every_file_once_through_kills_and_a_database_rest
             "\n".join(d.output()[-3000:] for d in running.values())
         assert wait_until(lambda: done.is_dir() and len(list(done.iterdir())) == len(files), 20)
         status = json.loads(run_cli("status", "--json", "-c", str(configs["n2"])).stdout)
+        # the shared queue makes each file one job: no node takes a folder lock, so none finds the share held
+        assert not (share / "in" / ".studio-watch-lock").exists()
+        assert [f["available"] for f in status["folders"]] == [True]
         for d in running.values():
             assert d.stop() == 0
 

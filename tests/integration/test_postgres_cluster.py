@@ -259,3 +259,14 @@ def test_a_pause_tripped_on_one_node_pauses_and_resumes_the_others(nodes: list[J
     a.clear()  # node a's probe got an answer
     b.follow_shared()
     assert not b.paused and b.wait_resumed(0)
+
+
+def test_a_full_server_disk_pauses_like_a_full_sqlite_disk(nodes: list[JobQueue]) -> None:
+    from studio_watch.errors import StorageFull
+
+    a = nodes[0]
+    with pytest.raises(StorageFull, match="free space"):
+        with a._tx():  # the server answering SQLSTATE 53100, as a write on a full disk does
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+    a.probe_write()  # the connection was kept: the next write goes through once there is room
+    assert a.meta("write_probe") is not None

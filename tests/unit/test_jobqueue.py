@@ -457,3 +457,37 @@ def test_a_spent_upload_url_is_forgotten_and_error_text_is_redacted(queue: JobQu
     assert job is not None and "s3cr3t" not in (job.last_error or "") and job.last_error
     done = drive(queue, job_id, State.COMPLETED)
     assert done.upload_url is None
+
+
+# -- the machine misbehaving (issue 16) --------------------------------------------------------------------------
+
+def test_clamp_times_brings_times_from_a_wrong_clock_back(queue: JobQueue) -> None:
+    now = queue.now()
+    ahead = now + 10 * 86400  # written while the clock ran ten days fast
+    (settling, _), = queue.observe([seen("/watch/a.mp4")], now=ahead)
+    far = queue.add(seen("/watch/b.mp4"), State.READY, next_attempt_at=ahead)
+    near = queue.add(seen("/watch/c.mp4"), State.READY, next_attempt_at=now + 60)
+    # stable_since and created_at of the settling job, next_attempt_at of the far one; the near wait is kept
+    assert queue.clamp_times(now, max_wait=3600) == 3
+    a, b, c = queue.get(settling), queue.get(far), queue.get(near)
+    assert a and b and c
+    for value in (a.stable_since, a.created_at, b.next_attempt_at):
+        assert value is not None and abs(value - now) < 5  # PostgreSQL clamps to the server's clock: ~ now here
+    assert c.next_attempt_at == pytest.approx(now + 60)
+    assert queue.clamp_times(queue.now(), max_wait=3600) == 0  # nothing left to clamp
+
+
+def test_probe_write_and_same_file_hold_on_a_healthy_database(queue: JobQueue) -> None:
+    queue.probe_write()  # would raise StorageFull on a full disk
+    assert queue.meta("write_probe") is not None
+    queue.check_same_file()  # a file still in place (SQLite), nothing to check (PostgreSQL)
+
+
+def test_a_settling_file_marked_as_uploaded_is_skipped_with_its_media(queue: JobQueue) -> None:
+    (job_id, _), = queue.observe([seen("/watch/a.mp4")])
+    job = queue.get(job_id)
+    assert job is not None
+    assert queue.settle([Settled(job.id, job.identity, State.SKIPPED,
+                                 {"reason": "already uploaded (marked on the file)", "media_id": 42})]) == {job.id}
+    done = queue.get(job_id)
+    assert done is not None and (done.state, done.media_id) == (State.SKIPPED, 42)

@@ -316,8 +316,7 @@ def test_probe_without_an_event_switches_the_folder_to_polling(tmp_path):
     watcher, found, cond, stop = _collecting_watcher(rule)
     watcher.probe_seconds = 0.3
     try:
-        watcher._schedule(rule)
-        watcher.observers["inotify"].start()
+        watcher._schedule(rule)  # starts the observer too
         watcher.observers["inotify"].unschedule(watcher.watches[rule.path])  # inotify now sees nothing here
         watcher._self_test([rule])
         assert watcher.kinds[rule.path] == "polling"
