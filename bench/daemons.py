@@ -161,9 +161,9 @@ def _seed_completed(config: Path) -> int:
     """Record every file of the tree as already uploaded: JobQueue.observe() with the watcher's own stat of
     each file (so identities match), then one bulk UPDATE to completed (not one fsync'd update per job)."""
     from studio_watch import config as cfg
-    from studio_watch.daemon.app import to_seen
+    from studio_watch.daemon.settle import to_seen
     from studio_watch.queue import open_queue
-    from studio_watch.files.watcher import scan
+    from studio_watch.files.rules import scan
 
     loaded = cfg.load(config)
     queue = open_queue(loaded.state_db)

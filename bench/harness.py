@@ -145,7 +145,7 @@ def remove(path: Path) -> None:
 
 def filesystem_of(path: Path) -> str:
     """The filesystem type holding `path` (for the report: the state DB must not be on tmpfs)."""
-    from studio_watch.files.watcher import filesystem_type
+    from studio_watch.files.mounts import filesystem_type
 
     return filesystem_type(path) or "unknown"
 

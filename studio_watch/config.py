@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, YAML loading and validation with errors that name the key.
 
 `load(path)` is the only entry point that reads a file. Every problem raises `ConfigError` whose message is
-`<file>: <key>: <problem>`. Relative paths resolve against the config file's folder.
+`<file>: <key>: <problem>`. Relative paths resolve against the config file's folder. One responsibility, kept
+whole past 400 lines: every key is read and checked here, next to the dataclass that holds it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import ssl
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -21,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from studio_watch.errors import ConfigError
+from studio_watch.schedule import Window, parse_window
 
 DEFAULT_CONFIG_PATH = "/etc/studio-watch/config.yaml"
 CONFIG_ENV = "STUDIO_WATCH_CONFIG"
@@ -29,6 +33,61 @@ MEDIA_PATTERNS = ("*.mp4", "*.mov", "*.m4v", "*.avi", "*.wmv", "*.mpg", "*.mpeg"
 JUNK_PATTERNS = (".*", "~*", "*.part", "*.tmp", "*.crdownload")
 TEMPLATE_FIELDS = ("stem", "name", "folder", "parent", "mtime", "size")
 MAX_UPLOAD_BYTES = 10 * 1000 ** 3  # Studio's documented limit: 10 GB
+
+
+class Choice(str, Enum):
+    """A config value from a fixed set: a str (equal to its YAML spelling, written as it in JSON and SQLite)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__
+
+
+class AfterUpload(Choice):
+    KEEP = "keep"
+    MOVE = "move"
+    DELETE = "delete"
+
+
+class Duplicates(Choice):
+    SKIP = "skip"  # the same bytes seen again (same target) are not uploaded again
+    UPLOAD = "upload"
+
+
+class ObserverKind(Choice):
+    AUTO = "auto"  # polling on network filesystems, inotify elsewhere
+    INOTIFY = "inotify"
+    POLLING = "polling"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an upload goes: into a collection, into a user's My Uploads (an admin token acting for the user),
+    both (on behalf of the user, into the collection), or neither (the token owner's My Uploads)."""
+
+    collection_id: int | None = None
+    user_id: int | None = None
+
+    def describe(self) -> str:
+        """Where an upload lands, in words: the one wording every message uses."""
+        if self.collection_id is not None and self.user_id is not None:
+            return f"collection {self.collection_id} on behalf of user {self.user_id}"
+        if self.collection_id is not None:
+            return f"collection {self.collection_id}"
+        if self.user_id is not None:
+            return f"user {self.user_id}'s My Uploads"
+        return "My Uploads"
+
+    def explain(self) -> str:
+        """The wording for `explain`: who acts, too."""
+        if self.user_id is not None:
+            return self.describe() + " (on behalf of, admin token)"
+        return self.describe() if self.collection_id is not None else "the token owner's My Uploads"
+
+    def params(self) -> dict[str, int]:
+        """The ids that are set, by name (as the generate request's query carries them)."""
+        return {k: v for k, v in (("collection_id", self.collection_id), ("user_id", self.user_id)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -82,24 +141,17 @@ class FolderRule:
     title: str = "{stem}"
     description: str = ""
     auto_caption: bool = False
-    after_upload: str = "keep"
+    after_upload: AfterUpload = AfterUpload.KEEP
     after_upload_when: str = "completed"  # completed | processed (wait for Studio's transcoding)
     processed_timeout_seconds: float = 86400.0
     move_to: Path | None = None
-    duplicates: str = "skip"
+    duplicates: Duplicates = Duplicates.SKIP
     links: bool = True
     expect: ExpectConfig | None = None  # None: no timetable, no checks
 
-
-def target_text(collection_id: int | None, user_id: int | None) -> str:
-    """Where an upload lands, in words: both ids mean on behalf of the user, into the collection."""
-    if collection_id is not None and user_id is not None:
-        return f"collection {collection_id} on behalf of user {user_id}"
-    if collection_id is not None:
-        return f"collection {collection_id}"
-    if user_id is not None:
-        return f"user {user_id}'s My Uploads"
-    return "My Uploads"
+    @property
+    def target(self) -> Target:
+        return Target(self.collection_id, self.user_id)
 
 
 # The folder keys that may also appear under `defaults:`.
@@ -122,6 +174,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     upload_hours: tuple[str, ...] = ()  # e.g. ("Mon-Fri 18:00-07:00",); empty: any time
+    windows: tuple[Window, ...] = ()  # upload_hours, parsed once when the config is loaded
     max_upload_rate: int | None = None  # bytes per second across all workers
     start_jitter_seconds: float = 0.0  # a random delay before the first upload after start
 
@@ -148,7 +201,7 @@ class Config:
     folders: tuple[FolderRule, ...] = ()
     workers: int = 2
     rescan_seconds: float = 60.0
-    observer: str = "auto"
+    observer: ObserverKind = ObserverKind.AUTO
     retry: RetryConfig = field(default_factory=RetryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -302,7 +355,7 @@ def parse(source: Path, data: Any) -> Config:
         folders=folders,
         workers=top.positive("workers", 2, int),
         rescan_seconds=top.positive("rescan_seconds", 60.0),
-        observer=top.choice("observer", ("auto", "inotify", "polling"), "auto"),
+        observer=ObserverKind(top.choice("observer", tuple(ObserverKind), "auto")),
         retry=_retry(source, top.get("retry", dict, {})),
         metrics=_metrics(source, top.get("metrics", dict, {})),
         log=_log(source, top.get("log", dict, {})),
@@ -324,8 +377,6 @@ CREDENTIAL_NAME = "state_db_password"  # systemd LoadCredential= name for the Po
 
 
 def default_node_name() -> str:
-    import socket
-
     return socket.gethostname() or "localhost"
 
 
@@ -479,11 +530,11 @@ def _folder_fields(r: _Reader, base: FolderRule) -> FolderRule:
         "title": _template(r, "title", base.title),
         "description": _template(r, "description", base.description),
         "auto_caption": r.get("auto_caption", bool, base.auto_caption),
-        "after_upload": r.choice("after_upload", ("keep", "move", "delete"), base.after_upload),
+        "after_upload": AfterUpload(r.choice("after_upload", tuple(AfterUpload), base.after_upload)),
         "after_upload_when": r.choice("after_upload_when", ("completed", "processed"), base.after_upload_when),
         "processed_timeout_seconds": r.positive("processed_timeout_seconds", base.processed_timeout_seconds),
         "move_to": r.path("move_to", base.move_to),
-        "duplicates": r.choice("duplicates", ("skip", "upload"), base.duplicates),
+        "duplicates": Duplicates(r.choice("duplicates", tuple(Duplicates), base.duplicates)),
         "links": r.get("links", bool, base.links),
         "expect": _expect(r, base.expect),
     }
@@ -628,11 +679,25 @@ def _metrics(source: Path, data: Any) -> MetricsConfig:
     r = _Reader(source, "metrics", data)
     listen = r.get("listen", str)
     if listen is not None:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        try:
+            parse_listen(listen)
+        except ValueError:
             r.fail("listen", f"expected HOST:PORT such as 127.0.0.1:9464, got {listen!r}")
     r.finish()
     return MetricsConfig(listen=listen)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[V6HOST]:PORT" → (host, port); raises ValueError for anything else."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"port out of range in {listen!r}")
+    return host, number
 
 
 def _log(source: Path, data: Any) -> LogConfig:
@@ -644,19 +709,18 @@ def _log(source: Path, data: Any) -> LogConfig:
 
 
 def _schedule(source: Path, data: Any) -> ScheduleConfig:
-    from studio_watch.schedule import parse_window
-
     r = _Reader(source, "schedule", data)
     hours = r.patterns("upload_hours", ())
+    windows = []
     for i, line in enumerate(hours):
         try:
-            parse_window(line)
+            windows.append(parse_window(line))
         except ValueError as exc:
             r.fail(f"upload_hours[{i}]", str(exc))
     rate = r.get("max_upload_rate", int)
     if rate is not None and rate <= 0:
         r.fail("max_upload_rate", f"must be a positive number of bytes per second, got {rate!r}")
-    schedule = ScheduleConfig(upload_hours=hours, max_upload_rate=rate,
+    schedule = ScheduleConfig(upload_hours=hours, windows=tuple(windows), max_upload_rate=rate,
                               start_jitter_seconds=r.positive("start_jitter_seconds", 0.0, zero_ok=True))
     r.finish()
     return schedule
@@ -705,13 +769,19 @@ def readable(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "replace")
 
 
+def loose_permissions(path: Path, st: os.stat_result) -> str | None:
+    """What is wrong with a secret file that others than its owner may read or write (None: nothing)."""
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"{path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+    return None
+
+
 def read_secret_file(path: Path, key: str, source: Path) -> str:
     """Read a token or secret from a file that only its owner may read."""
     try:
-        st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{source}: {key}: {path} is readable by group or others "
-                              f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+        problem = loose_permissions(path, path.stat())
+        if problem:
+            raise ConfigError(f"{source}: {key}: {problem}")
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise ConfigError(f"{source}: {key}: no such file: {path}") from None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -229,7 +231,7 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60,
 def write_media(path: Path, size: int, seed: int = 0) -> Path:
     """Write `size` pseudo-random bytes via a .part name and a rename (as a careful recorder would)."""
     part = path.with_name(path.name + ".part")
-    rnd = __import__("random").Random(seed or hash(path.name))
+    rnd = random.Random(seed or zlib.crc32(path.name.encode()))  # the same bytes whatever PYTHONHASHSEED is
     with open(part, "wb") as f:
         remaining = size
         while remaining:

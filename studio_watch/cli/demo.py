@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from studio_watch import config as cfg
 from studio_watch import logs
-from studio_watch.cli.main import human_bytes, stop_on_signals
+from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, human_bytes, stop_on_signals
 from studio_watch.daemon.app import Daemon
 from studio_watch.queue import Job, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
@@ -52,6 +53,10 @@ def drop_samples(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(files=args.files, once=args.once, tls=args.tls)
+
+
 def run_demo(files: int = 3, once: bool = False, tls: bool = False) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
@@ -80,7 +85,7 @@ def run_demo(files: int = 3, once: bool = False, tls: bool = False) -> int:
         print(f"\nStudio (sandbox) now holds {len(done)} completed media:")
         for media in done:
             print(f"  media {media['id']}: {media['title']!r}, {human_bytes(media['bytes_received'])}")
-        return 0 if not once or len(done) >= files else 1
+        return EXIT_OK if not once or len(done) >= files else EXIT_FAILURE
 
 
 def _run_quietly(daemon: Daemon) -> None:

@@ -1,27 +1,30 @@
-"""The `studio-watch` command: argument parsing, exit codes and human output.
+"""The `studio-watch` entry point: the argument parser, and errors turned into exit codes.
 
 Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad configuration (the message names the file,
-the key and what is wrong). No traceback reaches the user for an expected error.
+the key and what is wrong). No traceback reaches the user for an expected error. Each command group lives in
+its own module beside this one (cli/run.py, cli/status.py, cli/upload.py, ...); shared helpers in cli/output.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
+import importlib
 import sqlite3
 import sys
-import threading
-import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from studio_watch import __version__
 from studio_watch import config as cfg
+from studio_watch.cli.output import EXIT_FAILURE, EXIT_USAGE
 from studio_watch.errors import ConfigError, StudioWatchError
+from studio_watch.queue import STATES
+from studio_watch.sandbox.server import add_sandbox_arguments
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# command → the cli module that carries it out. Imported when the command runs (start-up cost: `status` or
+# `health` must not pay for watchdog, the HTTP client and the daemon).
+COMMANDS = {"run": "run", "sandbox": "run", "demo": "demo", "status": "status", "jobs": "status",
+            "retry": "status", "upload": "upload", "import-url": "imports", "check": "check", "explain": "check",
+            "auth": "auth", "health": "health", "migrate": "migrate"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sandbox", help="a local Studio emulator with fault injection",
                        description="Serve a local Canvas Studio emulator: the public API studio-watch speaks (the three-step "
                                    "upload, URL imports, media, collections, users, OAuth), with fault injection.")
-    from studio_watch.sandbox.server import add_sandbox_arguments
-
     add_sandbox_arguments(p)
     p = add("demo", "sandbox + a temporary drop folder + the daemon: the whole pipeline, with no account")
     p.add_argument("--once", action="store_true", help="exit when the sample files are uploaded")
@@ -124,8 +125,6 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _states() -> list[str]:
-    from studio_watch.queue import STATES
-
     return list(STATES)
 
 
@@ -148,84 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from studio_watch.cli import commands
-
-    handler: Callable[..., int] = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    module = importlib.import_module(f"studio_watch.cli.{COMMANDS[args.command]}")
+    handler: Callable[[argparse.Namespace], int] = getattr(module, "cmd_" + args.command.replace("-", "_"))
     return handler(args)
-
-
-def load_config(args: argparse.Namespace) -> cfg.Config:
-    return cfg.load(cfg.config_path(getattr(args, "config", None)))
-
-
-def stop_on_signals(stop: threading.Event, on_hup: Callable[[], None] | None = None) -> None:
-    """Signal handlers only set events."""
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    if on_hup is not None:
-        signal.signal(signal.SIGHUP, lambda signum, frame: on_hup())
-
-
-def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d"
-
-
-class ProgressBar:
-    """A one-line progress bar on a terminal; silent elsewhere."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total, self.stream = max(total, 1), stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.started = time.monotonic()
-
-    def update(self, sent: int, label: str = "") -> None:
-        if not self.enabled:
-            return
-        fraction = min(1.0, sent / self.total)
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = sent / elapsed
-        eta = (self.total - sent) / rate if rate > 0 else 0
-        bar = "#" * int(fraction * 30)
-        self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {human_bytes(rate)}/s ETA {human_age(eta)} {label:<12}")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def resolve_cli_path(text: str) -> str:
-    return os.path.abspath(os.fsdecode(os.fsencode(text)))
-
-
-def config_error(option: str, problem: str) -> ConfigError:
-    return ConfigError(f"command line: {option}: {problem}")
-
-
-def path_of(args: argparse.Namespace) -> Path:
-    return cfg.config_path(getattr(args, "config", None))

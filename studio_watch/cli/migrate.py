@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from studio_watch.cli.main import EXIT_FAILURE, EXIT_OK, config_error, load_config
-from studio_watch.daemon.app import queue_for
-from studio_watch.daemon.control import STATUS_KEY, DaemonLock
+from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, config_error, load_config
+from studio_watch.daemon.lock import DaemonLock
+from studio_watch.daemon.snapshot import STATUS_KEY
+from studio_watch.daemon.statedb import queue_for
 from studio_watch.errors import DatabaseLocked
 from studio_watch.queue import is_postgres, open_queue
 

@@ -94,7 +94,7 @@ class Alerts:
         try:
             if self._pool is None:  # in the alerts thread, at the first alert: most daemons never send one
                 self._pool = http_pool(self.studio, timeout=HOOK_TIMEOUT)
-            from studio_watch.studio.transport import post
+            from studio_watch.studio.transport import post  # start-up cost: the HTTP stack (httpcore) is imported by the first request
 
             reply = post(self._pool, self.webhook or "", body.encode(), "application/json")
         except (StudioError, ConfigError) as exc:

@@ -8,94 +8,141 @@ events. Teardown runs in `finally`, in reverse order of construction.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
 import sqlite3
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
 from studio_watch import config as cfg
-from studio_watch import logs
-from studio_watch.files import marks, sources
 from studio_watch.daemon.alerts import Alerts
-from studio_watch.daemon.control import (PAUSE_KEY, STATUS_KEY, Activity, DaemonLock, PauseSwitch, TurnTaking,  # noqa: F401
-                      sd_notify, watchdog_interval)
+from studio_watch.daemon.activity import Activity, Event, JobFailed, NullObserver, Observer
+from studio_watch.files import sources
+from studio_watch.daemon.lock import DaemonLock
+from studio_watch.daemon.pause import PauseSwitch
 from studio_watch.daemon.folder_locks import BEAT_SECONDS, FolderLocks
+from studio_watch.daemon.settle import Settler, changed, to_seen
 from studio_watch.daemon.storage import StorageGuard
+from studio_watch.daemon.statedb import queue_for
+from studio_watch.daemon.snapshot import DaemonSnapshot, FolderStatus, PauseRecord, TransferStatus
+from studio_watch.daemon.systemd import sd_notify, watchdog_interval
+from studio_watch.daemon.turns import TurnTaking
+from studio_watch.daemon.workers import Worker, finished
 from studio_watch.errors import (ConfigError, DatabaseLocked, DatabaseReplaced, DatabaseUnavailable, StorageFull,
                                  StudioWatchError)
-from studio_watch.queue import Job, JobQueue, Seen, Settled, State, open_queue, settle_clock, show_path
+from studio_watch.queue import Job, JobQueue, State, show_path
 from studio_watch.daemon.pipeline import Pipeline
-from studio_watch.schedule import RateLimiter, Schedule, parse_window
-from studio_watch.studio.client import MAX_CLIENT_WAIT, StaticToken, StudioClient, TokenSource
-from studio_watch.files.watcher import Found, Watcher, rule_for
+from studio_watch.schedule import RateLimiter, Schedule
+from studio_watch.studio.auth import make_tokens
+from studio_watch.studio.client import StudioClient, TokenSource
+from studio_watch.studio.retry import MAX_CLIENT_WAIT
+from studio_watch.files.rules import Found, rule_for
+from studio_watch.files.watcher import Watcher
 from studio_watch.files.writers import after_upload_quiet
 
 log = structlog.get_logger(__name__)
 
-SETTLE_BATCH = 1000  # settle promotions per transaction (bounded; batches of 100, letting workers start sooner,
-                     # measured slower: the settler and the first worker then trade the GIL)
 PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
 IDENTITY_EVERY = 2.0  # seconds between two looks at whether the database file is still the one opened
 CLAMP_EVERY = 60.0  # seconds between two corrections of times written under a wrong clock
 STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start
 
 
-def make_tokens(config: cfg.Config, queue: JobQueue | None = None) -> TokenSource:
-    """The token source the config asks for (raises ConfigError for a missing or loose secret). With a cluster's
-    queue, OAuth tokens are shared through it (one refresh at a time across nodes)."""
-    if config.studio.oauth is not None:
-        from studio_watch.studio.auth import OAuthTokens
-
-        tokens: TokenSource = OAuthTokens.from_config(config, queue if queue is not None and queue.shared else None)
-    else:
-        def read() -> str:
-            token = cfg.static_token(config)
-            assert token is not None
-            logs.register_secret(token)
-            return token
-
-        tokens = StaticToken(read)
-    logs.register_secret(tokens.token())
-    return tokens
+def build_client(config: cfg.Config, stop: threading.Event | None = None, limiter: RateLimiter | None = None,
+                 tokens: TokenSource | None = None, retry: cfg.RetryConfig | None = None,
+                 queue: JobQueue | None = None) -> StudioClient:
+    """The API client every command and the daemon use (raises ConfigError for a missing or loose secret).
+    Closing the client closes the token source built here. `queue`: a cluster's, where the nodes share their
+    OAuth token pair."""
+    return StudioClient(config.studio, retry or config.retry, tokens or make_tokens(config, queue), stop, limiter)
 
 
-def queue_for(config: cfg.Config, new_database: bool = False, verify: bool = False) -> JobQueue:
-    """The queue `state_db` names: a SQLite file, or a cluster's PostgreSQL database (as `node_name`)."""
-    from urllib.parse import unquote, urlsplit
-
-    from studio_watch import logs
-
-    password = cfg.state_db_password(config)
-    inline = urlsplit(str(config.state_db)).password if config.shared_state else None
-    for secret in (password, inline and unquote(inline)):
-        if secret:
-            logs.register_secret(secret)
-    return open_queue(config.state_db, node=config.node_name, password=password, lease_seconds=config.lease_seconds,
-                      new_database=new_database, verify=verify)
+def recover(queue: JobQueue) -> list[Job]:
+    """At the start of whoever works on the queue: release claims left by a dead process (a cluster node: its
+    own); no pause carries over on a single machine (a cluster's pause is the cluster's: a node joining it does
+    not lift it)."""
+    recovered = queue.recover()
+    if not queue.shared:
+        PauseRecord.clear(queue)
+    return recovered
 
 
-def to_seen(found: Found, local_clock: bool = False) -> Seen:
-    """What the queue records of a found file. `local_clock`: its times come from this machine's clock (a local
-    filesystem), so its last change is known: the later of mtime and ctime (a tool can set the mtime, never the
-    ctime; a rename into the folder sets the ctime)."""
-    r, st = found.rule, found.stat
-    return Seen(path=found.path, folder=str(r.path), size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                device=st.st_dev, collection_id=r.collection_id, user_id=r.user_id, auto_caption=r.auto_caption,
-                after_upload=r.after_upload, after_upload_when=r.after_upload_when,
-                move_to=str(r.move_to) if r.move_to else None, duplicates=r.duplicates,
-                settle_seconds=r.settle_seconds, kind=found.kind,
-                changed_at=max(st.st_mtime, st.st_ctime) if local_clock else None)
+class Engine:
+    """What `run` and a lone `upload` both work with: the client, the pause switch and the pipeline."""
+
+    def __init__(self, config: cfg.Config, queue: JobQueue, stop: threading.Event, observer: Observer,
+                 limiter: RateLimiter | None = None, tokens: TokenSource | None = None,
+                 heartbeat: Callable[[], None] = lambda: None,
+                 hold_after_upload: Callable[[Job], tuple[float, str] | None] = lambda job: None) -> None:
+        self.config, self.queue, self.stop = config, queue, stop
+        self.client = build_client(config, stop, limiter, tokens, queue=queue)
+        self.pause = PauseSwitch(queue, self.client, config.retry, stop)
+        self.pipeline = Pipeline(queue, self.client, config.retry, self.pause, stop, observer,
+                                 processed_timeout=self._processed_timeout, heartbeat=heartbeat,
+                                 hold_after_upload=hold_after_upload)
+
+    def _processed_timeout(self, job: Job) -> float:
+        rule = rule_for(self.config.folders, job.path) if job.path else None
+        return (rule or cfg.FolderRule(path=Path("/"))).processed_timeout_seconds
+
+    def worker(self, name: str, turns: TurnTaking, claim: Callable[[str], list[Job]],
+               next_due: Callable[[], float | None], closed_for: Callable[[], float] = lambda: 0.0,
+               wake: threading.Event | None = None, beats: dict[str, float] | None = None,
+               busy: dict[str, int | None] | None = None, storage: StorageGuard | None = None) -> Worker:
+        return Worker(name, self.queue, self.pipeline, self.pause, self.stop, wake or threading.Event(), turns,
+                      claim=claim, next_due=next_due, closed_for=closed_for, beats=beats, busy=busy, storage=storage)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LoneUpload:
+    """`studio-watch upload` when no daemon holds the database: the same engine and worker loop as `run`, with
+    the pause prober, for one job. Use as a context manager around following the job's row."""
+
+    def __init__(self, config: cfg.Config, queue: JobQueue, job_id: int, stop: threading.Event,
+                 tokens: TokenSource | None = None, observer: Observer | None = None) -> None:
+        self.queue, self.job_id, self.stop = queue, job_id, stop
+        if not queue.shared:  # the lock says nobody else works on this queue: claims left behind are stale
+            recover(queue)
+        self.engine = Engine(config, queue, stop, observer or NullObserver(), tokens=tokens)
+        self.pause = self.engine.pause
+        worker = self.engine.worker("upload", TurnTaking(), self._claim, self._next_due)
+        self.threads = [threading.Thread(target=worker.loop, name="upload", daemon=True),
+                        threading.Thread(target=self.pause.probe_loop, name="prober", daemon=True)]
+
+    def _claim(self, owner: str) -> list[Job]:
+        """The job, once it is due and still has a step to go (a changed file waits to settle: not here)."""
+        job = self.queue.get(self.job_id)
+        if job is None or finished(job) or job.state is State.SETTLING or job.next_attempt_at > self.queue.now():
+            return []
+        claimed = self.queue.claim_id(self.job_id, owner)
+        return [claimed] if claimed is not None else []
+
+    def _next_due(self) -> float | None:
+        job = self.queue.get(self.job_id)
+        return job.next_attempt_at if job is not None else None
+
+    def __enter__(self) -> LoneUpload:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=STOP_WAIT)
+        self.engine.close()
 
 
 def schedule_of(config: cfg.Config) -> Schedule:
-    return Schedule(tuple(parse_window(line) for line in config.schedule.upload_hours))
+    return Schedule(config.schedule.windows)
 
 
 class Daemon:
@@ -111,7 +158,6 @@ class Daemon:
         self.activity = Activity()
         self.turns = TurnTaking()
         self.wake = threading.Event()
-        self.kick_settler = threading.Event()
         self.ready = threading.Event()
         self.threads: list[threading.Thread] = []
         self.beats: dict[str, float] = {}
@@ -121,6 +167,7 @@ class Daemon:
         self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio)
         self.queue: JobQueue | None = None
         self.expectations: Any = None  # daemon.expectations.Expectations when a folder has a timetable
+        self.settler: Settler | None = None
         self.storage: StorageGuard | None = None
         self.folder_locks: FolderLocks | None = None
         self.failure: StudioWatchError | None = None  # why the daemon stopped by itself (exit 1)
@@ -147,15 +194,12 @@ class Daemon:
                 return
             queue.register_node(self.config.node_name, os.getpid(), socket.gethostname())
             queue.on_work(self.wake.set)  # another node made a job ready: claim it now, not at the next poll
-            tokens = self.tokens or make_tokens(self.config, queue)
+            engine = Engine(self.config, queue, self.stop, self.activity, self.limiter, self.tokens, self._beat,
+                            self._hold_after_upload)
+            client, self.pause, self.pipeline = engine.client, engine.pause, engine.pipeline
             if not self._until_written(lambda: self._recover(queue), "startup recovery"):
                 return
-            client = StudioClient(self.config.studio, self.config.retry, tokens, self.stop, self.limiter)
-            self.pause = PauseSwitch(queue, client, self.config.retry, self.stop)
             self.storage = StorageGuard(queue, self.config.retry, self.stop, on_change=self._storage_changed)
-            self.pipeline = Pipeline(queue, client, self.config.retry, self.pause, self.stop, self.activity,
-                                     processed_timeout=self._processed_timeout, heartbeat=self._beat,
-                                     hold_after_upload=self._hold_after_upload)
             self.alerts.start()
             self.activity.listeners.append(self._alert_on_failure)
             server = self._start_metrics(queue)
@@ -168,13 +212,17 @@ class Daemon:
                                              release=(lambda rule: locks.release(rule.path)) if locks else None)
             watcher.start()
             self._start_expectations(queue)  # after the startup scan: lectures of a downtime are judged from it
-            self._start_thread("settler", self._settle_loop)
+            self.settler = Settler(queue, lambda: self.config.folders, self.activity, self.stop, self.wake,
+                                   writing=watcher.writing, storage_full=self._storage_full)
+            self._start_thread("settler", self.settler.loop)
             self._start_thread("prober", self.pause.probe_loop)
             self._start_thread("storage-prober", self.storage.probe_loop)
             jitter = self.config.schedule.start_jitter_seconds
             self._not_before = time.monotonic() + (random.uniform(0, jitter) if jitter else 0.0)
             for n in range(self.config.workers):
-                self._start_thread(f"worker-{n + 1}", self._work_loop)
+                worker = engine.worker(f"worker-{n + 1}", self.turns, queue.claim, queue.next_due, self._closed_for,
+                                       self.wake, self.beats, self.busy, storage=self.storage)
+                self._start_thread(worker.name, worker.loop)
             self.ready.set()
             self._safely(self._publish)
             sd_notify(f"READY=1\nSTATUS={self.status_line()}")
@@ -185,7 +233,8 @@ class Daemon:
             self.stop.set()
             sd_notify("STOPPING=1")
             self.wake.set()
-            self.kick_settler.set()
+            if self.settler is not None:
+                self.settler.kick.set()
             if getattr(self, "pause", None) is not None:  # the prober's idle wait would add up to 1 s
                 self.pause.wake()
             deadline = time.monotonic() + STOP_WAIT  # a PUT may still be waiting for its response: bounded
@@ -200,7 +249,7 @@ class Daemon:
                 client.close()
             ours = lock is None or lock.fd is not None  # a daemon refused the lock must not clear the holder's
             if ours and not isinstance(self.failure, DatabaseReplaced):
-                self._safely(lambda: queue.set_meta(self._status_key(), None))
+                self._safely(lambda: DaemonSnapshot.clear(queue, self._node))
             queue.close()
             if lock is not None:
                 lock.release()
@@ -267,9 +316,7 @@ class Daemon:
                 return False
 
     def _recover(self, queue: JobQueue) -> None:
-        recovered = queue.recover()
-        if not queue.shared:  # a cluster's pause is the cluster's: a node joining it does not lift it
-            queue.set_meta(PAUSE_KEY, None)
+        recovered = recover(queue)
         clamped = queue.clamp_times(queue.now(), self._max_wait())
         if clamped:
             log.warning("clock_times_clamped", jobs=clamped,
@@ -282,7 +329,7 @@ class Daemon:
     def _start_metrics(self, queue: JobQueue) -> Any:
         if not self.config.metrics.listen:
             return None
-        from studio_watch.daemon.metrics import Metrics, MetricsServer
+        from studio_watch.daemon.metrics import Metrics, MetricsServer  # start-up cost: prometheus_client, when asked
 
         metrics = Metrics(queue, self._paused, [str(f.path) for f in self.config.folders if f.expect is not None],
                           node=self.config.node_name if queue.shared else None, folders=self._folder_states)
@@ -299,8 +346,8 @@ class Daemon:
         if self.expectations is None and not any(f.expect is not None for f in self.config.folders):
             return
         if self.expectations is None:
-            from studio_watch.daemon.expectations import Expectations
-            from studio_watch.studio.fetch import fetch_document
+            from studio_watch.daemon.expectations import Expectations  # start-up cost: only when a folder has a timetable
+            from studio_watch.studio.fetch import fetch_document  # start-up cost: only when a folder has a timetable
 
             studio = self.config.studio
             self.expectations = Expectations(
@@ -370,7 +417,8 @@ class Daemon:
     def _clamp(self) -> None:
         if self.queue is not None and self.queue.clamp_times(self.queue.now(), self._max_wait()):
             self.wake.set()
-            self.kick_settler.set()
+            if self.settler is not None:
+                self.settler.kick.set()
 
     def _max_wait(self) -> float:
         """The longest wait a job may be given (a Retry-After is capped at retry.max_seconds)."""
@@ -382,6 +430,11 @@ class Daemon:
         self.wake.set()
         if self.storage is not None and not self.storage.paused and getattr(self, "watcher", None) is not None:
             self.watcher.scan_all()
+
+    def _storage_full(self, exc: StorageFull) -> None:
+        """A write failed for want of space: pause the queue until one succeeds again."""
+        if self.storage is not None:
+            self.storage.trip(exc)
 
     def _paused(self) -> bool:
         return self.pause.paused or (self.storage is not None and self.storage.paused)
@@ -423,22 +476,22 @@ class Daemon:
         """A snapshot for `status` (another process): folders, live transfers, schedule."""
         assert self.queue is not None
         with self.activity.lock:
-            transfers = [{"id": t.job_id, "bytes_sent": t.sent, "size": t.total,
-                          "seconds": round(time.monotonic() - t.started, 1)} for t in self.activity.transfers.values()]
-        snapshot = {"pid": os.getpid(), "at": time.time(), "folders": self.watcher.folder_status(),
-                    "transfers": transfers, "healthy": self.healthy(), "upload_window_open": self.schedule.open(),
-                    "uploaded_bytes": self.activity.uploaded_bytes,
-                    "storage_paused": self.storage.reason if self.storage is not None else None}
-        if self.expectations is not None:
-            snapshot["timetables"] = self.expectations.snapshot()
-        snapshot["node"] = self.config.node_name
-        self.queue.set_meta(self._status_key(), json.dumps(snapshot))
-        self.queue.node_seen(snapshot)
+            transfers = tuple(TransferStatus(t.job_id, t.sent, t.total, round(time.monotonic() - t.started, 1))
+                              for t in self.activity.transfers.values())
+        snapshot = DaemonSnapshot(
+            pid=os.getpid(), at=time.time(), healthy=self.healthy(), upload_window_open=self.schedule.open(),
+            uploaded_bytes=self.activity.uploaded_bytes,
+            folders=tuple(FolderStatus(**{**f, "polled_mounts": tuple(f["polled_mounts"])})
+                          for f in self.watcher.folder_status()), transfers=transfers,
+            timetables=self.expectations.snapshot() if self.expectations is not None else None,
+            node=self.config.node_name, storage_paused=self.storage.reason if self.storage is not None else None)
+        snapshot.save(self.queue, self._node)
+        self.queue.node_seen(asdict(snapshot))
 
-    def _status_key(self) -> str:
-        """The meta key of this daemon's snapshot: one per node in a cluster."""
-        assert self.queue is not None
-        return f"{STATUS_KEY}:{self.config.node_name}" if self.queue.shared else STATUS_KEY
+    @property
+    def _node(self) -> str | None:
+        """The node whose snapshot key this daemon writes: its name in a cluster, none on a single machine."""
+        return self.config.node_name if self.queue is not None and self.queue.shared else None
 
     # -- reload and alerts -------------------------------------------------------------------------------------
 
@@ -461,9 +514,9 @@ class Daemon:
             self._start_expectations(self.queue)
         log.info("config_reloaded", folders=len(new.folders), needs_restart=fixed or None)
 
-    def _alert_on_failure(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "job_failed":
-            self.alerts.send("job_failed", **data)
+    def _alert_on_failure(self, event: Event) -> None:
+        if isinstance(event, JobFailed):
+            self.alerts.send("job_failed", job=event.job)
 
     def _alert_on_folders(self) -> None:
         """Alert on a folder unavailable past notify.folder_missing_after_seconds, and again when it is back."""
@@ -497,7 +550,7 @@ class Daemon:
         assert self.queue is not None
         if is_scan:  # a rescan sees every file: only hand over the new and the changed
             known = self.queue.latest_by_path()
-            found = [f for f in found if _changed(known.get(os.fsencode(f.path)), f.stat)]
+            found = [f for f in found if changed(known.get(os.fsencode(f.path)), f.stat)]
         if not found:
             return
         try:
@@ -508,108 +561,8 @@ class Daemon:
             return
         for job_id, seen in created:
             log.info("file_found", job_id=job_id, path=show_path(seen.path), kind=seen.kind, bytes=seen.size)
-        self.kick_settler.set()
-
-    def _settle_loop(self) -> None:
-        assert self.queue is not None
-        while not self.stop.is_set():
-            try:
-                next_due = self.settle_once()
-            except DatabaseUnavailable as exc:
-                log.warning("database_unavailable", during="settle", error=str(exc))
-                next_due = time.time() + 1.0
-            except StorageFull as exc:
-                if self.storage is not None:
-                    self.storage.trip(exc)
-                next_due = time.time() + 1.0
-            except Exception:
-                log.exception("settle_failed")
-                next_due = time.time() + 1.0
-            timeout = 1.0 if next_due is None else min(1.0, max(0.01, next_due - self.queue.now()))
-            self.kick_settler.wait(timeout)
-            self.kick_settler.clear()
-
-    def settle_once(self, now: float | None = None) -> float | None:
-        """Promote settled files to ready, SETTLE_BATCH to a transaction; returns when the next one is due."""
-        assert self.queue is not None
-        next_due: float | None = None
-        batch: list[tuple[Job, Settled, tuple[str, dict[str, Any]] | None]] = []
-        now = self.queue.now() if now is None else now
-        for job in self.queue.settling():
-            # a settle clock in the future was written under a clock since stepped back: counted from now
-            due: float | None = min(job.stable_since or now, now) + job.settle_seconds
-            if due is not None and due <= now:
-                change, due, event = self._settle(job, now)
-                batch.append((job, change, event))
-                if len(batch) >= SETTLE_BATCH:
-                    self._promote(batch)
-                    batch = []
-            if due is not None:
-                next_due = due if next_due is None else min(next_due, due)
-        if batch:
-            self._promote(batch)
-        return next_due
-
-    def _promote(self, batch: list[tuple[Job, Settled, tuple[str, dict[str, Any]] | None]]) -> None:
-        """Commit settle decisions in one transaction: each only if its row is still as it was looked at (a
-        watcher event, on this node or another, may have changed it meanwhile)."""
-        assert self.queue is not None
-        changed = self.queue.settle([decision for _, decision, _ in batch])
-        for job, _, event in batch:
-            if job.id in changed and event is not None:
-                name, fields = event
-                (log.error if name == "job_failed" else log.info)(name, **fields)
-        if any(decision.state is State.READY for job, decision, _ in batch if job.id in changed):
-            self.wake.set()
-
-    def _settle(self, job: Job, now: float) -> tuple[Settled, float | None, tuple[str, dict[str, Any]] | None]:
-        change, due, event = self._look(job, now)
-        state = change.pop("state", State.SETTLING)
-        return Settled(job.id, job.identity, state, change), due, event
-
-    def _look(self, job: Job, now: float) -> tuple[dict[str, Any], float | None, tuple[str, dict[str, Any]] | None]:
-        """Look at one file whose settle time is up: (the change to commit, when it is next due, what to log)."""
-        assert job.path is not None
-        about = {"job_id": job.id, "path": job.display_path}
-        try:
-            st = os.lstat(job.path)  # the entry itself: a symlink is never followed
-        except FileNotFoundError:
-            if job.folder and not os.path.isdir(job.folder):  # an unmounted share, not a vanished file: look later
-                return {"stable_since": now}, now + max(job.settle_seconds, 10.0), None
-            return {"state": State.SKIPPED, "reason": "vanished"}, None, ("job_skipped", {**about, "reason": "vanished"})
-        except OSError as exc:
-            why = f"cannot stat: {exc.strerror}"
-            return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
-        outside = sources.not_a_plain_file(job.path, st, job.folder)
-        if outside is not None:  # a link or a FIFO swapped in, or a subfolder turned into a link out of the folder
-            return {"state": State.SKIPPED, "reason": outside}, None, ("job_skipped", {**about, "reason": outside})
-        if sources.identity_of(st) != job.identity:
-            since = settle_clock(st.st_mtime_ns, job.updated_at, now)
-            return ({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev,
-                     "stable_since": since}, since + job.settle_seconds, None)
-        if self.watcher.writing(job.path) or sources.open_for_writing(job.path):
-            # A writer still holds it (files/writers.py): not finished, however quiet it is; the settle time
-            # counts again from its close.
-            return {"stable_since": now}, now + max(job.settle_seconds, 1.0), None
-        if st.st_size == 0:
-            return {"state": State.SKIPPED, "reason": "empty"}, None, ("job_skipped", {**about, "reason": "empty"})
-        if st.st_size > cfg.MAX_UPLOAD_BYTES and job.kind == "file":
-            why = f"file is {st.st_size:,} bytes; Studio accepts at most {cfg.MAX_UPLOAD_BYTES:,} (10 GB)"
-            self.activity.failure("too_large")
-            return {"state": State.FAILED, "reason": why, "last_error": why}, None, ("job_failed", {**about, "error": why})
-        if job.kind == "file":
-            media_id = marks.uploaded_as(job.path, st, job.collection_id, job.user_id,
-                                         same_inode_only=job.duplicates == "upload")
-            if media_id is not None:  # uploaded before, by a database that is gone: never twice
-                return ({"state": State.SKIPPED, "reason": "already uploaded (marked on the file)",
-                         "media_id": media_id}, None,
-                        ("job_skipped", {**about, "reason": "already_uploaded", "media_id": media_id}))
-        rule = rule_for(self.config.folders, job.path) or cfg.FolderRule(path=Path(job.folder or "/"))
-        folder, path = Path(job.folder or rule.path), Path(job.path)
-        title = logs.title_text(cfg.render(rule.title, path, folder, st.st_size, st.st_mtime))
-        description = cfg.render(rule.description, path, folder, st.st_size, st.st_mtime)
-        return ({"state": State.READY, "title": title, "description": description, "next_attempt_at": now}, None,
-                ("file_ready", {**about, "bytes": st.st_size, "title": title}))
+        if self.settler is not None:
+            self.settler.kick.set()
 
     def _hold_after_upload(self, job: Job) -> tuple[float, str] | None:
         """Seconds to wait before deleting or moving an uploaded file across filesystems, and why (None: go).
@@ -630,70 +583,11 @@ class Daemon:
         return (left, f"open writers cannot be seen here: waiting until the file has been unchanged for "
                       f"{quiet:g} s") if left > 0 else None
 
-    def _processed_timeout(self, job: Job) -> float:
-        rule = rule_for(self.config.folders, job.path) if job.path else None
-        return (rule or cfg.FolderRule(path=Path("/"))).processed_timeout_seconds
-
-    # -- workers ----------------------------------------------------------------------------------------------
-
     def _beat(self) -> None:
         self.beats[threading.current_thread().name] = time.monotonic()
 
-    def _work_loop(self) -> None:
-        assert self.queue is not None
-        name = threading.current_thread().name
-        owner = self.queue.owner(name)
-        while not self.stop.is_set():
-            self.beats[name], self.busy[name] = time.monotonic(), None
-            try:
-                self._work_once(owner, name)
-            except DatabaseUnavailable as exc:  # PostgreSQL down or restarting: wait for it, quietly
-                log.warning("database_unavailable", worker=name, error=str(exc))
-                self.stop.wait(1.0)
-            except StorageFull as exc:  # the job stays claimed: released when the disk has room again
-                assert self.storage is not None
-                self.storage.trip(exc, self.busy.get(name))
-            except Exception:  # the database or a bug: log, breathe, go on; the job stays claimed until restart
-                log.exception("worker_error", worker=name)
-                self.stop.wait(1.0)
+    def _closed_for(self) -> float:
+        """Seconds until a worker may start a job: the start jitter (monotonic: a clock step must not move it),
+        then the upload hours."""
+        return max(self._not_before - time.monotonic(), self.schedule.seconds_until_open())
 
-    def _work_once(self, owner: str, name: str) -> None:
-        assert self.queue is not None
-        if not self.turns.begin(name, self.stop, self._beat):
-            return
-        jobs: list[Job] = []
-        try:
-            # Looked at with the turn in hand: waiting for one can take a while, and a pause or the end of the
-            # upload hours may have come meanwhile.
-            paused = self._paused()
-            closed_for = max(self._not_before - time.monotonic(), self.schedule.seconds_until_open())
-            if not paused and closed_for <= 0:
-                jobs = self.queue.claim(owner)
-                for job in jobs:
-                    self.busy[name] = job.id
-                    self.pipeline.run(job)
-        finally:
-            self.turns.end(name)
-        if paused:
-            if self.pause.paused:
-                self.pause.wait_resumed(1.0)
-            else:
-                self.wake.wait(1.0)
-                self.wake.clear()
-        elif closed_for > 0:
-            self.stop.wait(min(closed_for, 10.0))
-        elif not jobs:
-            due = self.queue.next_due()
-            self.wake.wait(1.0 if due is None else min(1.0, max(0.01, due - self.queue.now())))
-            self.wake.clear()
-
-
-def _changed(known: tuple[str, tuple[Any, ...]] | None, st: os.stat_result) -> bool:
-    """Does a rescanned file need the queue's attention? (New, or changed since its last finished job.)"""
-    if known is None:
-        return True
-    state, identity = known
-    if state == "vanished":  # it was gone when its job looked; it is back
-        return True
-    return identity != sources.identity_of(st) and state in (
-        State.SETTLING.value, State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)

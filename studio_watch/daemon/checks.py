@@ -1,14 +1,13 @@
 """Operator tools: `studio-watch check` (is everything in place?) and `studio-watch explain PATH` (what would
 happen to this file?).
 
-`run_checks(config, client)` returns one `Check` per fact, so each can be tested on its own; `cmd_check` prints
-them as `ok`/`warn`/`FAIL` lines and a verdict. `explain` needs no network: it renders what the daemon would
-send from the folder rule that matches a path.
+`run_checks(config, client)` returns one `Check` per fact, so each can be tested on its own; `cli/check.py`
+prints them as `ok`/`warn`/`FAIL` lines and a verdict. `explain` needs no network: it renders what the daemon
+would send from the folder rule that matches a path.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -21,15 +20,18 @@ from typing import Any, Iterable
 from urllib.parse import urlencode
 
 from studio_watch import config as cfg, logs
+from studio_watch.daemon.statedb import queue_for
 from studio_watch.errors import AuthError, StudioError, StudioWatchError, TransientError
 from studio_watch.studio.client import IMPORT_PATH, StudioClient
 from studio_watch.files import sources
-from studio_watch.files.watcher import classify, count_dirs, filesystem_type, is_network_fs, rule_for
+from studio_watch.files.links import parse_link_file
+from studio_watch.studio.imports import validate_import
+from studio_watch.files.mounts import MOUNTINFO, choose_observer, filesystem_type, is_network_fs
+from studio_watch.files.rules import classify, count_dirs, rule_for
 from studio_watch.files.writers import after_upload_quiet, unseen_message
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
-MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,7 @@ def _check_move_to(where: str, rule: cfg.FolderRule) -> Check:
 
 def effective_observer(config: cfg.Config, rule: cfg.FolderRule, mountinfo: str = MOUNTINFO) -> str:
     """What the watcher will use for this folder (auto polls network filesystems)."""
-    if config.observer != "auto":
-        return config.observer
-    return "polling" if is_network_fs(filesystem_type(rule.path, mountinfo)) else "inotify"
+    return choose_observer(config.observer, rule.path, mountinfo)
 
 
 def check_inotify(config: cfg.Config, max_watches: str = MAX_WATCHES, mountinfo: str = MOUNTINFO) -> list[Check]:
@@ -210,9 +210,6 @@ def check_open_writers(config: cfg.Config, mountinfo: str = MOUNTINFO) -> list[C
 def check_state_db(config: cfg.Config) -> list[Check]:
     """The state database's folder (and the database, if it exists) is writable."""
     if config.shared_state:  # a cluster's PostgreSQL: reachable, schema known, node name free or this node's
-        from studio_watch.daemon.app import queue_for
-        from studio_watch.errors import StudioWatchError
-
         try:
             queue_for(config).close()
         except StudioWatchError as exc:
@@ -241,14 +238,7 @@ def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: 
     results += check_network_fs(config, mountinfo)
     results += check_open_writers(config, mountinfo)
     results += check_state_db(config)
-    if any(rule.expect is not None for rule in config.folders):
-        from studio_watch.daemon.timetable_report import check_timetables
-        from studio_watch.studio.fetch import fetch_document
-
-        studio = config.studio
-        results += check_timetables(
-            config, lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds, studio), time.time())
-    return results
+    return results  # the timetables' checks: daemon/timetable_report.py (it builds on these), run by cli/check.py
 
 
 def verdict(results: Iterable[Check]) -> tuple[str, int]:
@@ -260,43 +250,6 @@ def verdict(results: Iterable[Check]) -> tuple[str, int]:
     if failed:
         return f"FAIL {failed} problem(s){note}", 1
     return f"ok   all checks passed{note}", 0
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """`studio-watch check`: one line per check, a verdict line; exit 1 if anything failed (2: bad config)."""
-    from studio_watch import logs
-    from studio_watch.cli.main import load_config
-    from studio_watch.daemon.app import make_tokens, queue_for
-
-    config = load_config(args)
-    logs.setup("error", config.log.format)
-    results = [Check("config", OK, f"{config.source} is valid ({len(config.folders)} folder(s))")]
-    client = None
-    try:
-        shared = queue_for(config) if config.shared_state and config.studio.oauth else None
-        try:
-            tokens = make_tokens(config, shared)  # a cluster's OAuth pair lives in its database
-        finally:
-            if shared is not None:
-                shared.close()
-        source = "OAuth token store" if config.studio.oauth else "access token"
-        results.append(Check("token", OK, f"{source} loaded"))
-        retry = dataclasses.replace(config.retry, request_tries=1)
-        client = StudioClient(config.studio, retry, tokens)
-    except StudioWatchError as exc:
-        results.append(Check("token", FAIL, f"no token: {exc}"))
-    try:
-        for check in results:
-            print(check.line(), flush=True)
-        for check in run_checks(config, client):
-            results.append(check)
-            print(check.line(), flush=True)
-    finally:
-        if client is not None:
-            client.close()
-    line, code = verdict(results)
-    print(line)
-    return code
 
 
 # -- explain ---------------------------------------------------------------------------------------------------------
@@ -312,16 +265,8 @@ def _find_rule(config: cfg.Config, path: str) -> tuple[int, cfg.FolderRule, str]
     return None
 
 
-def _target(rule: cfg.FolderRule) -> tuple[str, dict[str, int]]:
-    params = {k: v for k, v in (("collection_id", rule.collection_id), ("user_id", rule.user_id)) if v is not None}
-    text = cfg.target_text(rule.collection_id, rule.user_id)
-    if rule.user_id is not None:
-        text += " (on behalf of, admin token)"
-    return ("the token owner's " + text) if not params else text, params
-
-
 def _upload_lines(api: str, rule: cfg.FolderRule, size: int, title: str, description: str) -> list[str]:
-    _, params = _target(rule)
+    params = rule.target.params()
     query = f"?{urlencode(params)}" if params else ""
     complete = urlencode({"title": title, "description": description, "auto_caption": str(rule.auto_caption).lower()})
     return ["would send:",
@@ -332,8 +277,6 @@ def _upload_lines(api: str, rule: cfg.FolderRule, size: int, title: str, descrip
 
 def _link_lines(api: str, rule: cfg.FolderRule, path: str, title: str, description: str) -> list[str]:
     """Mirrors StudioClient.import_url: query parameters into a collection, a JSON body otherwise."""
-    from studio_watch.studio.imports import parse_link_file, validate_import
-
     url = parse_link_file(path)
     is_external, title_sent = validate_import(url, rule.collection_id, rule.user_id, title, None)
     fields: dict[str, Any] = {"url": url, "description": description, "auto_caption": rule.auto_caption,
@@ -375,7 +318,7 @@ def explain(config: cfg.Config, path: str) -> tuple[list[str], int]:
         note = ["(the file does not exist yet: size 0 and the current time stand in for the templates)"]
     title = logs.title_text(cfg.render(rule.title, Path(matched), rule.path, size=size, mtime=mtime))  # as sent
     description = cfg.render(rule.description, Path(matched), rule.path, size=size, mtime=mtime)
-    target, _ = _target(rule)
+    target = rule.target.explain()
     lines = [f"folder: folders[{index}] {rule.path} ({'recursive' if rule.recursive else 'not recursive'})",
              f"matches: {why}", *note, f"target: {target}", f"title: {title}", f"description: {description!r}"]
     api = config.studio.api_url
@@ -426,34 +369,3 @@ def _policy_lines(rule: cfg.FolderRule, kind: str, sees_writers: bool = True) ->
             lines.append(f"note: {rule.after_upload} waits until the file has been unchanged for "
                          f"{after_upload_quiet(rule.settle_seconds):g} s (a move within one filesystem does not)")
     return lines
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    """`studio-watch explain PATH`: exit 0 when the path would be uploaded, 1 when not."""
-    from studio_watch.cli.main import load_config
-
-    config = load_config(args)
-    if getattr(args, "date", None):
-        return _explain_date(config, args)
-    lines, code = explain(config, os.path.abspath(args.path))
-    print("\n".join(logs.printable(line) for line in lines))  # a file name may carry an ANSI escape
-    return code
-
-
-def _explain_date(config: cfg.Config, args: argparse.Namespace) -> int:
-    """`studio-watch explain --date DAY FOLDER`: what the folder's timetable expected that day, and what arrived."""
-    from studio_watch.cli.main import config_error
-    from studio_watch.daemon.timetable_report import explain_date, parse_day
-    from studio_watch.daemon.app import queue_for
-
-    try:
-        parse_day(args.date)  # checked here (exit 2); "today" is resolved in the timetable's zone
-    except ValueError:
-        raise config_error("--date", f"expected YYYY-MM-DD, today or yesterday; got {args.date!r}") from None
-    queue = queue_for(config)
-    try:
-        lines, code = explain_date(config, queue, os.path.abspath(args.path), args.date, time.time())
-    finally:
-        queue.close()
-    print("\n".join(logs.printable(line) for line in lines))  # file names and reasons may carry escapes
-    return code

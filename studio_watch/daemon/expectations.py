@@ -9,11 +9,13 @@ the queue saw; those that ended before the folder was first watched with a timet
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -39,15 +41,10 @@ def arrival(job: Job) -> j.Arrival:
 
 def when(epoch: float, zone: str | None) -> str:
     """An instant as ISO 8601 in the timetable's zone (for alerts and logs)."""
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(epoch, _zone(zone)).isoformat()
 
 
 def _zone(zone: str | None) -> Any:
-    import datetime as dt
-    from zoneinfo import ZoneInfo
-
     try:
         return ZoneInfo(zone) if zone else dt.datetime.now().astimezone().tzinfo
     except (ValueError, KeyError, OSError):

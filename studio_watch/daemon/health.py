@@ -1,42 +1,31 @@
-"""`studio-watch health`: a probe for container HEALTHCHECKs and monitoring scripts.
+"""Is the daemon healthy? (What `studio-watch health` asks, for container HEALTHCHECKs and monitoring.)
 
 With `metrics.listen` set it asks the daemon's own `/healthz` (watchers and workers alive); without it, it
-can only tell whether a daemon holds the state database's lock. Exit 0 healthy, 1 not (one line on stderr
-saying why), 2 for a bad config (raised as ConfigError and reported by cli.main).
+can only tell whether a daemon holds the state database's lock.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from studio_watch import config as cfg
-from studio_watch.daemon.app import DaemonLock, queue_for
-from studio_watch.daemon.metrics import parse_listen
-from studio_watch.errors import StudioError
+from studio_watch.config import parse_listen
+from studio_watch.daemon.lock import DaemonLock
+from studio_watch.daemon.statedb import queue_for
+from studio_watch.errors import StudioError, StudioWatchError
 from studio_watch.studio.client import tls_context
 
-EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
 TIMEOUT_SECONDS = 3.0
 # A wildcard listen address is reachable on loopback from inside the same host or container.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 when the daemon is healthy, 1 (with a one-line reason on stderr) when it is not."""
-    config = cfg.load(cfg.config_path(getattr(args, "config", None)))
-    degraded: list[str] = []
+def daemon_health(config: cfg.Config, degraded: list[str] | None = None) -> tuple[bool, str]:
+    """(True, "") when the daemon is healthy, else (False, why). `degraded` receives the daemon's "degraded: ..."
+    lines (a missing folder, a folder polled instead of inotify): healthy all the same."""
     if config.metrics.listen:
-        healthy, reason = check_http(healthz_url(config.metrics.listen), degraded=degraded)
-    else:
-        healthy, reason = check_lock(config)
-    for line in degraded:  # healthy all the same (a missing folder must not get the container restarted)
-        print(f"studio-watch: {line}", file=sys.stderr)
-    if not healthy:
-        print(f"studio-watch: unhealthy: {reason}", file=sys.stderr)
-        return EXIT_UNHEALTHY
-    return EXIT_HEALTHY
+        return check_http(healthz_url(config.metrics.listen), degraded=degraded)
+    return check_lock(config)
 
 
 def healthz_url(listen: str) -> str:
@@ -49,8 +38,8 @@ def healthz_url(listen: str) -> str:
 
 def check_http(url: str, timeout: float = TIMEOUT_SECONDS, degraded: list[str] | None = None) -> tuple[bool, str]:
     """(True, "") on a 200 from `url`, else (False, why); the body's "degraded: ..." lines go to `degraded`."""
-    from studio_watch.studio.proxies import Proxies
-    from studio_watch.studio.transport import Pool
+    from studio_watch.studio.proxies import Proxies  # start-up cost: the HTTP stack (httpcore) is imported by the first request
+    from studio_watch.studio.transport import Pool  # start-up cost: the HTTP stack (httpcore) is imported by the first request
 
     # The daemon's own endpoint, on this host or container: never through a proxy, whatever the environment says.
     pool = Pool(lambda: tls_context(None), timeout, proxies=Proxies(None, {}))
@@ -70,8 +59,6 @@ def check_http(url: str, timeout: float = TIMEOUT_SECONDS, degraded: list[str] |
 def check_lock(config: cfg.Config) -> tuple[bool, str]:
     """(True, "") when some daemon holds the lock on `config.state_db`, else (False, why)."""
     if config.shared_state:  # a cluster: this node's daemon is alive when its heartbeat is recent
-        from studio_watch.errors import StudioWatchError
-
         try:
             queue = queue_for(config)
         except StudioWatchError as exc:

@@ -2,15 +2,15 @@
 
 `Metrics` owns a private `CollectorRegistry` (never the process-global one, so two daemons in one test
 process do not collide). Counters and the upload-time histogram are fed by `Metrics.on_event`, a listener
-for `daemon.Activity` events; the queue gauges are read from the state database at scrape time.
+for `daemon.activity` events; the queue gauges are read from the state database at scrape time.
 
-Scrape-time reads go through one dedicated reader thread: `JobQueue` keeps one SQLite connection per
-thread until the queue is closed, and `ThreadingHTTPServer` starts a new thread per request, so reading the
-queue from the request thread would leave one open connection behind per scrape.
+Scrape-time reads run on one reader thread and are waited for at most READ_TIMEOUT_SECONDS: a scrape that meets
+a busy database answers 500 instead of holding one more of `ThreadingHTTPServer`'s request threads.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from studio_watch.config import parse_listen
+from studio_watch.daemon.activity import Event, Failure, PutDone, RecordingMissing
 from studio_watch.errors import StudioWatchError
 from studio_watch.queue import STATES, JobQueue
 
@@ -108,15 +110,15 @@ class Metrics:
         self.queue_collector = QueueCollector(queue, paused, node, folders)
         self.registry.register(self.queue_collector)
 
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
-        """An `Activity` listener: ("put_done", {"bytes", "seconds"}) or ("failure", {"reason"})."""
-        if kind == "put_done":
-            self.uploaded_bytes.inc(data["bytes"])
-            self.upload_seconds.observe(data["seconds"])
-        elif kind == "failure":
-            self.failures.labels(reason=data["reason"], **self._node).inc()
-        elif kind == "recording_missing":
-            self.recordings_missing.labels(folder=data["folder"], **self._node).inc()
+    def on_event(self, event: Event) -> None:
+        """An `Activity` listener: counts PutDone, Failure and RecordingMissing events."""
+        if isinstance(event, PutDone):
+            self.uploaded_bytes.inc(event.bytes)
+            self.upload_seconds.observe(event.seconds)
+        elif isinstance(event, Failure):
+            self.failures.labels(reason=event.reason, **self._node).inc()
+        elif isinstance(event, RecordingMissing):
+            self.recordings_missing.labels(folder=event.folder, **self._node).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in the registry."""
@@ -197,26 +199,12 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """ "HOST:PORT" or "[V6HOST]:PORT" → (host, port); raises ValueError for anything else."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    number = int(port)
-    if number > 65535:
-        raise ValueError(f"port out of range in {listen!r}")
-    return host, number
-
-
 class MetricsServer:
     """Serves `metrics` and the two probes on `listen` ("HOST:PORT", port 0 picks a free one)."""
 
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
                  ready: Callable[[], bool], detail: Callable[[], list[str]] | None = None) -> None:
         """Bind now, so a taken port fails at startup (StudioWatchError, exit 1); serve after start()."""
-        import socket
 
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -3,15 +3,15 @@
 `Pipeline.run(job)` takes a claimed job from wherever its state says it is and carries it as far as it can.
 Every step's result is committed to the queue before the next step's side effect begins, so a crash at any
 moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploaded` only completes,
-`completed` only finishes the after-upload action. The job leaves `run` unclaimed in every case, except when its claim was lost (another node took it over after
-its lease ran out): every step's commit is a guarded transition, and one that no longer applies stops the job
-here with nothing more done to it.
+`completed` only finishes the after-upload action. The job leaves `run` unclaimed in every case, except when
+its claim was lost (another node took it over after its lease ran out): every step's commit is a guarded
+transition, and one that no longer applies (LeaseLost) stops the job here with nothing more done to it.
+What to do about any other error is the retry policy's decision (studio/retry.py).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -19,13 +19,16 @@ from typing import Any, Callable, Protocol
 import structlog
 
 from studio_watch import logs
-from studio_watch.files import marks, sources
 from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
-from studio_watch.errors import (AuthError, CaptionsDisabled, DatabaseUnavailable, LeaseLost, MediaNotFound, PermanentError,
+from studio_watch.daemon.activity import NullObserver, Observer
+from studio_watch.errors import (CaptionsDisabled, DatabaseUnavailable, LeaseLost, MediaNotFound, PermanentError,
                                  SourceChanged, SourceUnreadable, SourceVanished, Stopping, StorageFull, StudioError,
                                  TransientError, UploadUrlExpired)
+from studio_watch.files import links, marks, sources
 from studio_watch.queue import Job, JobQueue, State, Step, Verdict
+from studio_watch.studio import retry as policy
 from studio_watch.studio.client import StudioClient
+from studio_watch.studio.imports import import_link
 
 log = structlog.get_logger(__name__)
 
@@ -39,43 +42,6 @@ class Pause(Protocol):
     """The queue-wide pause switch the daemon owns."""
 
     def trip(self, reason: str) -> None: ...
-
-
-class Observer(Protocol):
-    """What the pipeline reports for metrics and live progress (the daemon supplies one)."""
-
-    def put_done(self, nbytes: int, seconds: float) -> None: ...
-
-    def failure(self, reason: str) -> None: ...
-
-    def job_failed(self, job: Job, error: str) -> None: ...
-
-    def progress(self, job_id: int, sent: int, total: int) -> None: ...
-
-    def transfer_ended(self, job_id: int) -> None: ...
-
-
-class NullObserver:
-    def put_done(self, nbytes: int, seconds: float) -> None:
-        pass
-
-    def failure(self, reason: str) -> None:
-        pass
-
-    def job_failed(self, job: Job, error: str) -> None:
-        pass
-
-    def progress(self, job_id: int, sent: int, total: int) -> None:
-        pass
-
-    def transfer_ended(self, job_id: int) -> None:
-        pass
-
-
-def backoff(attempts: int, retry: RetryConfig, hint: float | None = None) -> float:
-    """The queue's wait before the next attempt: exponential with jitter, at least the server's hint."""
-    base = min(retry.max_seconds, retry.initial_seconds * 2 ** max(0, attempts - 1))
-    return min(retry.max_seconds, max(base * random.uniform(0.5, 1.0), hint or 0.0))
 
 
 class Pipeline:
@@ -96,69 +62,71 @@ class Pipeline:
     # -- the driver ----------------------------------------------------------------------------------------
 
     def run(self, job: Job) -> None:
-        """Carry one claimed job as far as it goes; always leaves it unclaimed."""
+        """Carry one claimed job as far as it goes; leaves it unclaimed unless its claim was lost."""
         log.debug("job_claimed", job_id=job.id, state=job.state.value, path=job.display_path)
         self._current.job = job
         try:
-            try:
-                self._run(job)
-            except Stopping:  # from a handler's own request (the outage probe) once the stop began
-                current = self._current.job
-                self._held(self.queue.release(current), current)
-        except LeaseLost:
-            # Another node holds the job now and carries it on from its last committed step; nothing more here.
-            log.warning("lease_lost", job_id=job.id, path=job.display_path, owner=job.claimed_by)
-        except DatabaseUnavailable as exc:  # the claim stays until it is recovered or its lease runs out
-            log.error("database_unavailable", job_id=job.id, error=str(exc))
+            self._run(job)
+        except (LeaseLost, DatabaseUnavailable) as exc:  # from a handler's own transition
+            self._let_go(job, exc)
         finally:
             self.queue.let_go(job)
 
     def _run(self, job: Job) -> None:
-        """Advance the job; on a failure, hand it back as of its last committed step (`self._current.job`, which
-        every commit updates): the failure's transition is guarded by that state."""
         try:
-            try:
-                self._advance(job)
-            except Exception as exc:
-                if self.stop.is_set() and not isinstance(exc, (LeaseLost, DatabaseUnavailable)):
-                    # The stop interrupted its I/O, so the error says nothing about the job: unclaimed as it is,
-                    # it resumes at this step next time.
-                    raise Stopping("stopping") from exc
-                raise
-            finally:
-                job = self._current.job
-        except (LeaseLost, DatabaseUnavailable):
-            raise
-        except Stopping:
-            self._held(self.queue.release(job), job)
-        except AuthError as exc:
-            self._outage(job, exc)
-        except TransientError as exc:  # Unreachable too: the upload host may be down while the API is up
-            if self._studio_down():
-                self._outage(job, exc)
-            else:
-                self._reschedule(self._fresh(job), exc)
-        except (PermanentError, SourceUnreadable) as exc:
-            if job.state is State.COMPLETED:  # the media is safe in Studio: never call this upload failed
-                self._finish(job, reason=f"after-upload step abandoned, file kept: {exc}")
-                log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=str(exc))
-            else:
-                self._fail(job, str(exc))
-        except SourceVanished:
-            if job.folder and not os.path.isdir(job.folder):  # the share is not mounted here: not a vanished file
-                log.warning("folder_missing", job_id=job.id, folder=job.folder, path=job.display_path)
-                self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + self.retry.max_seconds,
-                                                 last_error=f"folder missing: {job.folder}"), job)
-            else:
-                self._skip(job, "vanished")
-        except SourceChanged as exc:
-            self._resettle(job, exc)
-        except StudioError as exc:  # anything the client did not classify more precisely
-            self._reschedule(self._fresh(job), exc)
+            self._advance(job)
+            return
         except StorageFull:  # no write can succeed now: the worker pauses the queue, the job stays claimed
             raise
-        except Exception as exc:  # a bug must not kill the worker or lose the job
-            log.exception("job_crashed", job_id=job.id, path=job.display_path)
+        except Exception as exc:  # every other error is the retry policy's to judge, after the except block
+            error: Exception = exc
+        # The job as of its last committed step (every commit updates `_current`): the failure's transition is
+        # guarded by that state. A stop interrupts in-flight I/O, so an error then says nothing about the job:
+        # released unchanged, it resumes at this step next time.
+        job = self._current.job
+        action = policy.decide(error, stopping=self.stop.is_set())
+        try:
+            self._handle(job, error, action)
+        except Stopping:  # from a handler's own request (the outage probe) once the stop began
+            current = self._current.job
+            self._held(self.queue.release(current), current)
+
+    def _let_go(self, job: Job, exc: Exception) -> None:
+        """The claim is gone, or the database is: nothing more is done to the job here."""
+        if isinstance(exc, LeaseLost):
+            # Another node holds the job now and carries it on from its last committed step.
+            log.warning("lease_lost", job_id=job.id, path=job.display_path, owner=job.claimed_by)
+        else:  # the claim stays until it is recovered or its lease runs out
+            log.error("database_unavailable", job_id=job.id, error=str(exc))
+
+    def _handle(self, job: Job, exc: Exception, action: policy.Action) -> None:
+        """Carry out the retry policy's decision about a job whose step raised `exc`."""
+        if action is policy.Action.PROBE:
+            action = policy.Action.PAUSE if self._studio_down() else policy.Action.RESCHEDULE
+        if action is policy.Action.LET_GO:
+            self._let_go(job, exc)
+        elif action is policy.Action.RELEASE:
+            self._held(self.queue.release(job), job)
+        elif action is policy.Action.PAUSE:
+            self._outage(job, exc)
+        elif action is policy.Action.FAIL and job.state is State.COMPLETED:
+            # the media is safe in Studio: never call this upload failed
+            self._finish(job, reason=f"after-upload step abandoned, file kept: {exc}")
+            log.warning("after_upload_abandoned", job_id=job.id, media_id=job.media_id, reason=str(exc))
+        elif action is policy.Action.FAIL:
+            self._fail(job, str(exc))
+        elif action is policy.Action.SKIP and job.folder and not os.path.isdir(job.folder):
+            # the share is not mounted here: not a vanished file
+            log.warning("folder_missing", job_id=job.id, folder=job.folder, path=job.display_path)
+            self._held(self.queue.reschedule(job, next_attempt_at=self.queue.now() + self.retry.max_seconds,
+                                             last_error=f"folder missing: {job.folder}"), job)
+        elif action is policy.Action.SKIP:
+            self._skip(job, "vanished")
+        elif action is policy.Action.RESETTLE:
+            self._resettle(job, exc)
+        else:  # RESCHEDULE, or CRASH: a bug must not kill the worker or lose the job
+            if action is policy.Action.CRASH:
+                log.error("job_crashed", job_id=job.id, path=job.display_path, exc_info=exc)
             self._reschedule(self._fresh(job), exc)
 
     def _advance(self, job: Job) -> None:
@@ -285,7 +253,7 @@ class Pipeline:
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
         try:
-            result = self.client.put(job.upload_url, job.path, job.identity, progress)
+            result = self.client.put(job.upload_url, sources.UploadFile(job.path, job.identity), progress)
         finally:  # sent, failed or stopped: it is no longer a live transfer
             self.observer.transfer_ended(job.id)
         self.observer.put_done(result.bytes, result.seconds)
@@ -309,18 +277,21 @@ class Pipeline:
         assert job.media_id is not None
         title = job.title or logs.title_text(readable(Path(job.path or "media").stem))
         description = job.description or ""
+        captions_disabled = False
         try:
             media = self.client.complete(job.media_id, title, description, job.auto_caption and not job.captions_skipped)
         except CaptionsDisabled:
+            captions_disabled = True
+        except MediaNotFound as exc:
+            log.warning("media_not_found", job_id=job.id, media_id=job.media_id, error=str(exc))
+            return self._restart(job, str(exc))
+        if captions_disabled:  # completed again without captions, outside the except block (no I/O in one)
             if not self._warned_captions:
                 self._warned_captions = True
                 log.warning("captions_disabled", job_id=job.id,
                             message="auto-captioning is not enabled for this Studio account; completing without it")
             job = self._step(job, self.queue.skip_captions(job), captions_skipped=True)
             media = self.client.complete(job.media_id, title, description, False)
-        except MediaNotFound as exc:
-            log.warning("media_not_found", job_id=job.id, media_id=job.media_id, error=str(exc))
-            return self._restart(job, str(exc))
         status = (media or {}).get("transcoding_status")
         # after_upload keep: nothing follows, and losing this commit to a power cut costs only a second complete
         # (409): it need not wait for the disk, and the job is handed back in it. Before a move or delete it
@@ -339,8 +310,6 @@ class Pipeline:
 
     def _import_link(self, job: Job) -> Job:
         """A .url/.webloc file: one create-from-URL request, reconciled first if an earlier send's fate is unknown."""
-        from studio_watch.studio.imports import import_link
-
         assert job.path is not None
         maybe_sent_at = job.url_issued_at if job.step is Step.LINK_MAYBE_SENT else None
         # Before anything is sent it must be the file that settled; once it may have been sent, its URL is read
@@ -349,9 +318,10 @@ class Pipeline:
         if job.step is Step.READY:  # recorded before the request goes out: a crash after it means "maybe sent"
             at = self.queue.now()
             job = self._step(job, self.queue.link_sending(job, at), state=State.URL_ISSUED, url_issued_at=at)
-        media = import_link(self.client, job.path, job.title or readable(Path(job.path).stem), job.description or "",
-                            job.auto_caption, job.collection_id, job.user_id, maybe_sent_at=maybe_sent_at,
-                            identity=identity)
+        url = links.parse_link_file(job.path, identity)
+        media = import_link(self.client, url, job.title or readable(Path(job.path).stem), job.description or "",
+                            job.auto_caption, job.collection_id, job.user_id, source=job.path,
+                            maybe_sent_at=maybe_sent_at)
         keep, at = job.after_upload == "keep", self.queue.now()
         facts = dict(media_id=media.get("id"), transcoding_status=media.get("transcoding_status"),
                      captions_skipped=bool(media.get("captions_skipped")))
@@ -396,7 +366,8 @@ class Pipeline:
             log.warning("after_upload_failed", job_id=job.id, path=job.display_path, error=str(exc), attempts=attempts)
             self.observer.failure("after_upload")
             self._held(self.queue.reschedule(job, attempts=attempts, last_error=f"{job.after_upload} failed: {exc}",
-                                             next_attempt_at=self.queue.now() + backoff(attempts, self.retry)), job)
+                                             next_attempt_at=self.queue.now() + policy.backoff(attempts, self.retry)),
+                       job)
             return _released(job)
         if not done:
             log.info("after_upload_nothing_to_do", job_id=job.id, path=job.display_path, reason="file gone")
@@ -446,7 +417,7 @@ class Pipeline:
         if attempts >= self.retry.max_attempts and job.state is not State.COMPLETED:
             self._fail(job, f"gave up after {attempts} attempts: {exc}")
             return
-        delay = backoff(attempts, self.retry, getattr(exc, "retry_after", None))
+        delay = policy.backoff(attempts, self.retry, getattr(exc, "retry_after", None))
         self._held(self.queue.reschedule(job, attempts=attempts, next_attempt_at=self.queue.now() + delay,
                                          last_error=str(exc)), job)
         self.observer.failure("transient")
@@ -462,10 +433,8 @@ class Pipeline:
         """After a job's transient failure: is the API itself down (then pause) or was it this job's luck?"""
         try:
             self.client.probe()
-        except (TransientError, AuthError):
-            return True
-        except StudioError:
-            return False
+        except StudioError as exc:
+            return policy.studio_down(exc)
         return False
 
     def _resettle(self, job: Job, exc: BaseException) -> None:

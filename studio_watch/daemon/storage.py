@@ -16,15 +16,17 @@ from typing import Callable
 import structlog
 
 from studio_watch import config as cfg
-from studio_watch.daemon.pipeline import backoff
+from studio_watch.daemon.pause import Prober
 from studio_watch.errors import StorageFull
 from studio_watch.queue import JobQueue
 
 log = structlog.get_logger(__name__)
 
 
-class StorageGuard:
+class StorageGuard(Prober):
     """Paused while the state database cannot be written; `probe_loop` resumes it."""
+
+    PROBE_CAP = 30.0  # a disk freed is noticed within half a minute
 
     def __init__(self, queue: JobQueue, retry: cfg.RetryConfig, stop: threading.Event,
                  on_change: Callable[[], None] = lambda: None) -> None:
@@ -51,35 +53,25 @@ class StorageGuard:
         self._tripped.set()
         self.on_change()
 
-    def probe_loop(self) -> None:
-        """While paused: wait (backoff), try a small write and release the stranded jobs; resume when it works."""
-        tries = 0
-        while not self.stop.is_set():
-            if not self.paused:
-                tries = 0
-                self._tripped.wait(1.0)
-                self._tripped.clear()
-                continue
-            tries += 1
-            if self.stop.wait(min(backoff(tries, self.retry), 30.0)):
-                return
-            try:
-                self.queue.probe_write()
-                with self._lock:
-                    stranded = sorted(self._stranded)
-                mine = self.queue.owner("")  # this process's claims (another node may have taken one over)
-                for job_id in stranded:
-                    job = self.queue.get(job_id)
-                    if job is not None and (job.claimed_by or "").startswith(mine):
-                        self.queue.release(job)
-                    with self._lock:
-                        self._stranded.discard(job_id)
-            except StorageFull as exc:
-                log.info("queue_still_paused", reason=str(exc), probes=tries)
-                continue
+    def _probe(self, tries: int) -> None:
+        """While paused: try a small write and release the stranded jobs; resume when it works."""
+        try:
+            self.queue.probe_write()
             with self._lock:
-                paused_for = time.time() - (self.since or time.time())
-                self.reason = self.since = None
-            log.info("queue_resumed", cause="state_db_writable", paused_seconds=round(paused_for, 1),
-                     released=len(stranded))
-            self.on_change()
+                stranded = sorted(self._stranded)
+            mine = self.queue.owner("")  # this process's claims (another node may have taken one over)
+            for job_id in stranded:
+                job = self.queue.get(job_id)
+                if job is not None and (job.claimed_by or "").startswith(mine):
+                    self.queue.release(job)
+                with self._lock:
+                    self._stranded.discard(job_id)
+        except StorageFull as exc:
+            log.info("queue_still_paused", reason=str(exc), probes=tries)
+            return
+        with self._lock:
+            paused_for = time.time() - (self.since or time.time())
+            self.reason = self.since = None
+        log.info("queue_resumed", cause="state_db_writable", paused_seconds=round(paused_for, 1),
+                 released=len(stranded))
+        self.on_change()

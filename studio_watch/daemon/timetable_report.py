@@ -7,6 +7,7 @@ the state database. `check` fetches the URL (that is what it is for) and falls b
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,8 +177,6 @@ def _clock(epoch: float, lecture: Lecture) -> str:
 
 
 def _folder_of(config: cfg.Config, path: str) -> tuple[int, cfg.FolderRule | None]:
-    import os
-
     real = os.path.realpath(path)
     for i, rule in enumerate(config.folders):
         root = os.path.realpath(rule.path)

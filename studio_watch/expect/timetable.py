@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo
 
 from studio_watch.errors import StudioWatchError
 
@@ -63,7 +64,7 @@ class Timetable:
 
     @classmethod
     def parse(cls, data: bytes, source: str, floating_zone: dt.tzinfo | None = None) -> Timetable:
-        import icalendar
+        import icalendar  # start-up cost: only a folder with a timetable parses one
 
         try:
             calendar = icalendar.Calendar.from_ical(data)
@@ -98,7 +99,7 @@ class Timetable:
 
     def lectures(self, start: dt.datetime | float, end: dt.datetime | float) -> list[Lecture]:
         """Lectures overlapping [start, end), in order of start."""
-        import recurring_ical_events
+        import recurring_ical_events  # start-up cost, as icalendar
 
         lo, hi = _instant(start), _instant(end)
         try:
@@ -167,8 +168,6 @@ def _instant(value: dt.datetime | float) -> dt.datetime:
 
 def zone_named(name: str | None) -> dt.tzinfo:
     """A stored zone name as a tzinfo (the machine's zone when there is none or it is unknown here)."""
-    from zoneinfo import ZoneInfo
-
     try:
         if name:
             return ZoneInfo(name)

@@ -42,8 +42,7 @@ Identity = tuple[int | None, int | None, int | None]  # (inode, size, mtime_ns)
 
 
 def content_hasher() -> Any:
-    """The content identity hash: XXH3-64, non-cryptographic and about 40 GB/s here (XXH3-128 measured 18), so
-    it costs the upload pass almost nothing. Identity is hash plus size plus target: 64 bits are plenty."""
+    """The content identity hash: XXH3-64 (docs/decisions/content-hash.md)."""
     return xxhash.xxh3_64()
 
 
@@ -127,6 +126,48 @@ def hash_file(path: str, stop: threading.Event | None = None, identity: Identity
     return hasher.hexdigest()
 
 
+class UploadFile:
+    """The file a PUT sends, as it settled (`identity`): each try opens it afresh (`open`)."""
+
+    def __init__(self, path: str, identity: Identity) -> None:
+        self.path, self.identity = path, identity
+        self.size = int(identity[1] or 0)
+
+    def open(self) -> OpenUpload:
+        return OpenUpload(self.path, self.identity, self.size)
+
+
+class OpenUpload:
+    """One read of an upload's file: checked to be the very file that settled, hashed as it is read."""
+
+    def __init__(self, path: str, identity: Identity, size: int) -> None:
+        self.path, self.identity, self.size = path, identity, size
+        self.file = open_source(path, identity)  # never a link or a FIFO; the file that settled
+        self.hasher = content_hasher()
+
+    def check(self) -> None:
+        """Before and after the read: a file that differs from the one that settled raises SourceChanged."""
+        if identity_of(os.fstat(self.file.fileno())) != self.identity:
+            raise SourceChanged(f"file changed since it settled: {self.path!r}")
+
+    def whole(self) -> bytes:
+        return read_whole(self.file, self.size, self.hasher)
+
+    def chunks(self) -> Iterator[memoryview]:
+        """The file in hashed chunks of reused buffers; a big one read by a helper thread one chunk ahead."""
+        read = read_ahead if self.size >= READ_AHEAD_MIN else read_chunks
+        return read(self.file, self.size, self.hasher)
+
+    def hexdigest(self) -> str:
+        return str(self.hasher.hexdigest())
+
+    def __enter__(self) -> OpenUpload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
 def read_into(f: Any, view: memoryview) -> int:
     """One read of the source; a read error is the file's problem (SourceUnreadable), not the network's."""
     try:
@@ -175,11 +216,9 @@ def _hashed_chunks(f: Any, size: int, hasher: Any, buffers: Iterator[bytearray],
 
 
 def read_ahead(f: Any, size: int, hasher: Any) -> Iterator[memoryview]:
-    """As read_chunks, but a helper thread reads and hashes the next chunk while this one is being sent.
-
-    Measured with a 2 GiB file to a loopback sink: ~1.3x the throughput of reading and sending in turn (and of
-    `curl -T`), for the same CPU. The thread ends when the chunks do, or when the consumer closes this generator
-    early (a failed send, a stop); what it raises (SourceChanged, SourceUnreadable) is raised here.
+    """As read_chunks, but a helper thread reads and hashes the next chunk while this one is being sent
+    (docs/decisions/read-ahead.md). The thread ends when the chunks do, or when the consumer closes this
+    generator early (a failed send, a stop); what it raises (SourceChanged, SourceUnreadable) is raised here.
     """
     free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
     full: queue.SimpleQueue[memoryview | BaseException | None] = queue.SimpleQueue()

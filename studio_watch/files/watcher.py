@@ -1,25 +1,23 @@
-"""Finding files: watchdog observers, full scans, and the rules that say which names qualify.
+"""Finding files: watchdog observers per folder, the startup scan and the periodic rescan.
 
-The watcher only reports paths (with one stat each) to a callable; deciding what a file means for the queue is
-the daemon's business. Events can be lost (inotify overflow, network filesystems), so a periodic rescan is the
-safety net and a startup scan finds what arrived while the daemon was down.
+Which names qualify is files/rules.py's decision; the watcher only reports qualifying paths (with one stat
+each) to a callable, and deciding what a file means for the queue is the daemon's business. Events can be lost
+(inotify overflow, network filesystems), so a periodic rescan is the safety net and a startup scan finds what
+arrived while the daemon was down.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import functools
 import logging
 import os
-import re
 import stat
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import structlog
 from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
@@ -29,160 +27,19 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from studio_watch.config import FolderRule
+from studio_watch.files import inotify_limits
 from studio_watch.files.writers import OpenWriters, unseen_message
+from studio_watch.files.mounts import MOUNTINFO, choose_observer, filesystem_type, is_network_fs, network_mounts_under
+from studio_watch.files.rules import Found, classify, count_dirs, in_excluded_folder, scan
 
 log = structlog.get_logger(__name__)
 
-LINK_SUFFIXES = (".url", ".webloc")
-NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "davfs",
-                        "afs", "lustre", "gpfs", "beegfs", "ncpfs", "fakeowner", "grpcfuse"})
-MOUNTINFO = "/proc/self/mountinfo"
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
 # What the kernel is asked to report: a file appearing, being renamed in, written, closed after writing, or
 # deleted. Writes only mark the file as being written (files/writers.py), without a stat; never opens or reads:
 # our own reads of each upload would otherwise flood the observer with events.
 EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileModifiedEvent, FileDeletedEvent, DirCreatedEvent,
           DirMovedEvent]
-
-
-@dataclass(frozen=True)
-class Found:
-    path: str
-    stat: os.stat_result
-    rule: FolderRule
-    kind: str = "file"  # file | link (a browser link file: a URL import)
-
-
-OWN_FILES = (".studio-watch-*",)  # probes and files taken aside: never recordings, whatever `exclude` says
-
-
-def classify(rule: FolderRule, path: str) -> tuple[str | None, str]:
-    """Whether `path` qualifies under `rule`: (kind, why). kind is "file", "link" or None (with the reason)."""
-    try:
-        relative = Path(path).relative_to(rule.path)
-    except ValueError:
-        return None, f"outside {rule.path}"
-    parts = relative.parts
-    if not parts:
-        return None, "is the watched folder itself"
-    if len(parts) > 1 and not rule.recursive:
-        return None, f"in a subfolder of {rule.path}, which is not recursive"
-    for part in parts:
-        for pattern in (*rule.exclude, *OWN_FILES):
-            if fnmatch.fnmatchcase(part, pattern):
-                return None, f"{part!r} matches exclude pattern {pattern!r}"
-    name = parts[-1]
-    lower = name.lower()
-    if rule.links and lower.endswith(LINK_SUFFIXES):
-        return "link", "browser link file (imported as a URL)"
-    for pattern in rule.include:
-        if fnmatch.fnmatchcase(lower, pattern.lower()):
-            return "file", f"matches include pattern {pattern!r}"
-    return None, f"{name!r} matches no include pattern (not a media type this folder uploads)"
-
-
-def rule_for(rules: Iterable[FolderRule], path: str) -> FolderRule | None:
-    """The folder rule whose folder holds `path` (the innermost one)."""
-    best: FolderRule | None = None
-    best_root = ""
-    for rule in rules:
-        root = str(rule.path)  # absolute and normalised, as are the paths the watcher reports
-        inside = path == root or path.startswith(root if root.endswith("/") else root + "/")
-        if inside and (best is None or len(root) > len(best_root)):
-            best, best_root = rule, root
-    return best
-
-
-@functools.lru_cache(maxsize=256)
-def _matcher(patterns: tuple[str, ...], fold: bool) -> Callable[[str], Any] | None:
-    """One compiled regular expression for a tuple of glob patterns (folded to lower case for includes)."""
-    if not patterns:
-        return None
-    return re.compile("|".join(fnmatch.translate(p.lower() if fold else p) for p in patterns)).match
-
-
-def scan(rule: FolderRule) -> Iterator[Found]:
-    """Every qualifying file under the folder (one stat each), skipping excluded subfolders.
-
-    The same decision as `classify`, made per name with precompiled patterns: a scan of 100,000 files must
-    not build a Path and run every pattern for each of them.
-    """
-    include, exclude = _matcher(rule.include, True), _matcher((*rule.exclude, *OWN_FILES), False)
-    stack = [str(rule.path)]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("scan_failed", folder=folder, error=str(exc))
-            continue
-        for entry in entries:
-            name = entry.name
-            if exclude is not None and exclude(name):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if rule.recursive:
-                        stack.append(entry.path)
-                    continue
-                lower = name.lower()
-                kind = "link" if rule.links and lower.endswith(LINK_SUFFIXES) else \
-                    "file" if include is not None and include(lower) else None
-                if kind is not None and entry.is_file(follow_symlinks=False):  # never a link, a FIFO, a device
-                    yield Found(entry.path, entry.stat(follow_symlinks=False), rule, kind)
-            except OSError:
-                continue  # vanished between listing and stat: the next event or scan will tell
-
-
-def mounts(mountinfo: str = MOUNTINFO) -> list[tuple[str, str]]:
-    """(mount point, filesystem type) of every mount, from /proc/self/mountinfo (empty if unreadable)."""
-    try:
-        lines = Path(mountinfo).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040 is a space
-        found.append((mount_point, line.split(" - ", 1)[1].split()[0]))
-    return found
-
-
-def filesystem_type(path: Path, mountinfo: str = MOUNTINFO) -> str | None:
-    """The filesystem type of the mount holding `path`, from /proc/self/mountinfo (None if unknown)."""
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    for mount_point, fs_type in mounts(mountinfo):
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
-            best, best_type = mount_point, fs_type
-    return best_type
-
-
-def network_mounts_under(path: Path, mountinfo: str = MOUNTINFO) -> list[tuple[Path, str]]:
-    """Network filesystems mounted strictly inside `path` (a recursive folder polls those, whatever it uses)."""
-    root = os.path.realpath(path).rstrip("/") + "/"
-    return sorted({(Path(m), t) for m, t in mounts(mountinfo) if m.startswith(root) and is_network_fs(t)})
-
-
-def count_dirs(rule: FolderRule, limit: int) -> int:
-    """Directories an inotify observer watches for this folder (stops counting past `limit`)."""
-    if not rule.recursive:
-        return 1
-    count = 0
-    for _, dirs, _ in os.walk(rule.path):
-        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatchcase(d, p) for p in rule.exclude)]
-        count += 1
-        if count > limit:
-            break
-    return count
-
-
-def is_network_fs(fs_type: str | None) -> bool:
-    return fs_type is not None and (fs_type in NETWORK_FS or fs_type.startswith("fuse"))
-
-
 
 
 class _Handler(FileSystemEventHandler):
@@ -279,11 +136,9 @@ class Watcher:
         return self.writers.writing(path)
 
     def observer_kind(self, rule: FolderRule) -> str:
-        if self.observer_setting != "auto":
-            return self.observer_setting
-        if rule.path in self.forced_polling or is_network_fs(filesystem_type(rule.path, self.mountinfo)):
+        if self.observer_setting == "auto" and rule.path in self.forced_polling:  # its probe file made no event
             return "polling"
-        return "inotify"
+        return choose_observer(self.observer_setting, rule.path, self.mountinfo)
 
     def active(self) -> list[FolderRule]:
         return [rule for rule in self.rules if rule.path in self.kinds]
@@ -369,8 +224,6 @@ class Watcher:
     def check_watches(self, force: bool = False) -> list[Path]:
         """Recursive inotify folders whose every subfolder is not watched (the watch limit was reached) switch to
         polling. Runs at start, when directories appeared (`force` or `dirs_appeared`). Returns the switched."""
-        from studio_watch.files import inotify_limits
-
         with self._lock:
             todo = [r for r in self.rules if self.kinds.get(r.path) == "inotify" and r.recursive
                     and (force or r.path in self.dirs_appeared)]
@@ -491,8 +344,6 @@ class Watcher:
 
     def _over_limit(self, rule: FolderRule) -> str | None:
         """Why this folder cannot have inotify (it needs more watches than are left), or None."""
-        from studio_watch.files import inotify_limits
-
         limit = inotify_limits.watch_limit()
         if limit is None or not rule.recursive:
             return None
@@ -540,7 +391,8 @@ class Watcher:
 
     def folder_status(self) -> list[dict[str, Any]]:
         """Per folder: observer kind, whether its observer is alive, when it was last scanned, whether it is
-        available (and if not, why and since when), why it is polled when inotify was wanted."""
+        available (and if not, why and since when), why it is polled when inotify was wanted (the fields of
+        daemon.snapshot.FolderStatus)."""
         result = []
         for rule in self.rules:
             kind = self.kinds.get(rule.path)
@@ -582,7 +434,7 @@ class Watcher:
                         self._unschedule(rule.path)
                         self._activate(rule)  # a fresh observer, started by _schedule
         if dead:
-            self.scan_all(full=True)
+            self.scan_all()
         return bool(dead)
 
     def close(self) -> None:
@@ -616,11 +468,9 @@ class Watcher:
 
     def scan_folder(self, rule: FolderRule, folder: str, is_scan: bool = False) -> None:
         """Scan `folder` (the rule's folder or a subfolder of it) and report what qualifies."""
-        parts = Path(folder).relative_to(rule.path).parts if Path(folder).is_relative_to(rule.path) else ()
-        if any(fnmatch.fnmatchcase(part, p) for part in parts for p in rule.exclude):
+        if in_excluded_folder(rule, folder):
             return  # inside an excluded subfolder (a trash, a hidden sync folder): nothing there qualifies
-        sub = FolderRule(**{**rule.__dict__, "path": Path(folder)})
-        found = [Found(f.path, f.stat, rule, f.kind) for f in scan(sub)]
+        found = list(scan(rule, folder))
         if found or is_scan:
             self.on_found(found, is_scan)
         if is_scan:

@@ -31,9 +31,9 @@ def open_queue(state_db: str | Path, *, node: str = "local", password: str | Non
     daemon's `run --new-database`, its quick_check at start) concern a file: a PostgreSQL database is the
     server's to keep whole and cannot be lost as a file can."""
     if is_postgres(state_db):
-        from studio_watch.queue.postgres import PostgresQueue
+        from studio_watch.queue.postgres import PostgresQueue  # start-up cost: psycopg, only for a cluster
 
         return PostgresQueue(str(state_db), node=node, password=password, lease_seconds=lease_seconds)
-    from studio_watch.queue.sqlite import SqliteQueue
+    from studio_watch.queue.sqlite import SqliteQueue  # start-up cost: the one backend this process uses
 
     return SqliteQueue(Path(state_db), new_database=new_database, verify=verify)

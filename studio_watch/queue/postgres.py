@@ -27,6 +27,7 @@ What the cluster needs beyond the shared SQL (`sql.py`), and how it is done here
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ from typing import Any, Iterator, Sequence
 
 import structlog
 
+from studio_watch import __version__
+from studio_watch.config import redact_uri
 from studio_watch.errors import ConfigError, DatabaseTooNew, DatabaseUnavailable, NodeNameInUse, StorageFull
 from studio_watch.queue.model import Job
 from studio_watch.queue.sql import _RELEASED, Row, SqlQueue
@@ -179,8 +182,6 @@ class PostgresQueue(SqlQueue):
         if psycopg is None:
             raise ConfigError("state_db is a postgresql:// URI, but psycopg is not installed: "
                               "pip install 'studio-watch[postgresql]'")
-        from studio_watch.config import redact_uri
-
         self.uri, self.node, self.lease_seconds = uri, node, lease_seconds
         self.where = redact_uri(uri)
         self._password = password
@@ -469,8 +470,6 @@ class PostgresQueue(SqlQueue):
     # -- nodes ------------------------------------------------------------------------------------------------
 
     def register_node(self, name: str, pid: int, host: str) -> None:
-        from studio_watch import __version__
-
         assert name == self.node
         self._registered = (name, pid, host)
         self._take_name()
@@ -499,8 +498,6 @@ class PostgresQueue(SqlQueue):
                 old.close()
 
     def node_seen(self, status: dict[str, Any] | None) -> None:
-        import json
-
         if self._registered is None:
             return
         with self._tx(durable=False) as tx:

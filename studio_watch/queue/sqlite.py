@@ -116,13 +116,8 @@ class _SqliteTx:
 
 
 class SqliteQueue(SqlQueue):
-    """The state database: one connection, shared by this process's threads under one lock.
-
-    One connection keeps one page cache. With a connection per thread, every commit by one worker made the
-    other re-read its pages (measured: a quarter more CPU per small file with two workers), and SQLite's busy
-    handler, which sleeps in steps of milliseconds, arbitrated between them. Other processes (`status`, an
-    `upload` beside the daemon) open their own connection and meet this one at SQLite's locks.
-    """
+    """The state database: one connection, shared by this process's threads under one lock (why:
+    docs/decisions/one-sqlite-connection.md)."""
 
     shared = False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     from studio_watch.sandbox.state import SandboxState
@@ -184,8 +185,6 @@ def _routes() -> list[Route]:
 
 def _form(body: bytes) -> dict[str, str]:
     """Decode a form-encoded body (first value of each key)."""
-    from urllib.parse import parse_qs
-
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 

@@ -503,7 +503,7 @@ class Sandbox:
         self.tls_files: TlsFiles | None = None
         self._own_tls_dir: str | None = None
         if tls:
-            from studio_watch.sandbox.tls import make_certificates
+            from studio_watch.sandbox.tls import make_certificates  # only --tls needs cryptography (an extra)
 
             if tls_dir is None:
                 tls_dir = self._own_tls_dir = tempfile.mkdtemp(prefix="studio-sandbox-tls-")

@@ -12,8 +12,10 @@ import json
 import random
 import re
 import secrets
+import struct
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
@@ -163,9 +165,6 @@ def _duration(size: int) -> float:
 
 def _png(seed: int) -> bytes:
     """A small valid PNG (16x9, one colour chosen by `seed`), built with zlib: the sandbox's thumbnail."""
-    import struct
-    import zlib
-
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
-
-if TYPE_CHECKING:
-    import ssl
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -28,8 +26,6 @@ class TlsFiles:
 
     def server_context(self) -> ssl.SSLContext:
         """A TLS server context (TLS 1.2 or newer) presenting the certificate."""
-        import ssl
-
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert, self.key)
@@ -39,10 +35,10 @@ class TlsFiles:
 def make_certificates(directory: Path, hosts: Iterable[str]) -> TlsFiles:
     """Write ca.pem, server.pem and server.key (0600) into `directory` for the given host names and addresses."""
     try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        from cryptography import x509  # an optional extra (sandbox-tls): imported only to make certificates
+        from cryptography.hazmat.primitives import hashes, serialization  # the same extra
+        from cryptography.hazmat.primitives.asymmetric import ec  # the same extra
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # the same extra
     except ImportError:
         raise RuntimeError("sandbox --tls needs the 'cryptography' package: "
                            "pip install 'studio-watch[sandbox-tls]'") from None

@@ -1,4 +1,4 @@
-"""OAuth tokens that refresh themselves, and `studio-watch auth login|status`.
+"""Where the access token comes from: a fixed one (`make_tokens`), or OAuth tokens that refresh themselves.
 
 `OAuthTokens` is the `TokenSource` for a config with `studio.oauth`. It keeps the access/refresh pair in a JSON
 token store (mode 0600, replaced atomically) and refreshes the access token shortly before it expires, or once
@@ -15,13 +15,10 @@ committed), the old refresh token is dead and the new one was never received; th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
-import stat
-import sys
 import tempfile
 import threading
 import time
@@ -39,6 +36,7 @@ from studio_watch import logs
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, ConfigError, StudioError, TransientError, Unreachable
 from studio_watch.private import private_dir
+from studio_watch.studio.client import StaticToken, TokenSource, http_pool
 
 log = structlog.get_logger(__name__)
 
@@ -112,10 +110,9 @@ class TokenStore:
     def load(self) -> StoredTokens:
         """The stored tokens; ConfigError (telling the user to run `auth login`) when missing or damaged."""
         try:
-            st = self.path.stat()
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise self.error(f"{self.path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                                 f"run: chmod 600 {self.path}")
+            problem = cfg.loose_permissions(self.path, self.path.stat())
+            if problem:
+                raise self.error(problem)
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise self.error(f"no token stored at {self.path}: run studio-watch auth login") from None
@@ -175,6 +172,7 @@ class SharedValues(Protocol):
     """What a cluster's queue offers to share tokens between nodes (the PostgreSQL queue provides it)."""
 
     where: str
+    shared: bool  # False: a single machine's queue (its tokens stay in the token_store file)
 
     def meta(self, key: str) -> str | None: ...
 
@@ -294,8 +292,6 @@ def post_token(http: httpx.Client, url: str, form: dict[str, str], invalid_grant
 
 def token_http(studio: cfg.StudioConfig) -> httpx.Client:
     """A client for the token endpoint over the program's one HTTP stack (same TLS checks and proxies)."""
-    from studio_watch.studio.client import http_pool
-
     http = http_pool(studio).httpx(owned=True)
     http.headers["User-Agent"] = f"studio-watch/{__version__}"
     return http
@@ -402,7 +398,24 @@ class OAuthTokens:
                 self._persist(self._unsaved)
 
 
-# -- studio-watch auth ---------------------------------------------------------------------------------------
+def make_tokens(config: cfg.Config, queue: SharedValues | None = None) -> TokenSource:
+    """The token source the config asks for (raises ConfigError for a missing or loose secret). With a cluster's
+    queue, OAuth tokens are shared through it (one refresh at a time across nodes)."""
+    if config.studio.oauth is not None:
+        tokens: TokenSource = OAuthTokens.from_config(config, queue if queue is not None and queue.shared else None)
+    else:
+        def read() -> str:
+            token = cfg.static_token(config)
+            assert token is not None
+            logs.register_secret(token)
+            return token
+
+        tokens = StaticToken(read)
+    logs.register_secret(tokens.token())
+    return tokens
+
+
+# -- authorizing (the `auth login` command in cli/auth.py) ---------------------------------------------------------------------------------------
 
 def authorize_url(studio_url: str, client_id: str, redirect_uri: str) -> str:
     """The address the user opens to allow access."""
@@ -441,46 +454,20 @@ def check_redirect_uri(uri: str) -> str:
     return uri
 
 
-def _oauth_config(config: cfg.Config) -> cfg.OAuthConfig:
+def oauth_config(config: cfg.Config) -> cfg.OAuthConfig:
     if config.studio.oauth is None:
         raise ConfigError(f"{config.source}: studio.oauth: not configured; auth needs studio.oauth with "
                           "client_id, client_secret_file (or client_secret_env) and token_store")
     return config.studio.oauth
 
 
-def _when(epoch: float) -> str:
-    """A local date and time, and how far away it is."""
-    from studio_watch.cli.main import human_age
-
-    delta = epoch - time.time()
-    relative = f"in {human_age(delta)}" if delta >= 0 else f"{human_age(-delta)} ago"
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(epoch))} ({relative})"
-
-
-def _read_code(url: str, redirect_uri: str) -> str:
-    print("Open this address in a browser, sign in to Canvas Studio and allow access:\n")
-    print(f"  {url}\n")
-    print(f"Studio then sends the browser to {redirect_uri} with ?code=... in the address.")
-    print("Paste the code, or the whole address the browser was sent to:", flush=True)
-    line = sys.stdin.readline()
-    if not line.strip():
-        raise ConfigError("command line: auth login: no code given (paste it, or pass --code)")
-    return line
-
-
-def login(config: cfg.Config, code_text: str | None, redirect_uri: str | None) -> StoredTokens:
-    """Exchange an authorization code for tokens and store them (printing the authorize URL if needed)."""
-    oauth = _oauth_config(config)
+def login(config: cfg.Config, code_text: str, redirect_uri: str | None) -> StoredTokens:
+    """Exchange an authorization code (or the redirect URL carrying one) for tokens and store them.
+    `redirect_uri`: the one used to authorize (None: a code obtained elsewhere, sent without one)."""
+    oauth = oauth_config(config)
     secret = cfg.client_secret(config)
     logs.register_secret(secret)
-    if not redirect_uri and code_text is None:  # Studio has no out-of-band flow: such a URL cannot work
-        raise ConfigError("command line: auth login: --redirect-uri is required: the https:// redirect URI "
-                          "registered with the Developer Key (Studio refuses out-of-band, http:// and localhost "
-                          "redirect URIs); or pass a code obtained elsewhere with --code")
     redirect = check_redirect_uri(redirect_uri) if redirect_uri else None
-    if code_text is None:
-        assert redirect is not None
-        code_text = _read_code(authorize_url(config.studio.url, oauth.client_id, redirect), redirect)
     code = extract_code(code_text)
     logs.register_secret(code)
     form = {"grant_type": "authorization_code", "code": code, "client_id": oauth.client_id, "client_secret": secret}
@@ -501,42 +488,3 @@ def login(config: cfg.Config, code_text: str | None, redirect_uri: str | None) -
                               f"{exc.strerror}") from None
     log.info("oauth_authorized", client_id=oauth.client_id, expires_in=round(tokens.expires_in))
     return tokens
-
-
-def status_lines(config: cfg.Config) -> tuple[list[str], bool]:
-    """What `auth status` prints (never a token), and whether the stored token is usable."""
-    oauth = _oauth_config(config)
-    store = TokenStore(oauth.token_store, config.source)
-    lines = [f"token store:   {store.path}"]
-    try:
-        tokens = store.load()
-    except ConfigError as exc:
-        return lines + [f"token:         none usable: {str(exc).split(': ', 2)[-1]}"], False
-    usable = tokens.client_id == oauth.client_id and bool(tokens.refresh_token)
-    mismatch = "" if tokens.client_id == oauth.client_id else \
-        f" (config says {oauth.client_id!r}: run studio-watch auth login)"
-    state = "expired" if tokens.remaining() <= 0 else "valid"
-    lines += [f"client id:     {tokens.client_id}{mismatch}",
-              f"access token:  {state}, expires {_when(tokens.expires_at)}" +
-              ("; refreshed automatically on next use" if state == "expired" and usable else ""),
-              f"refresh token: {'stored' if tokens.refresh_token else 'missing: run studio-watch auth login'}",
-              f"obtained:      {_when(tokens.obtained_at)}",
-              f"refreshed:     {_when(tokens.refreshed_at) if tokens.refreshed_at else 'never'}"]
-    return lines, usable
-
-
-def cmd_auth(args: argparse.Namespace) -> int:
-    """`auth login [--code CODE] [--redirect-uri URI]` and `auth status`."""
-    from studio_watch.cli.main import EXIT_FAILURE, EXIT_OK, load_config
-
-    config = load_config(args)
-    logs.setup("warning", config.log.format)
-    if args.auth_command == "status":
-        lines, usable = status_lines(config)
-        print("\n".join(lines))
-        return EXIT_OK if usable else EXIT_FAILURE
-    tokens = login(config, getattr(args, "code", None), getattr(args, "redirect_uri", None))
-    print(f"authorized: tokens stored in {_oauth_config(config).token_store} (mode 0600)")
-    print(f"the access token expires {_when(tokens.expires_at)} and is refreshed automatically")
-    return EXIT_OK
-

@@ -3,13 +3,13 @@
 All HTTP lives here. Each method maps the documented status codes of one endpoint (shared/studio-api.md) onto
 the exception tree in `errors.py`. Seconds-scale blips (connect errors, resets, 429, 5xx) are retried here with
 tenacity, honouring Retry-After; whatever still fails is raised for the queue, which owns longer backoff.
+One responsibility (the endpoints and what their answers mean), kept whole past 400 lines.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-import os
 import ssl
 import threading
 import time
@@ -23,21 +23,46 @@ import structlog
 
 from studio_watch import __version__, logs
 
-from studio_watch.files import sources
-from studio_watch.config import RetryConfig, StudioConfig, target_text
-from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, SourceChanged, Stopping,
+from studio_watch.config import RetryConfig, StudioConfig, Target
+from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, Stopping,
                      StudioError, TransientError, Unreachable, UploadUrlExpired)
 from studio_watch.schedule import RateLimiter
+from studio_watch.studio import retry as policy
+
 if TYPE_CHECKING:  # the transport (httpcore, ~16 ms to import) is loaded by the first client, not by `status`
     from studio_watch.studio.transport import Pool, Reply
 
 log = structlog.get_logger(__name__)
 
+ONE_CHUNK = 1 << 20  # the reads' size (files.sources.CHUNK): a file this small gets no progress report at its end
 SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_CLIENT_WAIT = 30.0  # a Retry-After longer than this is left to the queue's own backoff
 IMPORT_PATH = "/media"  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
 USER_AGENT = f"studio-watch/{__version__}"
+
+
+class UploadBody(Protocol):
+    """One open read of the file a PUT sends (files.sources.OpenUpload)."""
+
+    def check(self) -> None: ...
+
+    def whole(self) -> bytes: ...
+
+    def chunks(self) -> Iterator[memoryview]: ...
+
+    def hexdigest(self) -> str: ...
+
+    def __enter__(self) -> UploadBody: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class UploadSource(Protocol):
+    """The file a PUT sends, opened afresh for each try (files.sources.UploadFile)."""
+
+    size: int
+
+    def open(self) -> UploadBody: ...
 
 
 class TokenSource(Protocol):
@@ -111,8 +136,8 @@ def http_pool(studio: StudioConfig | None, stop: threading.Event | None = None,
               timeout: float | None = None) -> Pool:
     """The program's HTTP pool for this config: verified TLS (studio.ca_bundle), proxies (studio.proxy, else the
     environment), stopped by `stop`. Without a config (health, a bare webhook), the system CAs and the environment."""
-    from studio_watch.studio.proxies import Proxies
-    from studio_watch.studio.transport import Pool
+    from studio_watch.studio.proxies import Proxies  # start-up cost: the HTTP stack (httpcore) is imported by the first request
+    from studio_watch.studio.transport import Pool  # start-up cost: the HTTP stack (httpcore) is imported by the first request
 
     ca_bundle = studio.ca_bundle if studio else None
     return Pool(lambda: tls_context(ca_bundle), timeout or (studio.timeout_seconds if studio else 30.0),
@@ -138,7 +163,11 @@ class StudioClient:
         self._refresh_lock = threading.Lock()
 
     def close(self) -> None:
+        """Close the connections, and the token source's own (an OAuth token endpoint client) if it has any."""
         self.pool.close()
+        close_tokens = getattr(self.tokens, "close", None)
+        if close_tokens is not None:
+            close_tokens()
 
     def route(self, url: str | None = None) -> str:
         """How requests to `url` (default: the API) go: 'directly' or 'through proxy URL (from SOURCE)'."""
@@ -164,16 +193,13 @@ class StudioClient:
                 raise first.pop()
             return fn()
 
-        def wait(state: tenacity.RetryCallState) -> float:
+        def wait(state: tenacity.RetryCallState) -> float:  # seconds-scale: from half the queue's first wait
             exc = state.outcome.exception() if state.outcome else None
-            backoff = tenacity.wait_random_exponential(multiplier=self.retry.initial_seconds / 2,
-                                                       max=self.retry.max_seconds)(state)
-            hint = getattr(exc, "retry_after", None) or 0.0
-            return min(max(backoff, hint), self.retry.max_seconds)
+            return policy.backoff(state.attempt_number, self.retry, getattr(exc, "retry_after", None),
+                                  first=self.retry.initial_seconds / 2)
 
-        def retryable(exc: BaseException) -> bool:
-            hint = getattr(exc, "retry_after", None)
-            return isinstance(exc, TransientError) and not self.stop.is_set() and (hint or 0) <= MAX_CLIENT_WAIT
+        def retryable(exc: BaseException) -> bool:  # the number of tries is tenacity's stop below
+            return policy.client_retries(exc, 0, self.retry) and not self.stop.is_set()
 
         def sleep(seconds: float) -> None:
             if self.stop.wait(seconds):
@@ -247,14 +273,14 @@ class StudioClient:
     def generate(self, collection_id: int | None, user_id: int | None) -> tuple[int, str]:
         """Step 1: POST /media/uploads; returns (media id, upload URL)."""
         # Both: on behalf of the user, into the collection (Instructure's own uploader sends them together).
-        params = {k: v for k, v in (("collection_id", collection_id), ("user_id", user_id)) if v is not None} or None
+        params = Target(collection_id, user_id).params() or None
         response = self._send("POST", "/media/uploads", params=params, what="generate")
         status = response.status_code
         if status in (200, 201):
             upload = response.json()["upload"]
             logs.register_url(str(upload["url"]))  # its signature, wherever a server echoes it, is redacted
             return int(upload["id"]), str(upload["url"])
-        target = target_text(collection_id, user_id)
+        target = Target(collection_id, user_id).describe()
         reasons = {403: f"not permitted to upload into {target} (403)",
                    404: f"{target} not found (404): check collection_id/user_id",
                    422: f"invalid target {target} (422)"}
@@ -311,7 +337,7 @@ class StudioClient:
         status = response.status_code
         if status in (200, 201):
             return _media(response)
-        target = target_text(collection_id, user_id)
+        target = Target(collection_id, user_id).describe()
         if status == 501:
             raise CaptionsDisabled("import: auto-captioning is not enabled for this account (501)", 501)
         reasons = {403: f"not permitted to create media in {target} (403)", 404: f"{target} not found (404)",
@@ -343,25 +369,21 @@ class StudioClient:
 
     # -- step 2: the PUT --------------------------------------------------------------------------------------
 
-    def put(self, url: str, path: str, identity: tuple[int, int, int],
-            progress: Callable[[int], None] | None = None) -> PutResult:
+    def put(self, url: str, source: UploadSource, progress: Callable[[int], None] | None = None) -> PutResult:
         """Step 2: stream the file to the upload URL with a Content-Length, hashing it in the same pass.
 
-        `identity` is (inode, size, mtime_ns) as found stable; a file that differs before, during or after the
-        read raises SourceChanged. Resets and 5xx are retried from byte 0 (the file is reopened).
+        `source` (files.sources.UploadFile) is the file as found stable; one that differs before, during or
+        after the read raises SourceChanged. Resets and 5xx are retried from byte 0 (the file is reopened).
         """
         logs.register_url(url)  # resumed after a restart: registered again in this process
-        return self._retrying(lambda: self._put_once(url, path, identity, progress), "put")
+        return self._retrying(lambda: self._put_once(url, source, progress), "put")
 
-    def _put_once(self, url: str, path: str, identity: tuple[int, int, int],
-                  progress: Callable[[int], None] | None) -> PutResult:
-        inode, size, mtime_ns = identity
-        f = sources.open_source(path)
-        hasher = sources.content_hasher()
+    def _put_once(self, url: str, source: UploadSource, progress: Callable[[int], None] | None) -> PutResult:
+        size = source.size
         started = time.monotonic()
-        with f:
-            _check_same(os.fstat(f.fileno()), identity, path)
-            body = self._small_body(f, size, hasher) if size <= SMALL_BODY else self._body(f, size, hasher, progress)
+        with source.open() as f:
+            f.check()
+            body = self._small_body(f) if size <= SMALL_BODY else self._body(f.chunks(), size, progress)
             headers = [("User-Agent", USER_AGENT), ("Content-Length", str(size)),
                        ("Content-Type", "application/octet-stream")]
             try:
@@ -371,10 +393,10 @@ class StudioClient:
             finally:
                 if not isinstance(body, bytes):
                     body.close()  # now, not when collected: a read-ahead thread ends with it
-            _check_same(os.fstat(f.fileno()), identity, path)
+            f.check()
         status = response.status_code
         if 200 <= status < 300:
-            return PutResult(size, hasher.hexdigest(), time.monotonic() - started)
+            return PutResult(size, f.hexdigest(), time.monotonic() - started)
         if status in (401, 403, 404, 410):
             raise UploadUrlExpired(f"put: upload URL refused (HTTP {status}): it expired or was used", status)
         if status in TRANSIENT_STATUS or status >= 500:
@@ -383,21 +405,19 @@ class StudioClient:
             raise PermanentError(f"put: file too large for Studio (413, {size} bytes)", 413)
         raise PermanentError(f"put: HTTP {status}{_detail(response)}", status)
 
-    def _small_body(self, f: Any, size: int, hasher: Any) -> bytes:
+    def _small_body(self, f: UploadBody) -> bytes:
         """A small file whole: it then goes out with the request headers in one send."""
-        data = sources.read_whole(f, size, hasher)
+        data = f.whole()
         if self.limiter is not None:
-            self.limiter.take(size)
+            self.limiter.take(len(data))
         return data
 
-    def _body(self, f: Any, size: int, hasher: Any, progress: Callable[[int], None] | None) -> Iterator[memoryview]:
+    def _body(self, chunks: Iterator[memoryview], size: int,
+              progress: Callable[[int], None] | None) -> Iterator[memoryview]:
         """Exactly `size` bytes of the file, hashed as they are read, each chunk handed on to be sent before its
-        buffer is used again (no allocation or copy per chunk); stops early on `stop`. A big file is read by a
-        helper thread one chunk ahead of the send (see sources.read_ahead)."""
-        read = sources.read_ahead if size >= sources.READ_AHEAD_MIN else sources.read_chunks
-        chunks = read(f, size, hasher)
+        buffer is used again (no allocation or copy per chunk); stops early on `stop`."""
         sent = 0
-        last_report = time.monotonic()  # files under 1 MiB finish before their first report: no progress write
+        last_report = time.monotonic()  # files of one chunk finish before their first report: no progress write
         try:
             for chunk in chunks:
                 if self.stop.is_set():
@@ -406,16 +426,11 @@ class StudioClient:
                 if self.limiter is not None:
                     self.limiter.take(len(chunk))
                 yield chunk
-                if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > sources.CHUNK):
+                if progress is not None and (time.monotonic() - last_report >= 0.5 or sent == size > ONE_CHUNK):
                     last_report = time.monotonic()
                     progress(sent)
         finally:
-            chunks.close()  # a read-ahead thread ends with it, whether the send finished, failed or stopped
-
-
-def _check_same(st: os.stat_result, identity: tuple[int, int, int], path: str) -> None:
-    if sources.identity_of(st) != identity:
-        raise SourceChanged(f"file changed since it settled: {path!r}")
+            chunks.close()  # type: ignore[attr-defined]  # a read-ahead thread ends with it, however the send ends
 
 
 def _media(response: Reply) -> dict[str, Any]:

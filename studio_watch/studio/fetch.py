@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from studio_watch.config import StudioConfig, is_loopback
 from studio_watch.errors import TransientError
+from studio_watch.studio.client import tls_context
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a year of a busy room's timetable is well under 1 MB
 MAX_REDIRECTS = 5
@@ -34,11 +35,10 @@ def fetch_document(url: str, ca_bundle: Path | None, timeout: float, studio: Stu
     Through the program's one HTTP stack (studio/transport.py): `studio`'s proxy settings (`studio.proxy`, else
     HTTPS_PROXY / HTTP_PROXY / NO_PROXY; loopback never through a proxy), TLS verified against `ca_bundle`.
     """
-    import httpx
+    import httpx  # start-up cost: only a calendar URL needs it
 
-    from studio_watch.studio.client import tls_context
-    from studio_watch.studio.proxies import Proxies
-    from studio_watch.studio.transport import Pool, reason
+    from studio_watch.studio.proxies import Proxies  # start-up cost: the transport (httpcore), only when fetching
+    from studio_watch.studio.transport import Pool, reason  # start-up cost, as above
 
     shown = shown_url(url)
     deadline = time.monotonic() + WHOLE_ANSWER_TIMEOUTS * timeout

@@ -1,4 +1,4 @@
-"""Media from URLs: `studio-watch import-url`, browser link files (.url, .webloc), and safe retries.
+"""Media from URLs, created exactly once (for `studio-watch import-url` and for link files in watched folders).
 
 Creating media from a URL is not idempotent: every successful POST makes a new media. When the outcome of a send
 is unknown (a read timeout, a reset or a 5xx after the request may have reached Studio), `import_once` does not
@@ -20,25 +20,22 @@ risking a duplicate; `studio-watch import-url` can then be run again once Studio
 
 from __future__ import annotations
 
-import argparse
 import json
-import plistlib
 import re
 import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
 
-from studio_watch.errors import (CaptionsDisabled, ConfigError, PermanentError, SourceUnreadable, SourceVanished, Stopping,
-                     StudioError, TransientError, Unreachable)
 from studio_watch import logs
-from studio_watch.files import sources
-from studio_watch.studio.client import MAX_CLIENT_WAIT, StudioClient
+from studio_watch.errors import (CaptionsDisabled, ConfigError, PermanentError, Stopping, StudioError, TransientError,
+                                 Unreachable)
+from studio_watch.studio import retry as policy
+from studio_watch.studio.client import StudioClient
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +44,6 @@ EXTERNAL_HOSTS = frozenset({"youtube.com", "www.youtube.com", "m.youtube.com", "
                             "player.vimeo.com"})
 CLOCK_SKEW = 120.0  # seconds of tolerance when deciding a media was created after our attempt started
 SOURCE_URL_KEYS = ("source_url", "url", "media_url", "original_url")
-LINK_FILE_MAX = 64 << 10  # a .url or .webloc holds one URL: a few hundred bytes
 CAPTIONS_SKIPPED = "auto-captioning is not enabled for this account; imported without captions"
 
 
@@ -109,68 +105,6 @@ def validate_import(url: str, collection: int | None, user: int | None, title: s
     if title is None and not is_external:
         raise ConfigError("command line: --title: required (only external YouTube/Vimeo links may omit it)")
     return is_external, title
-
-
-def parse_link_file(path: str, identity: sources.Identity | None = None) -> str:
-    """The URL in a Windows Internet Shortcut (.url) or a macOS .webloc (XML or binary plist).
-
-    Opened as every source is (never through a symlink, never blocking on a FIFO, a regular file only) and
-    read only up to LINK_FILE_MAX: a link file is a few hundred bytes, and a huge one is not a link file.
-    With `identity`, it must be the file that settled (else SourceChanged)."""
-    try:
-        with sources.open_source(path, identity, limit=LINK_FILE_MAX) as f:
-            data = f.read(LINK_FILE_MAX + 1)
-    except SourceVanished:
-        raise SourceVanished(f"link file vanished: {path!r}") from None
-    except SourceUnreadable as exc:
-        raise SourceUnreadable(f"link file: {exc}") from None
-    except OSError as exc:
-        raise SourceUnreadable(f"cannot read link file {path!r}: {exc.strerror}") from None
-    if len(data) > LINK_FILE_MAX:
-        raise SourceUnreadable(f"link file {path!r} is larger than {LINK_FILE_MAX:,} bytes: not a link file")
-    lower = path.lower()
-    if lower.endswith(".url"):
-        url = _internet_shortcut_url(_decode(data))
-    elif lower.endswith(".webloc"):
-        url = _webloc_url(data, path)
-    else:
-        raise SourceUnreadable(f"not a link file (.url or .webloc): {path!r}")
-    if not url:
-        raise SourceUnreadable(f"malformed link file {path!r}: it holds no URL")
-    return url
-
-
-def _decode(data: bytes) -> str:
-    """Text of a .url file: UTF-16 with a BOM, UTF-8 (with or without a BOM), else Windows-1252."""
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return data.decode("utf-16", "replace")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
-
-
-def _internet_shortcut_url(text: str) -> str | None:
-    """`URL=` in the `[InternetShortcut]` section (names case-insensitive, CRLF or LF)."""
-    section = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip().lower()
-        elif section == "internetshortcut" and "=" in line:
-            key, _, value = line.partition("=")
-            if key.strip().lower() == "url":
-                return value.strip()
-    return None
-
-
-def _webloc_url(data: bytes, path: str) -> str | None:
-    try:
-        doc = plistlib.loads(data)
-    except Exception as exc:  # plistlib raises InvalidFileException, ExpatError, ValueError...
-        raise SourceUnreadable(f"malformed .webloc {path!r}: not a property list ({type(exc).__name__})") from None
-    url = doc.get("URL") if isinstance(doc, dict) else None
-    return url.strip() if isinstance(url, str) else None
 
 
 # -- reconciliation ----------------------------------------------------------------------------------------------
@@ -243,7 +177,7 @@ def _earlier_attempt(store: AttemptStore | None, request: ImportRequest) -> floa
 
 def _wait(client: StudioClient, sends: int, exc: TransientError, stop: threading.Event) -> None:
     """Seconds-scale backoff between sends (longer outages are the queue's business)."""
-    delay = min(client.retry.max_seconds, max(client.retry.initial_seconds * 2 ** (sends - 1), exc.retry_after or 0))
+    delay = policy.backoff(sends, client.retry, exc.retry_after)
     log.info("import_retry", sends=sends, error=str(exc), wait=round(delay, 2))
     if stop.wait(delay):
         raise Stopping("stopping")
@@ -281,7 +215,7 @@ def import_once(client: StudioClient, store: AttemptStore | None, request: Impor
         except TransientError as exc:
             if not _nothing_created(exc):
                 unknown_since = unknown_since or started
-            if sends >= client.retry.request_tries or (exc.retry_after or 0.0) > MAX_CLIENT_WAIT:
+            if not policy.client_retries(exc, sends, client.retry):
                 _forget(store, request, unknown_since)
                 raise _gave_up(exc, request, unknown_since) from None
             _wait(client, sends, exc, stop)
@@ -317,52 +251,21 @@ def _done(store: AttemptStore | None, request: ImportRequest, result: ImportResu
     return result
 
 
-def import_link(client: StudioClient, path: str, title: str, description: str, auto_caption: bool,
-                collection_id: int | None, user_id: int | None, *, maybe_sent_at: float | None = None,
-                store: AttemptStore | None = None, stop: threading.Event | None = None,
-                identity: sources.Identity | None = None) -> dict[str, Any]:
-    """Import the URL of a link file dropped in a watched folder (YouTube/Vimeo become external media).
+def import_link(client: StudioClient, url: str, title: str, description: str, auto_caption: bool,
+                collection_id: int | None, user_id: int | None, *, source: str | None = None,
+                maybe_sent_at: float | None = None, store: AttemptStore | None = None,
+                stop: threading.Event | None = None) -> dict[str, Any]:
+    """Import the URL read from a link file (`source`, named in errors); YouTube/Vimeo become external media.
 
     `maybe_sent_at`: when an earlier attempt of this job may have sent the request (reconciled before sending).
-    Returns Studio's media object plus "captions_skipped", "reconciled", "is_external" and "source_url". A link
-    file that is malformed or holds a URL Studio cannot import raises SourceUnreadable / PermanentError.
+    Returns Studio's media object plus "captions_skipped", "reconciled", "is_external" and "source_url". A URL
+    Studio cannot import raises PermanentError.
     """
-    url = parse_link_file(path, identity)
     try:
         is_external, checked_title = validate_import(url, collection_id, user_id, title, None)
     except ConfigError as exc:
-        raise PermanentError(f"link file {path!r}: {str(exc).removeprefix('command line: ')}") from None
+        raise PermanentError(f"link file {source or url!r}: {str(exc).removeprefix('command line: ')}") from None
     request = ImportRequest(url, checked_title, description, auto_caption, is_external, collection_id, user_id)
     result = import_once(client, store, request, stop, maybe_sent_at)
     return {**result.media, "captions_skipped": result.captions_skipped, "reconciled": result.reconciled,
             "is_external": is_external, "source_url": url}
-
-
-def cmd_import_url(args: argparse.Namespace) -> int:
-    """`studio-watch import-url URL [--collection ID | --user ID] [--title T] ... [--external]`."""
-    import sys
-
-    from studio_watch.cli.main import EXIT_OK, load_config
-    from studio_watch.daemon.app import make_tokens, queue_for
-
-    is_external, title = validate_import(args.url, args.collection, args.user, args.title, args.external)
-    config = load_config(args)
-    logs.setup("warning" if config.log.level == "info" else config.log.level, config.log.format)
-    request = ImportRequest(args.url, title, args.description or "", bool(args.auto_caption), is_external,
-                            args.collection, args.user)
-    queue = queue_for(config) if config.shared_state else None  # a cluster shares its OAuth tokens through it
-    try:
-        client = StudioClient(config.studio, config.retry, make_tokens(config, queue))
-        try:
-            result = import_once(client, None, request)
-        finally:
-            client.close()
-    finally:
-        if queue is not None:
-            queue.close()
-    if result.captions_skipped:
-        print(f"warning: {CAPTIONS_SKIPPED}", file=sys.stderr)
-    notes = [n for n, on in (("external", is_external), ("captions skipped", result.captions_skipped),
-                             ("found after a lost response", result.reconciled)) if on]
-    print(f"imported {args.url} as media {result.media_id}" + (f" ({', '.join(notes)})" if notes else ""))
-    return EXIT_OK

@@ -276,7 +276,7 @@ def tune_allocator() -> None:
     if platform.libc_ver()[0] != "glibc":
         return
     try:
-        import ctypes
+        import ctypes  # only to tune glibc's allocator, once
 
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, 16 << 20)

@@ -239,7 +239,7 @@ class _Router(RequestInterface):
 def _httpx_transport() -> type:
     """httpx's own transport class (its request/response and error mapping) over a pool's router; made at first
     use, since importing httpx costs every command ~40 ms."""
-    import httpx
+    import httpx  # start-up cost: only callers that want httpx's face (the token endpoint)
 
     class HttpxTransport(httpx.HTTPTransport):
         def __init__(self, pool: Pool, owned: bool) -> None:  # not super().__init__: it would make its own pool

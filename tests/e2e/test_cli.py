@@ -102,7 +102,7 @@ def test_two_uploads_by_hand_at_once_both_finish(tmp_path):
     import subprocess
     import sys
 
-    from studio_watch.daemon.control import DaemonLock
+    from studio_watch.daemon.lock import DaemonLock
     from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=1_000_000)) as slow:
@@ -129,7 +129,7 @@ def test_run_waits_for_a_lone_upload_instead_of_exiting(tmp_path):
     import subprocess
     import sys
 
-    from studio_watch.daemon.control import DaemonLock
+    from studio_watch.daemon.lock import DaemonLock
     from studio_watch.sandbox.server import Faults, Sandbox
 
     from ..conftest import DaemonProcess

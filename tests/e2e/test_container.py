@@ -24,10 +24,11 @@ import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.daemon.app import DaemonLock
+from studio_watch.daemon.lock import DaemonLock
 from studio_watch.errors import ConfigError
-from studio_watch.daemon.health import cmd_health, healthz_url
-from studio_watch.queue import JobQueue, open_queue
+from studio_watch.cli.health import cmd_health
+from studio_watch.daemon.health import healthz_url
+from studio_watch.queue import open_queue
 from studio_watch.daemon.metrics import Metrics, MetricsServer
 from studio_watch.sandbox.server import Sandbox
 

@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch import config as cfg
 from studio_watch.daemon.app import Daemon
-from studio_watch.queue import JobQueue, open_queue, State
+from studio_watch.queue import State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 
 from ..conftest import run_cli, sha256_of, wait_until, write_config, write_media
@@ -202,129 +202,6 @@ def test_odd_file_names_upload_with_readable_titles(tmp_path, sandbox, start, na
     assert title.encode("utf-8")  # a valid string Studio can store
 
 
-def ready_job(queue: JobQueue, path: Path, state: State = State.READY, after_upload: str = "keep",
-              **extra: object) -> int:
-    """A job for `path` in `queue`: ready to upload (as the settler leaves it), or in `state`."""
-    from studio_watch.queue import Seen
-
-    st = os.stat(path)
-    return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                          inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None, auto_caption=False,
-                          after_upload=after_upload, move_to=None, duplicates="upload", settle_seconds=0),
-                     state, **extra)
-
-
-class _PutFailsMidway:
-    """A Studio client whose PUT reports progress, then fails for good (the upload URL was refused)."""
-
-    def generate(self, collection_id, user_id):
-        return 1, "https://upload.invalid/1?sig=x"
-
-    def put(self, url, path, identity, progress):
-        progress(1024 * 1024)
-        from studio_watch.errors import PermanentError
-        raise PermanentError("put: HTTP 418", 418)
-
-
-def test_a_failed_transfer_leaves_the_live_transfer_list(tmp_path):
-    from studio_watch.config import RetryConfig
-    from studio_watch.daemon.control import Activity
-    from studio_watch.daemon.pipeline import Pipeline
-
-    path = write_media(tmp_path / "a.mp4", 2000)
-    queue = open_queue(tmp_path / "state.db")
-    try:
-        job_id = ready_job(queue, path)
-        activity = Activity()
-        seen_live = []
-        original = activity.progress
-        activity.progress = lambda *args: (original(*args), seen_live.append(dict(activity.transfers)))
-        pipeline = Pipeline(queue, _PutFailsMidway(), RetryConfig(), None, threading.Event(), activity)
-        [job] = queue.claim("test")
-        pipeline.run(job)
-        assert seen_live and job_id in seen_live[0]  # it was a live transfer (the test is not vacuous)...
-        assert activity.transfers == {}  # ...and is not any more
-        assert queue.get(job_id).state is State.FAILED
-    finally:
-        queue.close()
-
-
-class _Pauses:
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    def trip(self, reason: str) -> None:
-        self.reasons.append(reason)
-
-
-def test_upload_host_down_while_the_api_is_up_reschedules_without_pausing(tmp_path, sandbox):
-    """The PUT cannot connect, /ping answers: this job waits its backoff (the queue is not paused, which used to
-    flap: pause, /ping fine, resume, the same PUT fails again, pause...)."""
-    import socket
-
-    from studio_watch.config import RetryConfig, StudioConfig
-    from studio_watch.daemon.pipeline import Pipeline
-    from studio_watch.studio.client import StaticToken, StudioClient
-
-    with socket.socket() as s:  # a port nobody listens on: the "upload host"
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
-
-    class DeadUploadHost(StudioClient):
-        def generate(self, collection_id, user_id):
-            media_id, url = super().generate(collection_id, user_id)
-            return media_id, url.replace(f":{sandbox.url.rsplit(':', 1)[1]}/", f":{dead}/", 1)
-
-    retry = RetryConfig(initial_seconds=30, max_seconds=60, max_attempts=5, request_tries=1)
-    client = DeadUploadHost(StudioConfig(url=sandbox.url, token_file=None, token_env="X", timeout_seconds=5), retry,
-                            StaticToken(lambda: "sandbox-token"))
-    path = write_media(tmp_path / "a.mp4", 2000)
-    queue = open_queue(tmp_path / "state.db")
-    try:
-        job_id = ready_job(queue, path)
-        pauses = _Pauses()
-        [job] = queue.claim("test")
-        Pipeline(queue, client, retry, pauses, threading.Event()).run(job)
-        after = queue.get(job_id)
-        assert pauses.reasons == []
-        assert after.state is State.URL_ISSUED and after.attempts == 1 and after.claimed_by is None
-        assert after.next_attempt_at > time.time() + 10 and "cannot reach" in after.last_error
-        assert [e["endpoint"] for e in sandbox.events()] == ["generate", "ping"]  # the API was asked, and is up
-    finally:
-        queue.close()
-        client.close()
-
-
-def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
-    from studio_watch.config import RetryConfig, StudioConfig
-    from studio_watch.daemon.pipeline import Pipeline
-    from studio_watch.studio.client import StaticToken, StudioClient
-
-    retry = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=1, request_tries=1)
-    with Sandbox(faults=Faults(error_rate=1.0, error_endpoints=frozenset({"complete"}))) as sb:
-        client = StudioClient(StudioConfig(url=sb.url, token_file=None, token_env="X", timeout_seconds=5), retry,
-                              StaticToken(lambda: "sandbox-token"))
-        queue = open_queue(tmp_path / "state.db")
-        try:
-            job_id = ready_job(queue, write_media(tmp_path / "a.mp4", 300_000))
-            pipeline = Pipeline(queue, client, retry, _Pauses(), threading.Event())
-            [job] = queue.claim("test")
-            pipeline.run(job)
-            failed = queue.get(job_id)
-            assert failed.state is State.FAILED and failed.failed_state == "uploaded"
-            sb.faults.error_rate = 0.0
-            assert queue.retry([job_id]) == [job_id]
-            [job] = queue.claim("test")
-            assert job.state is State.UPLOADED
-            pipeline.run(job)
-            assert queue.get(job_id).state is State.COMPLETED
-            puts = [e for e in sb.events() if e["endpoint"] == "put"]
-            assert len(puts) == 1 and [m["bytes_received"] for m in sb.completed()] == [300_000]
-        finally:
-            queue.close()
-            client.close()
-
-
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
 def test_settling_counts_from_the_last_change_where_the_clock_is_local(tmp_path, sandbox, observer):
     """A file untouched since before the daemon started need not wait again in a local (inotify) folder; on a
@@ -346,29 +223,6 @@ def test_settling_counts_from_the_last_change_where_the_clock_is_local(tmp_path,
         assert since["backdated.mp4"] > started - 60  # the hour-old mtime did not count
     else:
         assert all(started <= t <= time.time() for t in since.values())
-
-
-def test_delete_leaves_a_new_recording_under_the_same_name_alone(tmp_path):
-    """Uploaded yesterday, deleted today: today's recording under the same name survives, and yesterday's job
-    ends (its media is safe in Studio) without touching it."""
-    from studio_watch.config import RetryConfig
-    from studio_watch.daemon.pipeline import Pipeline
-
-    path = write_media(tmp_path / "room101.mp4", 3000, seed=1)
-    queue = open_queue(tmp_path / "state.db")
-    try:
-        job_id = ready_job(queue, path, State.COMPLETED, after_upload="delete", media_id=5)
-        path.unlink()
-        today = write_media(tmp_path / "room101.mp4", 4000, seed=2)
-        content = today.read_bytes()
-        [job] = queue.claim("test")
-        Pipeline(queue, None, RetryConfig(), _Pauses(), threading.Event()).run(job)
-        assert today.read_bytes() == content and [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == [
-            "room101.mp4"]
-        done = queue.get(job_id)
-        assert done.after_done and done.state is State.COMPLETED and "not moved or deleted" in done.reason
-    finally:
-        queue.close()
 
 
 def test_a_file_a_writer_still_holds_open_does_not_settle(tmp_path, sandbox, start):

@@ -19,9 +19,10 @@ import yaml
 from studio_watch import config as cfg
 from studio_watch.cli.main import main
 from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError, Unreachable
-from studio_watch.studio.imports import (ImportRequest, cmd_import_url, import_link, import_once, matches, parse_link_file,
-                                  validate_import)
-from studio_watch.queue import JobQueue, open_queue
+from studio_watch.cli.imports import cmd_import_url
+from studio_watch.files.links import parse_link_file
+from studio_watch.studio.imports import ImportRequest, import_link, import_once, matches, validate_import
+from studio_watch.queue import open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StaticToken, StudioClient
 from studio_watch.studio.transport import Pool, Reply
@@ -271,11 +272,11 @@ def test_import_link_decides_external_itself(sb: Sandbox, tmp_path: Path) -> Non
     link.write_bytes(plistlib.dumps({"URL": YOUTUBE}, fmt=plistlib.FMT_BINARY))
     client = make_client(sb, tmp_path)
     try:
-        done = import_link(client, str(link), "Talk", "", False, 3, None, stop=threading.Event())
+        done = import_link(client, parse_link_file(str(link)), "Talk", "", False, 3, None, stop=threading.Event())
         bad = tmp_path / "Bad.url"
         bad.write_text("[InternetShortcut]\nURL=ftp://files.example.edu/x\n")
         with pytest.raises(PermanentError, match="Bad.url"):
-            import_link(client, str(bad), "Bad", "", False, 3, None)
+            import_link(client, parse_link_file(str(bad)), "Bad", "", False, 3, None, source=str(bad))
     finally:
         client.close()
     [media] = sb.media()
@@ -291,10 +292,10 @@ def test_import_link_reconciles_a_job_that_may_have_been_sent(sb: Sandbox, tmp_p
     try:
         before_crash = time.time()
         client.import_url(LECTURE, "Week 6", "", False, False, 1)  # sent by a process that died before recording it
-        done = import_link(client, str(link), "Week 6", "", False, 1, None, maybe_sent_at=before_crash)
+        done = import_link(client, parse_link_file(str(link)), "Week 6", "", False, 1, None, maybe_sent_at=before_crash)
         other = tmp_path / "Week 7.url"
         other.write_text(f"[InternetShortcut]\nURL={LECTURE}\n")
-        fresh = import_link(client, str(other), "Week 7", "", False, 1, None, maybe_sent_at=time.time())
+        fresh = import_link(client, parse_link_file(str(other)), "Week 7", "", False, 1, None, maybe_sent_at=time.time())
     finally:
         client.close()
     assert done["reconciled"] and done["id"] == sb.media()[0]["id"]

@@ -17,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from studio_watch.errors import StudioWatchError
 from studio_watch.queue import STATES, JobQueue, Seen, State, open_queue
 from ..conftest import drive
-from studio_watch.daemon.metrics import Metrics, MetricsServer, parse_listen
+from studio_watch.daemon.activity import Failure, JobFailed, PutDone
+from studio_watch.config import parse_listen
+from studio_watch.daemon.metrics import Metrics, MetricsServer
 
 from ..conftest import DaemonProcess, wait_until, write_config, write_media
 
@@ -68,11 +70,11 @@ def test_put_done_events_become_bytes_counter_and_histogram(queue: JobQueue) -> 
     metrics = Metrics(queue, paused=lambda: False)
     try:
         for nbytes, secs in ((1_000_003, 0.4), (52_428_800, 7.5), (7, 4000.0)):
-            metrics.on_event("put_done", {"bytes": nbytes, "seconds": secs})
-        metrics.on_event("failure", {"reason": "transient"})
-        metrics.on_event("failure", {"reason": "transient"})
-        metrics.on_event("failure", {"reason": "too_large"})
-        metrics.on_event("progress_or_anything_else", {})
+            metrics.on_event(PutDone(nbytes, secs))
+        metrics.on_event(Failure("transient"))
+        metrics.on_event(Failure("transient"))
+        metrics.on_event(Failure("too_large"))
+        metrics.on_event(JobFailed({"id": 1}))  # not counted here (alerts take it)
         text = metrics.exposition().decode()
     finally:
         metrics.close()
@@ -143,7 +145,7 @@ def test_scrapes_do_not_leave_sqlite_connections_behind(queue: JobQueue) -> None
 def test_server_endpoints_and_probes_flip(queue: JobQueue) -> None:
     healthy, ready = Flag(True), Flag(False)
     metrics = Metrics(queue, paused=lambda: False)
-    metrics.on_event("put_done", {"bytes": 42, "seconds": 1.5})
+    metrics.on_event(PutDone(42, 1.5))
     server = MetricsServer("127.0.0.1:0", metrics, healthy=healthy, ready=ready).start()
     try:
         assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}"
@@ -210,7 +212,7 @@ def test_two_metrics_in_one_process_do_not_collide(queue: JobQueue, tmp_path: Pa
     other = open_queue(tmp_path / "other.db")
     first, second = Metrics(queue, lambda: False), Metrics(other, lambda: True)
     try:
-        first.on_event("put_done", {"bytes": 5, "seconds": 1.0})
+        first.on_event(PutDone(5, 1.0))
         assert samples(second.exposition().decode())[("studio_watch_uploaded_bytes_total", ())] == 0
         assert samples(first.exposition().decode())[("studio_watch_uploaded_bytes_total", ())] == 5
     finally:
@@ -221,7 +223,7 @@ def test_two_metrics_in_one_process_do_not_collide(queue: JobQueue, tmp_path: Pa
 
 def test_listener_is_safe_from_many_threads(queue: JobQueue) -> None:
     metrics = Metrics(queue, lambda: False)
-    threads = [threading.Thread(target=lambda: [metrics.on_event("put_done", {"bytes": 3, "seconds": 0.1})
+    threads = [threading.Thread(target=lambda: [metrics.on_event(PutDone(3, 0.1))
                                                 for _ in range(500)]) for _ in range(8)]
     for t in threads:
         t.start()
@@ -278,8 +280,8 @@ def test_metrics_after_three_uploads(tmp_path: Path, sandbox, daemons) -> None:
 def test_a_cluster_nodes_series_carry_its_name(queue: JobQueue) -> None:
     metrics = Metrics(queue, paused=lambda: False, node="room-101")
     try:
-        metrics.on_event("put_done", {"bytes": 5, "seconds": 0.5})
-        metrics.on_event("failure", {"reason": "transient"})
+        metrics.on_event(PutDone(5, 0.5))
+        metrics.on_event(Failure("transient"))
         values = samples(metrics.exposition().decode())
     finally:
         metrics.close()

@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.daemon.app import make_tokens
+from studio_watch.studio.auth import make_tokens
 from studio_watch.errors import AuthError, ConfigError
 from studio_watch.studio.auth import (OAuthTokens, StoredTokens, TokenStore, authorize_url, check_redirect_uri,
-                                extract_code, login, status_lines)
+                                extract_code, login)
+from studio_watch.cli.auth import status_lines
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StudioClient
 

@@ -248,7 +248,7 @@ def _beats(q: JobQueue) -> bool:
 
 def test_a_pause_tripped_on_one_node_pauses_and_resumes_the_others(nodes: list[JobQueue]) -> None:
     from studio_watch.config import RetryConfig
-    from studio_watch.daemon.control import PauseSwitch
+    from studio_watch.daemon.pause import PauseSwitch
 
     stop = threading.Event()
     a, b = (PauseSwitch(q, None, RetryConfig(), stop) for q in nodes[:2])  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from studio_watch import logs
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.errors import ConfigError, Stopping, TransientError, Unreachable
+from studio_watch.files.sources import UploadFile
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.auth import post_token
 from studio_watch.studio.client import StaticToken, StudioClient, tls_context
@@ -66,7 +67,7 @@ def upload_one(client: StudioClient, path: Path, size: int = 3 << 20) -> int:
     path.write_bytes(b"v" * size)
     st = path.stat()
     media_id, url = client.generate(None, None)
-    client.put(url, str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+    client.put(url, UploadFile(str(path), (st.st_ino, st.st_size, st.st_mtime_ns)))
     client.complete(media_id, "through the proxy", "", False)
     return media_id
 
@@ -242,7 +243,7 @@ def test_stop_interrupts_a_put_through_the_tunnel(tmp_path: Path) -> None:
         started = time.monotonic()
         try:
             with pytest.raises(Stopping):
-                client.put(upload_url, str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+                client.put(upload_url, UploadFile(str(path), (st.st_ino, st.st_size, st.st_mtime_ns)))
             assert time.monotonic() - started < 5  # not the 10 s body, not the 30 s timeout
         finally:
             timer.cancel()

@@ -19,8 +19,9 @@ from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, Per
                                  UploadUrlExpired)
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
-from studio_watch.files.sources import READ_AHEAD_MIN, hash_file
-from studio_watch.studio.client import (MAX_CLIENT_WAIT, StaticToken, StudioClient, parse_retry_after, safe_url,
+from studio_watch.files.sources import READ_AHEAD_MIN, UploadFile, hash_file, identity_of
+from studio_watch.studio.retry import MAX_CLIENT_WAIT
+from studio_watch.studio.client import (StaticToken, StudioClient, parse_retry_after, safe_url,
                                  tls_context)
 from studio_watch.studio.transport import Reply
 
@@ -72,7 +73,7 @@ def test_three_steps_upload_whole_file_without_auth_on_put(sb: Sandbox, client: 
     media_id, url = client.generate(1, None)
     assert url.startswith(sb.url) and "signature=" in url
 
-    result = client.put(url, path, identity)
+    result = client.put(url, UploadFile(path, identity))
     assert result.bytes == size
     assert result.content_hash == hash_file(path)
     media = client.complete(media_id, "Lecture 1", "week 1", False)
@@ -135,7 +136,7 @@ def test_generate_invalid_target_is_permanent_422(client: StudioClient) -> None:
 def uploaded(client: StudioClient, tmp_path: Path, size: int = 1000) -> int:
     path, identity = media_file(tmp_path / f"f{size}.mp4", size)
     media_id, url = client.generate(None, None)
-    client.put(url, path, identity)
+    client.put(url, UploadFile(path, identity))
     return media_id
 
 
@@ -170,9 +171,9 @@ def test_complete_with_captions_disabled_is_captions_disabled(tmp_path: Path) ->
 def test_put_to_a_used_url_is_upload_url_expired(sb: Sandbox, client: StudioClient, tmp_path: Path) -> None:
     path, identity = media_file(tmp_path / "a.mp4", 5000)
     _, url = client.generate(None, None)
-    client.put(url, path, identity)
+    client.put(url, UploadFile(path, identity))
     with pytest.raises(UploadUrlExpired) as exc:
-        client.put(url, path, identity)
+        client.put(url, UploadFile(path, identity))
     assert exc.value.status == 403
     assert len(events(sb, "put")) == 2  # not retried
 
@@ -183,10 +184,10 @@ def test_expired_first_put_then_a_new_url_works(tmp_path: Path) -> None:
         path, identity = media_file(tmp_path / "a.mp4", 5000)
         _, url = c.generate(None, None)
         with pytest.raises(UploadUrlExpired) as exc:
-            c.put(url, path, identity)
+            c.put(url, UploadFile(path, identity))
         assert exc.value.status == 410
         media_id, url2 = c.generate(None, None)
-        c.put(url2, path, identity)
+        c.put(url2, UploadFile(path, identity))
         assert c.complete(media_id, "t", "", False) is not None
         assert [e["status"] for e in events(sb, "put")] == [410, 200]
 
@@ -197,7 +198,7 @@ def test_put_too_large_is_permanent_413(tmp_path: Path) -> None:
         path, identity = media_file(tmp_path / "big.mp4", 5000)
         _, url = c.generate(None, None)
         with pytest.raises(PermanentError) as exc:
-            c.put(url, path, identity)
+            c.put(url, UploadFile(path, identity))
         assert exc.value.status == 413 and "too large" in str(exc.value)
         assert len(events(sb, "put")) == 1
 
@@ -282,7 +283,7 @@ def test_put_reset_is_resent_from_byte_zero(tmp_path: Path) -> None:
         c = make_client(sb, tries=5)
         path, identity = media_file(tmp_path / "a.mp4", 2_500_000)
         media_id, url = c.generate(None, None)
-        result = c.put(url, path, identity)
+        result = c.put(url, UploadFile(path, identity))
         puts = events(sb, "put")
         assert [e.get("fault") for e in puts] == ["reset", "reset", None] and puts[-1]["status"] == 200
         [media] = sb.media()
@@ -430,7 +431,7 @@ def test_stop_set_before_put_uploads_nothing(sb: Sandbox, client: StudioClient, 
     _, url = client.generate(None, None)
     client.stop.set()
     with pytest.raises(Stopping):
-        client.put(url, path, identity)
+        client.put(url, UploadFile(path, identity))
     assert sb.media()[0]["state"] == "pending"
 
 
@@ -448,7 +449,7 @@ def test_stop_during_a_slow_put_raises_stopping_quickly(tmp_path: Path) -> None:
         started = time.monotonic()
         try:
             with pytest.raises(Stopping):
-                c.put(url, path, identity)
+                c.put(url, UploadFile(path, identity))
             assert time.monotonic() - started < 2.0
             assert sb.media()[0]["state"] == "pending"
         finally:
@@ -462,7 +463,7 @@ def test_identity_mismatch_is_source_changed_before_any_byte(sb: Sandbox, client
     _, url = client.generate(None, None)
     for stale in [(ino, size - 1, mtime_ns), (ino, size, mtime_ns - 1), (ino + 1, size, mtime_ns)]:
         with pytest.raises(SourceChanged):
-            client.put(url, path, stale)
+            client.put(url, UploadFile(path, stale))
     assert events(sb, "put") == []
 
 
@@ -476,7 +477,7 @@ def test_file_truncated_during_put_is_source_changed(tmp_path: Path, size: int) 
         shrink.start()
         try:
             with pytest.raises(SourceChanged):
-                c.put(url, path, identity)
+                c.put(url, UploadFile(path, identity))
         finally:
             shrink.cancel()
 
@@ -491,10 +492,18 @@ def test_a_read_error_mid_put_is_the_file_s_problem_not_the_network_s(tmp_path: 
         def readinto(self, view: memoryview) -> int:
             raise OSError(5, "Input/output error")
 
+    def failing(size: int) -> Any:
+        path = tmp_path / "a.mp4"
+        path.write_bytes(b"x" * size)
+        opened = UploadFile(str(path), identity_of(path.stat())).open()
+        opened.file.close()
+        opened.file = FailingDisk()
+        return opened
+
     with Sandbox() as sb:
         c = make_client(sb)
-        for read in (lambda: list(c._body(FailingDisk(), 2 * 1024 * 1024, hashlib.sha256(), None)),
-                     lambda: c._small_body(FailingDisk(), 1000, hashlib.sha256())):
+        for read in (lambda: list(c._body(failing(2 * 1024 * 1024).chunks(), 2 * 1024 * 1024, None)),
+                     lambda: c._small_body(failing(1000))):
             with pytest.raises(SourceUnreadable, match="Input/output error") as exc:
                 read()
             assert "a.mp4" in str(exc.value)
@@ -503,7 +512,7 @@ def test_a_read_error_mid_put_is_the_file_s_problem_not_the_network_s(tmp_path: 
 def test_missing_file_is_source_vanished(sb: Sandbox, client: StudioClient, tmp_path: Path) -> None:
     _, url = client.generate(None, None)
     with pytest.raises(SourceVanished):
-        client.put(url, str(tmp_path / "gone.mp4"), (1, 2, 3))
+        client.put(url, UploadFile(str(tmp_path / "gone.mp4"), (1, 2, 3)))
     with pytest.raises(SourceVanished):
         hash_file(str(tmp_path / "gone.mp4"))
     assert events(sb, "put") == []
@@ -514,7 +523,7 @@ def test_rate_limiter_slows_the_put(sb: Sandbox, tmp_path: Path) -> None:
     path, identity = media_file(tmp_path / "a.mp4", 2 * 1024 * 1024)
     _, url = c.generate(None, None)
     started = time.monotonic()
-    c.put(url, path, identity)
+    c.put(url, UploadFile(path, identity))
     assert time.monotonic() - started >= 1.8  # 2.1 MB at 1 MB/s with an empty bucket
     assert sb.media()[0]["bytes_received"] == 2 * 1024 * 1024
 
@@ -624,7 +633,7 @@ def test_odd_status_on_the_upload_url_is_permanent(tmp_path: Path) -> None:
         c.pool = pool = FakePool(418, b"teapot")
         path, identity = media_file(tmp_path / "a.mp4", 100)
         with pytest.raises(PermanentError) as exc:
-            c.put("https://upload.invalid/x?sig=1", path, identity)
+            c.put("https://upload.invalid/x?sig=1", UploadFile(path, identity))
         assert exc.value.status == 418 and len(pool.calls) == 1
         method, _, headers, body = pool.calls[0]
         assert method == "PUT" and headers["Content-Length"] == "100" and "Authorization" not in headers

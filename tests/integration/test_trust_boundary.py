@@ -142,7 +142,7 @@ def test_the_upload_url_is_cleared_once_the_bytes_are_in_studio(tmp_path):
 
 def test_a_link_file_is_read_only_up_to_its_cap(tmp_path):
     from studio_watch.errors import SourceUnreadable
-    from studio_watch.studio.imports import LINK_FILE_MAX, parse_link_file
+    from studio_watch.files.links import LINK_FILE_MAX, parse_link_file
 
     huge = tmp_path / "huge.url"
     huge.write_text("[InternetShortcut]\nURL=https://example.org/a\n" + "x" * LINK_FILE_MAX)

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from studio_watch.daemon.control import TurnTaking
+from studio_watch.daemon.turns import TurnTaking
 from studio_watch.sandbox.server import Faults, Sandbox
 
 from ..conftest import DaemonProcess, write_config, write_media

@@ -277,7 +277,7 @@ def test_a_folder_may_name_both_a_collection_and_a_user(base: dict[str, Any], so
     base["folders"][0].update(collection_id=7, user_id=42)
     cfg = config.parse(source, base)
     assert (cfg.folders[0].collection_id, cfg.folders[0].user_id) == (7, 42)
-    assert config.target_text(7, 42) == "collection 7 on behalf of user 42"
+    assert config.Target(7, 42).describe() == "collection 7 on behalf of user 42"
     base["folders"][0].pop("user_id")
     base["defaults"] = {"collection_id": 1, "user_id": 2}
     assert (config.parse(source, base).folders[0].collection_id, config.parse(source, base).folders[0].user_id) \

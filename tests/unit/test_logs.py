@@ -16,6 +16,7 @@ import structlog
 from studio_watch import logs
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.sandbox.server import Faults, Sandbox
+from studio_watch.files.sources import UploadFile
 from studio_watch.studio.client import StaticToken, StudioClient
 
 NOISY = ("httpx", "httpcore", "hpack", "watchdog")
@@ -185,7 +186,7 @@ def test_a_full_upload_at_debug_logs_no_token_and_no_url_signature(capture: Call
                               StaticToken(lambda: token))
         try:
             media_id, url = client.generate(1, None)
-            client.put(url, str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+            client.put(url, UploadFile(str(path), (st.st_ino, st.st_size, st.st_mtime_ns)))
             assert client.complete(media_id, "Lecture", "", False) is not None
         finally:
             client.close()

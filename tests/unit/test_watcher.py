@@ -12,7 +12,9 @@ from typing import Callable, Iterator
 import pytest
 
 from studio_watch.config import FolderRule
-from studio_watch.files.watcher import Found, Watcher, classify, filesystem_type, is_network_fs, rule_for, scan
+from studio_watch.files.mounts import filesystem_type, is_network_fs
+from studio_watch.files.rules import Found, classify, rule_for, scan
+from studio_watch.files.watcher import Watcher
 
 WAIT = 10.0  # the longest any test waits for an event
 
