@@ -140,11 +140,21 @@ def test_two_live_daemons_with_one_name_are_refused(pg_uri: str) -> None:
             second.register_node("room-101", 222, "host-b")
         assert [(n["name"], n["live"], n["host"]) for n in second.nodes()] == [("room-101", True, "host-a")]
         first.close()
-        second.register_node("room-101", 222, "host-b")  # the name is free once its daemon is gone
+        # The name is free once its daemon is gone: the server drops the closed session's advisory lock a
+        # moment after the disconnect, not at once, so the second daemon may be refused until then.
+        assert wait_until(lambda: _registers(second, "room-101", 222, "host-b"), 10)
         assert [(n["name"], n["live"], n["pid"]) for n in second.nodes()] == [("room-101", True, 222)]
     finally:
         first.close()
         second.close()
+
+
+def _registers(queue: JobQueue, name: str, pid: int, host: str) -> bool:
+    try:
+        queue.register_node(name, pid, host)
+    except NodeNameInUse:
+        return False
+    return True
 
 
 def test_pause_and_meta_are_shared(nodes: list[JobQueue]) -> None:
