@@ -138,13 +138,20 @@ def recorder_account() -> Account:
 
 
 @pytest.fixture
-def open_tmp(tmp_path: Path) -> Path:
-    """`tmp_path`, reachable by other users: pytest makes its base 0700, so every ancestor gets o+x."""
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path("/tmp") or parent == parent.parent:
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
-    return tmp_path
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder other users can reach (0711 under the system's temp dir), removed afterwards.
+
+    Not under pytest's own base: pytest makes `/tmp/pytest-of-<user>` 0700 again whenever a session starts, which
+    would cut a daemon running as the service user off its files in the middle of a test."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="studio-watch-test-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class DaemonProcess:
