@@ -7,18 +7,26 @@
 # compose.example.yaml shows the whole setup (token as a secret, metrics port, polling observer notes).
 FROM python:3.11-slim
 
+# STUDIO_WATCH_CONFIG: every command finds the config without -c, so `docker compose exec studio-watch
+# studio-watch status` works as written.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    STUDIO_WATCH_CONFIG=/config/config.yaml
 
 # Every dependency ships a wheel for CPython 3.11 on manylinux x86_64 and aarch64, so no compiler is needed;
 # --only-binary makes that a build failure rather than a silent source build if it ever stops being true.
 COPY . /src
 RUN pip install --no-cache-dir --only-binary=:all: /src \
-    && rm -rf /src
+    && rm -rf /src \
+    && mkdir -p /usr/share/bash-completion/completions \
+    && studio-watch completion bash > /usr/share/bash-completion/completions/studio-watch
 
-# A fixed non-root uid, so host-side files (the token secret, bind-mounted folders) can be chowned to it.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/studio-watch --no-create-home \
+# A fixed non-root uid and gid, so host-side files (the token secret, bind-mounted folders) can be chowned to
+# them. The group is made first with its own fixed gid: `useradd --user-group` would pick any free system gid,
+# and USER 10001:10001 would then name a group that does not exist.
+RUN groupadd --system --gid 10001 studio-watch \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/studio-watch --no-create-home \
         --shell /usr/sbin/nologin studio-watch \
     && install -d -m 0700 -o 10001 -g 10001 /var/lib/studio-watch \
     && install -d -m 0755 /config

@@ -8,23 +8,25 @@ whole past 400 lines: every key is read and checked here, next to the dataclass 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
 import socket
 import ssl
 import stat
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
 
 from studio_watch.errors import ConfigError
-from studio_watch.schedule import Window, parse_window
+from studio_watch.schedule import Window, parse_duration, parse_rate_table, parse_window
 
 DEFAULT_CONFIG_PATH = "/etc/studio-watch/config.yaml"
 CONFIG_ENV = "STUDIO_WATCH_CONFIG"
@@ -175,8 +177,10 @@ class MetricsConfig:
 class ScheduleConfig:
     upload_hours: tuple[str, ...] = ()  # e.g. ("Mon-Fri 18:00-07:00",); empty: any time
     windows: tuple[Window, ...] = ()  # upload_hours, parsed once when the config is loaded
-    max_upload_rate: int | None = None  # bytes per second across all workers
+    # bytes per second across all workers, as a timetable: ((minute of the week, rate or None), ...); () = none
+    max_upload_rate: tuple[tuple[int, int | None], ...] = ()
     start_jitter_seconds: float = 0.0  # a random delay before the first upload after start
+    timezone: str | None = None  # an IANA name (Europe/Berlin) for upload_hours and the rate timetable; None: local
 
 
 @dataclass(frozen=True)
@@ -231,12 +235,35 @@ class Config:
     def state_db_display(self) -> str:
         """state_db for logs and messages: a URI's password never shows."""
         return redact_uri(self.state_db) if isinstance(self.state_db, str) else str(self.state_db)
+    prune_after: float | None = None  # finished jobs older than this are pruned by the daemon; None: never
+
+
+_FOLDER_KEYS = frozenset({"collection_id", "user_id", "recursive", "settle_seconds", "include", "exclude", "title",
+                          "description", "auto_caption", "after_upload", "after_upload_when",
+                          "processed_timeout_seconds", "move_to", "duplicates", "links", "expect"})
+# Every key each mapping may hold, known before any is read: a misspelt key is reported first (with the key it
+# was probably meant to be), not as the "required" key it failed to set.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"studio", "state_db", "node_name", "password_file", "lease_seconds", "prune_after", "defaults", "folders", "workers", "rescan_seconds",
+                   "observer", "retry", "metrics", "log", "schedule", "notify"}),
+    "studio": frozenset({"url", "token_file", "token_env", "oauth", "timeout_seconds", "ca_bundle", "proxy",
+                        "proxy_auth_file"}),
+    "studio.oauth": frozenset({"client_id", "client_secret_file", "client_secret_env", "token_store"}),
+    "defaults": _FOLDER_KEYS,
+    "folder": _FOLDER_KEYS | {"path"},
+    "retry": frozenset({"initial_seconds", "max_seconds", "max_attempts", "request_tries"}),
+    "metrics": frozenset({"listen"}),
+    "log": frozenset({"format", "level"}),
+    "schedule": frozenset({"upload_hours", "max_upload_rate", "start_jitter_seconds", "timezone"}),
+    "notify": frozenset({"command", "webhook", "paused_after_seconds", "folder_missing_after_seconds"}),
+    "expect": frozenset({"calendar", "grace", "refresh"}),
+}
 
 
 class _Reader:
     """Takes typed values out of one YAML mapping, naming `file: key` in every error."""
 
-    def __init__(self, source: Path, where: str, data: Any) -> None:
+    def __init__(self, source: Path, where: str, data: Any, section: str | None = None) -> None:
         self.source, self.where = source, where
         if data is None:
             data = {}
@@ -244,16 +271,21 @@ class _Reader:
             self.fail(None, f"expected a mapping, got {_kind(data)}")
         self.data: dict[str, Any] = data
         self.used: set[str] = set()
+        self.known = KNOWN_KEYS[where if section is None else section]
+        for key in data:
+            if key not in self.known:
+                self.fail(str(key), "unknown key" + _did_you_mean(str(key), self.known))
 
     def key(self, name: str | None) -> str:
         if name is None:
             return self.where or "(top level)"
         return f"{self.where}.{name}" if self.where else name
 
-    def fail(self, name: str | None, problem: str) -> None:
+    def fail(self, name: str | None, problem: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {self.key(name)}: {problem}")
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        assert name in self.known, f"config key {self.key(name)} read but missing from KNOWN_KEYS"
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             return default
@@ -297,6 +329,21 @@ class _Reader:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             self.fail(unknown[0], f"unknown key (known keys here: {', '.join(sorted(self.used))})")
+
+
+def zone_of(name: str) -> Any:
+    """The tzinfo for an IANA time zone name; raises ValueError naming it."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin or UTC)") from None
+
+
+def _did_you_mean(key: str, known: frozenset[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known keys here: {', '.join(sorted(known))})"
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
@@ -365,6 +412,7 @@ def parse(source: Path, data: Any) -> Config:
         node_name=_node_name(top),
         password_file=top.path("password_file"),
         lease_seconds=top.positive("lease_seconds", 30.0),
+        prune_after=_duration(top, "prune_after", 0.0) or None,
     )
     if config.password_file is not None and not config.shared_state:
         top.fail("password_file", "only a postgresql:// state_db has a password")
@@ -554,7 +602,7 @@ def _expect(r: _Reader, base: ExpectConfig | None) -> ExpectConfig | None:
     data = r.get("expect", dict)
     if data is None:
         return base
-    e = _Reader(r.source, r.key("expect"), data)
+    e = _Reader(r.source, r.key("expect"), data, section="expect")
     base = base or ExpectConfig()
     calendar = e.get("calendar", str)
     if calendar is not None:
@@ -569,18 +617,6 @@ def _expect(r: _Reader, base: ExpectConfig | None) -> ExpectConfig | None:
     if expect.calendar is None and r.where != "defaults":
         e.fail("calendar", "required: the room's timetable, an iCalendar file or an https:// URL")
     return expect
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in `90`, `90s`, `20m`, `1h30m`, `2d`; raises ValueError."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
-                         r"(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
-    if not parts or not any(parts.groups()):
-        raise ValueError(f"expected a duration such as 90s, 20m, 1h30m or 2d, got {text!r}")
-    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
-    return days * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
 def _duration(r: _Reader, name: str, default: float, zero_ok: bool = False) -> float:
@@ -613,7 +649,7 @@ def _template(r: _Reader, name: str, default: str) -> str:
 
 
 def _folder(source: Path, where: str, data: Any, defaults: FolderRule) -> FolderRule:
-    r = _Reader(source, where, data)
+    r = _Reader(source, where, data, section="folder")
     path = r.path("path")
     if path is None:
         r.fail("path", "required: the folder to watch")
@@ -717,10 +753,20 @@ def _schedule(source: Path, data: Any) -> ScheduleConfig:
             windows.append(parse_window(line))
         except ValueError as exc:
             r.fail(f"upload_hours[{i}]", str(exc))
-    rate = r.get("max_upload_rate", int)
-    if rate is not None and rate <= 0:
-        r.fail("max_upload_rate", f"must be a positive number of bytes per second, got {rate!r}")
-    schedule = ScheduleConfig(upload_hours=hours, windows=tuple(windows), max_upload_rate=rate,
+    rates: tuple[tuple[int, int | None], ...] = ()
+    raw_rate = r.get("max_upload_rate", (int, float, str))
+    if raw_rate is not None:
+        try:
+            rates = parse_rate_table(raw_rate)
+        except ValueError as exc:
+            r.fail("max_upload_rate", str(exc))
+    timezone = r.get("timezone", str)
+    if timezone is not None:
+        try:
+            zone_of(timezone)
+        except ValueError as exc:
+            r.fail("timezone", str(exc))
+    schedule = ScheduleConfig(upload_hours=hours, windows=tuple(windows), max_upload_rate=rates, timezone=timezone,
                               start_jitter_seconds=r.positive("start_jitter_seconds", 0.0, zero_ok=True))
     r.finish()
     return schedule

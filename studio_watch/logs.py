@@ -14,6 +14,7 @@ database, a log line, the terminal or an alert passes through it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -158,18 +159,43 @@ def _escape_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> 
         if type(value) is str:
             event[key] = printable(value)
     return event
+# syslog priorities (sd-daemon(3)): what journald records as PRIORITY, what `journalctl -p err` filters on
+PRIORITIES = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+              "critical": 2, "fatal": 2}
+
+
+def journal_connected(stream: TextIO | None = None) -> bool:
+    """Is `stream` (default stderr) the journal? systemd sets $JOURNAL_STREAM to "<device>:<inode>" of the
+    socket it connected stdout/stderr to; a stream redirected elsewhere since (a pipe, a file) does not match."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or a stream with no file descriptor
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def with_priority(message: str, level: str) -> str:
+    """`message` with the `<N>` prefix journald reads as the line's priority (on every line of it)."""
+    prefix = f"<{PRIORITIES.get(level, 6)}>"
+    return prefix + message.replace("\n", "\n" + prefix)
 
 
 class _LineWriter:
-    """A structlog logger: one line per event to a stream, and a name for the `logger` field."""
+    """A structlog logger: one line per event to a stream, and a name for the `logger` field. `journal`: prefix
+    each line with its priority for journald."""
 
     _lock = threading.Lock()  # one for every instance: lines from different modules never interleave
 
-    def __init__(self, stream: TextIO | None, name: str) -> None:
+    def __init__(self, stream: TextIO | None, name: str, journal: bool = False) -> None:
         self.stream, self.name = stream, name  # None: whatever sys.stderr is when a line is written
+        self.journal = journal
 
-    def msg(self, message: str) -> None:
+    def _write(self, message: str, level: str) -> None:
         stream = self.stream or sys.stderr
+        if self.journal:
+            message = with_priority(message, level)
         with self._lock:
             try:
                 stream.write(message + "\n")
@@ -177,11 +203,47 @@ class _LineWriter:
             except (OSError, ValueError):  # a closed or broken stream must never take an upload down with it
                 pass
 
-    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+    def msg(self, message: str) -> None:
+        self._write(message, "info")
+
+    log = msg
+
+    def debug(self, message: str) -> None:
+        self._write(message, "debug")
+
+    def info(self, message: str) -> None:
+        self._write(message, "info")
+
+    def warning(self, message: str) -> None:
+        self._write(message, "warning")
+
+    warn = warning
+
+    def error(self, message: str) -> None:
+        self._write(message, "error")
+
+    exception = error
+
+    def critical(self, message: str) -> None:
+        self._write(message, "critical")
+
+    fatal = critical
+
+
+class _JournalFormatter(structlog.stdlib.ProcessorFormatter):
+    """Third-party loggers' lines with the same priority prefix as our own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return with_priority(super().format(record), record.levelname.lower())
+
+
+def is_configured() -> bool:
+    return _configured
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog and the standard library's logging once per process (later calls reconfigure)."""
+    """Configure structlog and the standard library's logging once per process (later calls reconfigure).
+    Under systemd (stderr is the journal, per $JOURNAL_STREAM) every line carries its priority."""
     global _configured
     use_json = fmt == "json" or (fmt == "auto" and not (stream or sys.stderr).isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -194,8 +256,9 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     ]
     if not use_json:
         shared.append(_escape_event)
+    journal = journal_connected(stream)
     handler = logging.StreamHandler(stream)  # None: sys.stderr
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+    handler.setFormatter((_JournalFormatter if journal else structlog.stdlib.ProcessorFormatter)(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
     root = logging.getLogger()
@@ -207,7 +270,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     # third-party loggers go through the handler above with the same processors.
     structlog.configure(
         processors=[structlog.stdlib.add_logger_name, *shared, renderer],
-        logger_factory=lambda *args: _LineWriter(stream, args[0] if args else "studio_watch"),
+        logger_factory=lambda *args: _LineWriter(stream, args[0] if args else "studio_watch", journal),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
     )

@@ -9,6 +9,7 @@ import time
 
 from studio_watch import config as cfg
 from studio_watch import logs
+from studio_watch.cli.explain import print_all
 from studio_watch.cli.output import config_error, load_config
 from studio_watch.daemon.app import build_client
 from studio_watch.daemon.checks import FAIL, OK, Check, explain, run_checks, verdict
@@ -37,7 +38,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         for check in results:
             print(check.line(), flush=True)
-        for check in run_checks(config, client) + _timetable_checks(config):
+        for check in run_checks(config, client, try_uploads=getattr(args, "try_upload", False)) + \
+                _timetable_checks(config):
             results.append(check)
             print(check.line(), flush=True)
     finally:
@@ -59,10 +61,15 @@ def _timetable_checks(config: cfg.Config) -> list[Check]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Exit 0 when the path would be uploaded, 1 when not."""
+    """Exit 0 when the path would be uploaded, 1 when not. `explain --all`: a line per file in every folder
+    (exit 1 when a folder cannot be read)."""
+    if bool(args.path) == bool(args.all):
+        raise config_error("explain", "give a PATH or --all")
     config = load_config(args)
     if getattr(args, "date", None):
         return _explain_date(config, args)
+    if args.all:
+        return print_all(config)
     lines, code = explain(config, os.path.abspath(args.path))
     print("\n".join(logs.printable(line) for line in lines))  # a file name may carry an ANSI escape
     return code

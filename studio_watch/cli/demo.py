@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, human_bytes, stop_on_signals
 from studio_watch.daemon.app import Daemon
-from studio_watch.queue import Job, State, open_queue
+from studio_watch.queue import STATE_WORDS, Job, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 
 SAMPLE_SIZES = (3_000_000, 1_200_000, 6_500_000, 800_000, 2_000_000)
@@ -60,9 +61,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def run_demo(files: int = 3, once: bool = False, tls: bool = False) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
-    with tempfile.TemporaryDirectory(prefix="studio-watch-demo-") as tmp, \
-            Sandbox(faults=Faults(put_bytes_per_second=2_000_000), tls=tls, tls_dir=Path(tmp) / "tls") as sandbox:
-        root = Path(tmp)
+    root = Path(tempfile.mkdtemp(prefix="studio-watch-demo-"))
+    samples: list[Path] = []
+    try:
+        return _demo(root, files, once, tls, stop, samples)
+    finally:
+        _clean_up(root, samples)
+
+
+def _demo(root: Path, files: int, once: bool, tls: bool, stop: threading.Event, samples: list[Path]) -> int:
+    with Sandbox(faults=Faults(put_bytes_per_second=2_000_000), tls=tls, tls_dir=root / "tls") as sandbox:
         config = cfg.load(write_demo_config(root, sandbox.url, "sandbox-token", sandbox.ca_path))
         logs.setup("warning", "console")
         print(f"sandbox Studio:  {sandbox.url} (an emulator on this machine; nothing leaves it)")
@@ -71,13 +79,15 @@ def run_demo(files: int = 3, once: bool = False, tls: bool = False) -> int:
         runner = threading.Thread(target=_run_quietly, args=(daemon,), name="daemon", daemon=True)
         runner.start()
         daemon.ready.wait(10)
-        samples = drop_samples(config.folders[0].path, files)
+        samples += drop_samples(config.folders[0].path, files)
         print(f"dropped {len(samples)} sample recordings; watching them go through the pipeline:\n")
         try:
-            _watch(config.state_db, stop, len(samples) if once else None)
+            seen: dict[int, tuple[str, bool]] = {}
+            _watch(config.state_db, stop, len(samples), seen)
             if not once and not stop.is_set():
-                print(f"\nStill watching {config.folders[0].path}: drop more .mp4 files there; Ctrl-C to stop.")
-                _watch(config.state_db, stop, None)
+                print(f"\nStill watching {config.folders[0].path}: drop more .mp4 files there; Ctrl-C to stop "
+                      f"(files of your own are kept).", flush=True)
+                _watch(config.state_db, stop, None, seen)
         finally:
             stop.set()
             runner.join(timeout=30)
@@ -96,10 +106,21 @@ def _run_quietly(daemon: Daemon) -> None:
         daemon.stop.set()
 
 
-def _watch(db: Path, stop: threading.Event, until_completed: int | None) -> None:
+def _clean_up(root: Path, samples: list[Path]) -> None:
+    """Remove the demo's folder, unless files other than the samples were dropped: then keep it and say where."""
+    names = {p.name for p in samples}
+    own = [p for sub in ("drop", "uploaded") if (root / sub).is_dir() for p in (root / sub).iterdir()
+           if p.name not in names and not p.name.startswith(".")]
+    if own:
+        print(f"\nYour {len(own)} file(s) are kept in {root} (drop/ and uploaded/); delete that folder when done.")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _watch(db: Path, stop: threading.Event, until_completed: int | None,
+           seen: dict[int, tuple[str, bool]]) -> None:
     """Print each job's state changes until `until_completed` jobs are done (or forever)."""
     queue = open_queue(db)
-    seen: dict[int, tuple[str, bool]] = {}
     try:
         while not stop.wait(0.2):
             jobs = queue.jobs()
@@ -126,5 +147,5 @@ def _describe(job: Job) -> str:
     if job.state is State.COMPLETED:
         return f"completed   {name}: Studio confirmed media {job.media_id}"
     if job.state in (State.FAILED, State.SKIPPED):
-        return f"{job.state.value:<11} {name}: {job.last_error or job.reason}"
-    return f"{job.state.value:<11} {name}"
+        return f"{STATE_WORDS[job.state.value]:<11} {name}: {job.last_error or job.reason}"
+    return f"{STATE_WORDS[job.state.value]:<11} {name}"

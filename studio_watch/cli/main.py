@@ -15,16 +15,19 @@ from typing import Callable, Sequence
 
 from studio_watch import __version__
 from studio_watch import config as cfg
+from studio_watch.cli.init import add_arguments as add_init
+from studio_watch.cli.manage import add_arguments as add_queue_commands
 from studio_watch.cli.output import EXIT_FAILURE, EXIT_USAGE
 from studio_watch.errors import ConfigError, StudioWatchError
-from studio_watch.queue import STATES
 from studio_watch.sandbox.server import add_sandbox_arguments
 
 # command → the cli module that carries it out. Imported when the command runs (start-up cost: `status` or
 # `health` must not pay for watchdog, the HTTP client and the daemon).
-COMMANDS = {"run": "run", "sandbox": "run", "demo": "demo", "status": "status", "jobs": "status",
-            "retry": "status", "upload": "upload", "import-url": "imports", "check": "check", "explain": "check",
-            "auth": "auth", "health": "health", "migrate": "migrate"}
+COMMANDS = {"run": "run", "sandbox": "run", "demo": "demo", "status": "status", "jobs": "manage",
+            "cancel": "manage", "forget": "manage", "prune": "manage", "retry": "status", "upload": "upload",
+            "import-url": "imports", "check": "check", "explain": "check", "auth": "auth", "health": "health",
+            "migrate": "migrate", "reload": "reload", "init": "init", "completion": "shell", "manpage": "shell"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,25 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="studio-watch", description="Upload recordings from watched folders to Canvas Studio, "
                      "exactly once, surviving crashes, outages and expired tokens.")
     parser.add_argument("--version", action="version", version=f"studio-watch {__version__}")
+    config_help = f"config file (default: ${cfg.CONFIG_ENV}, then {cfg.DEFAULT_CONFIG_PATH})"
+    # -c before the subcommand or after it: the subcommand's copy sets nothing unless given (SUPPRESS), so it
+    # never overwrites one given before the subcommand's name.
+    parser.add_argument("-c", "--config", metavar="PATH", default=None, help=config_help)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="PATH",
-                        help=f"config file (default: ${cfg.CONFIG_ENV}, then {cfg.DEFAULT_CONFIG_PATH})")
+    common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    p = add("run", "run the daemon in the foreground (stops cleanly on SIGTERM/SIGINT)")
+    p = add("run", "run the daemon in the foreground (stops cleanly on SIGTERM/SIGINT; SIGHUP reloads)")
+    p.add_argument("--once", action="store_true",
+                   help="upload what is in the folders now, then exit (0, or 1 if a job failed meanwhile)")
     p.add_argument("--new-database", action="store_true",
                    help="start a new state database where an earlier one was lost (its -wal, -shm or lock file "
                         "is still there); files marked as uploaded on disk are still not sent again")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="overrides log.level of the config")
+    p.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                   help="the same as --log-level debug")
+    p = add("reload", "ask the running daemon to re-read its config and wait for its answer "
+                      "(exit 0 applied, 2 rejected, 1 no answer)")
+    p.add_argument("--pid", type=_positive_int, help="the daemon's pid (default: the holder of the database lock)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the daemon's answer (default 60)")
     p = add("status", "jobs per state, oldest waiting job, recent failures, pause state")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p = add("jobs", "one line per job: id, state, path, media id, attempts, last error")
-    p.add_argument("--state", choices=_states(), help="only jobs in this state")
-    p.add_argument("--json", action="store_true", help="a JSON array on stdout")
-    p.add_argument("--limit", type=_positive_int, help="at most this many jobs")
+    add_queue_commands(add, _positive_int)  # jobs, cancel, forget, prune
+    add_init(add)
+    p = add("completion", "print a bash or zsh completion script (generated from this parser)")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    add("manpage", "print the man page (roff, generated from this parser; needs the [man] extra)")
     p = add("retry", "put failed jobs back in the queue")
     p.add_argument("ids", nargs="*", type=_positive_int, metavar="JOB_ID")
     p.add_argument("--failed", action="store_true", help="every failed job")
@@ -83,10 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an external YouTube/Vimeo link (no title needed)")
     p.add_argument("--no-external", dest="external", action="store_false", default=None,
                    help="import a YouTube/Vimeo URL as a regular media instead of an external link")
-    add("check", "validate the config, reach the API, check the token, folders and targets")
-    p = add("explain", "which folder rule a path matches and exactly what would be sent; with --date, what a "
-            "folder's timetable expected that day and what arrived (e.g. explain --date 2026-12-07 /srv/room-101)")
-    p.add_argument("path", metavar="PATH")
+    p = add("check", "validate the config, reach the API, check the token, folders and targets")
+    p.add_argument("--try-upload", action="store_true",
+                   help="also ask Studio for an upload URL for every target, the only sure test that the token may "
+                        "upload there (Studio keeps each as a pending, never completed upload; nothing is sent)")
+    p = add("explain", "which folder rule a path matches and exactly what would be sent; with --all, every file "
+            "of every folder; with --date, what a folder's timetable expected that day and what arrived "
+            "(e.g. explain --date 2026-12-07 /srv/room-101)")
+    p.add_argument("path", metavar="PATH", nargs="?")
+    p.add_argument("--all", action="store_true", help="every file in every watched folder: what would happen")
     p.add_argument("--date", metavar="DAY", help="YYYY-MM-DD, today or yesterday: the lectures PATH's folder expected "
                    "that day, their outcome, and the files first seen")
     p = add("auth", "OAuth authorization and the stored token's state")
@@ -124,16 +146,15 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-caption", action="store_true", help="ask Studio for automatic captions")
 
 
-def _states() -> list[str]:
-    return list(STATES)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"studio-watch: {exc}", file=sys.stderr)
+        if args.command == "run" and not sys.stderr.isatty():
+            _log_fatal(exc)
+        else:
+            print(f"studio-watch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StudioWatchError as exc:
         print(f"studio-watch: {exc}", file=sys.stderr)
@@ -144,6 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _log_fatal(exc: ConfigError) -> None:
+    """The daemon's last word as one more log line (JSON off a terminal, with its journal priority), not plain
+    text among JSON lines. The config may be what failed: then the defaults decide the format."""
+    import structlog  # start-up cost: only on this error path
+
+    from studio_watch import logs  # start-up cost: only on this error path
+
+    if not logs.is_configured():
+        logs.setup("info", "auto")
+    structlog.get_logger("studio_watch.cli").critical("config_invalid", error=str(exc), exit_code=EXIT_USAGE)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

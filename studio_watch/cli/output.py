@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,10 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
 def quiet_level(config: cfg.Config) -> str:
     """A command run by hand logs warnings and worse unless the config asks for more detail than info."""
     return "warning" if config.log.level == "info" else config.log.level
+
+
+def resolve_cli_path(text: str) -> str:
+    return os.path.abspath(os.fsdecode(os.fsencode(text)))
 
 
 def config_error(option: str, problem: str) -> ConfigError:
@@ -72,26 +77,63 @@ def human_when(epoch: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(epoch))} ({relative})"
 
 
+CONFIRMING = "Studio confirming"  # the label once every byte is sent: the PUT's answer, then the complete call
+
+
 class ProgressBar:
-    """A one-line progress bar on a terminal; silent elsewhere."""
+    """A one-line progress bar on a terminal; silent elsewhere. Anything else written to the same terminal goes
+    through `interrupt()` first (or the `stream` wrapper), so it gets a line of its own, never the bar's."""
 
     def __init__(self, total: int, stream: Any = None) -> None:
         self.total, self.stream = max(total, 1), stream or sys.stderr
         self.enabled = self.stream.isatty()
         self.started = time.monotonic()
+        self.drawn = False  # the cursor is at the end of the bar's line
+        self._lock = threading.Lock()
 
     def update(self, sent: int, label: str = "") -> None:
         if not self.enabled:
             return
+        if sent >= self.total and label in ("", "sending", "uploading"):
+            label = CONFIRMING
         fraction = min(1.0, sent / self.total)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = sent / elapsed
-        eta = (self.total - sent) / rate if rate > 0 else 0
+        eta = "" if sent >= self.total else f" ETA {human_age((self.total - sent) / rate) if rate > 0 else '?'}"
         bar = "#" * int(fraction * 30)
-        self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {human_bytes(rate)}/s ETA {human_age(eta)} {label:<12}")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {human_bytes(rate)}/s{eta} {label:<18}\x1b[K")
+            self.stream.flush()
+            self.drawn = True
+
+    def interrupt(self) -> None:
+        """End the bar's line, so what comes next starts on a fresh one (the next update draws the bar again)."""
+        with self._lock:
+            if self.drawn:
+                self.stream.write("\n")
+                self.stream.flush()
+                self.drawn = False
 
     def done(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.interrupt()
+
+
+class AroundBar:
+    """A text stream (for log lines) that ends a progress bar's line before writing on the same terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.bar = stream, None  # type: Any, ProgressBar | None
+
+    def write(self, text: str) -> int:
+        if self.bar is not None:
+            self.bar.interrupt()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()

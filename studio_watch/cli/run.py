@@ -7,7 +7,7 @@ import sys
 import threading
 
 from studio_watch import logs
-from studio_watch.cli.output import EXIT_OK, load_config, stop_on_signals
+from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, load_config, stop_on_signals
 from studio_watch.daemon.app import Daemon
 from studio_watch.errors import ConfigError, StudioWatchError
 from studio_watch.sandbox.server import sandbox_from_args, serve_forever_until
@@ -18,12 +18,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.folders:
         raise ConfigError(f"{config.source}: folders: no folder to watch; `run` needs at least one (upload and "
                           "import-url work without)")
-    logs.setup(config.log.level, config.log.format)
+    logs.setup(args.log_level or config.log.level, config.log.format)
     stop = threading.Event()
-    daemon = Daemon(config, stop, new_database=getattr(args, "new_database", False))
+    daemon = Daemon(config, stop, new_database=getattr(args, "new_database", False), once=args.once)
     stop_on_signals(stop, on_hup=daemon.reload_requested.set)
     daemon.run()
-    return EXIT_OK
+    return EXIT_FAILURE if daemon.failed_meanwhile else EXIT_OK
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.snapshot import DaemonSnapshot, FolderStatus, PauseRecord
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.files.writers import unseen_message
-from studio_watch.queue import STATES, Job, JobQueue, State
+from studio_watch.queue import STATE_WORDS, STATES, Job, JobQueue, State
 
 
 def status_data(config: cfg.Config) -> dict[str, Any]:
@@ -106,11 +106,38 @@ def _transfer(job: Job) -> dict[str, Any]:
             "eta_seconds": round((total - sent) / rate, 1) if rate > 0 else None}
 
 
+EXIT_ATTENTION = 3  # `status`: something needs a person (see attention())
+
+
+def attention(data: dict[str, Any]) -> list[str]:
+    """What in a `status_data` needs a person: a paused queue, failed jobs, an unavailable folder, a dead watcher
+    or an unhealthy daemon. (A daemon not running is not among them: `run --once` from cron is a way to run.)"""
+    needs: list[str] = []
+    running = data["daemon"]["running"] or data["upload_by_hand_pid"]
+    if running and data["paused"]:
+        needs.append(f"queue paused: {data['pause_reason']}")
+    if running and data["storage_paused"]:
+        needs.append(f"queue paused: {data['storage_paused']}")
+    if data["jobs"]["failed"]:
+        needs.append(f"{data['jobs']['failed']} failed job(s): `studio-watch jobs --state failed`, then retry")
+    for f in data["folders"]:
+        if not f["available"]:
+            needs.append(f"folder unavailable ({f['unavailable_reason']}): {f['path']}")
+        elif f["watching"] is False:
+            needs.append(f"folder not watched (its observer is dead): {f['path']}")
+    if data["daemon"]["running"] and data["daemon"]["healthy"] is False:
+        needs.append("daemon unhealthy: a watcher or worker is dead or stuck")
+    return needs
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing needs a person, 3 when something does (the reasons: `attention` in --json)."""
     data = status_data(load_config(args))
+    data["attention"] = attention(data)
+    code = EXIT_ATTENTION if data["attention"] else EXIT_OK
     if args.json:
         print_json(data)
-        return EXIT_OK
+        return code
     daemon = data["daemon"]
     state = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
     if daemon["running"] and daemon["healthy"] is False:
@@ -120,14 +147,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if data["upload_by_hand_pid"]:
         state += f"; an upload by hand (pid {data['upload_by_hand_pid']}) is working on the queue"
     print(f"daemon:  {state}")
-    if data["storage_paused"]:
+    if not daemon["running"] and not data["upload_by_hand_pid"]:
+        print("queue:   not being worked on (no daemon running)")
+    elif data["storage_paused"]:
         print(f"queue:   PAUSED: {logs.shown(data['storage_paused'])}")
     elif data["paused"]:
         print(f"queue:   PAUSED since {human_age(time.time() - data['paused_since'])} ago: "
               f"{logs.shown(data['pause_reason'])}")
     else:
         print("queue:   running")
-    print("jobs:    " + ", ".join(f"{state} {data['jobs'][state]}" for state in STATES))
+    print("jobs:    " + ", ".join(f"{STATE_WORDS[state]} {data['jobs'][state]}" for state in STATES))
     for n in data["nodes"]:
         seen = f"last seen {human_age(max(0.0, time.time() - n['last_seen']))} ago" if n["last_seen"] else "never seen"
         sending = ", ".join(f"job {i}" for i in n["sending"]) or "nothing"
@@ -135,8 +164,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"sending {sending}")
     if data["oldest_waiting"]:
         o = data["oldest_waiting"]
-        print(f"oldest waiting: job {o['id']} ({o['state']}) {human_age(data['oldest_waiting_seconds'])}: "
-              f"{logs.shown(o['path'])}")
+        print(f"oldest waiting: job {o['id']} ({STATE_WORDS[o['state']]}) "
+              f"{human_age(data['oldest_waiting_seconds'])}: {logs.shown(o['path'])}")
     for t in data["transfers"]:
         eta = human_age(t["eta_seconds"]) if t["eta_seconds"] is not None else "?"
         print(f"uploading: job {t['id']} {t['percent']}% of {human_bytes(t['size'])} at "
@@ -160,7 +189,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"folder:  {logs.shown(f['path'])} → {target} [{watch}{writers}]")
     for t in data["timetables"]:
         _print_timetable(t)
-    return EXIT_OK
+    for need in data["attention"]:
+        print(f"NEEDS ATTENTION: {logs.shown(need)}")
+    return code
 
 
 def _print_timetable(t: dict[str, Any]) -> None:
@@ -174,24 +205,6 @@ def _print_timetable(t: dict[str, Any]) -> None:
         print(f"  {r['outcome']:<8} {r['summary']!r} {r['when']}" + (f" (job {r['job_id']})" if r["job_id"] else ""))
     for m in t["missing"]:
         print(f"MISSING: {logs.shown(m['line'])}")
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    queue = queue_for(config)
-    try:
-        jobs = queue.jobs(args.state, args.limit)
-    finally:
-        queue.close()
-    if args.json:
-        print_json([_summary(j) for j in jobs])
-        return EXIT_OK
-    print(f"{'ID':>6}  {'STATE':<10}  {'MEDIA':>8}  {'TRIES':>5}  PATH / LAST ERROR")
-    for job in jobs:
-        note = logs.shown(job.last_error or job.reason or "")
-        print(f"{job.id:>6}  {job.state.value:<10}  {job.media_id or '-':>8}  {job.attempts:>5}  "
-              f"{logs.shown(job.display_path)}" + (f"  ({note})" if note and job.state is not State.COMPLETED else ""))
-    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -13,22 +13,23 @@ from typing import Callable
 
 from studio_watch import config as cfg
 from studio_watch import logs
-from studio_watch.cli.output import (EXIT_FAILURE, EXIT_OK, ProgressBar, config_error, load_config, quiet_level,
-                                     stop_on_signals)
+from studio_watch.cli.output import (CONFIRMING, EXIT_FAILURE, EXIT_OK, AroundBar, ProgressBar, config_error, load_config,
+                                     quiet_level, stop_on_signals)
 from studio_watch.daemon.app import LoneUpload
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.daemon.workers import finished
 from studio_watch.errors import DatabaseLocked
 from studio_watch.files.rules import classify
-from studio_watch.queue import TERMINAL, Job, JobQueue, Seen, State
+from studio_watch.queue import STATE_WORDS, TERMINAL, Job, JobQueue, Seen, State
 from studio_watch.studio.auth import make_tokens
 from studio_watch.studio.client import TokenSource
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
     config = load_config(args)
-    logs.setup(quiet_level(config), config.log.format)
+    around = AroundBar(sys.stderr)  # warnings get their own lines, not the progress bar's
+    logs.setup(quiet_level(config), config.log.format, stream=around)
     # Everything is checked before the job is recorded: a refused command leaves nothing behind for the next
     # daemon start to upload.
     path, st = _upload_source(args)
@@ -41,7 +42,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         if job_id is None:
             return EXIT_OK
         if queue.shared:
-            return _upload_in_cluster(config, queue, job_id, tokens)
+            return _upload_in_cluster(config, queue, job_id, tokens, around)
         lock = DaemonLock(Path(config.state_db), role="upload")
         while True:
             try:
@@ -50,12 +51,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 # A daemon uploads the job; another `upload` working alone does not, but lets go when it is done.
                 print(f"pid {exc.pid} holds the queue: job {job_id} is uploaded there if it is a daemon, "
                       f"or here once the queue is free", file=sys.stderr)
-                code = _follow(queue, job_id, lambda: lock.held_by_other() is not None)
+                code = _follow(queue, job_id, lambda: lock.held_by_other() is not None, around=around)
                 if code is not None:
                     return code
                 continue
             try:
-                return _upload_alone(config, queue, job_id, tokens)
+                return _upload_alone(config, queue, job_id, tokens, around)
             finally:
                 lock.release()
     finally:
@@ -98,28 +99,31 @@ def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os
     return queue.add(seen, State.READY, title=title, description=args.description or "")
 
 
-def _upload_in_cluster(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource) -> int:
+def _upload_in_cluster(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource,
+                       around: AroundBar | None = None) -> int:
     """A cluster's queue: the live nodes upload the job; with none up, this process does (its claim is a lease
     like theirs, so a node that comes up meanwhile leaves it alone)."""
     if any(n["live"] for n in queue.nodes()):
         print(f"job {job_id} is queued; a node of the cluster uploads it", file=sys.stderr)
-        code = _follow(queue, job_id, lambda: any(n["live"] for n in queue.nodes()))
+        code = _follow(queue, job_id, lambda: any(n["live"] for n in queue.nodes()), around=around)
         if code is not None:
             return code
-    return _upload_alone(config, queue, job_id, tokens)
+    return _upload_alone(config, queue, job_id, tokens, around)
 
 
-def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource) -> int:
+def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource,
+                  around: AroundBar | None = None) -> int:
     """No daemon: the composition root's worker loop does the job here while this follows its row."""
     stop = threading.Event()
     stop_on_signals(stop)
     with LoneUpload(config, queue, job_id, stop, tokens) as alone:
-        code = _follow(queue, job_id, stop=stop, alone=alone)
+        code = _follow(queue, job_id, stop=stop, alone=alone, around=around)
     return _report(queue.get(job_id)) if code is None else code
 
 
 def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool] | None = None,
-            stop: threading.Event | None = None, alone: LoneUpload | None = None) -> int | None:
+            stop: threading.Event | None = None, alone: LoneUpload | None = None,
+            around: AroundBar | None = None) -> int | None:
     """Watch the job's row until it ends (the exit code). Following another process: None once nobody works on
     the queue any more (`worked_on` False: no daemon holds the lock, no cluster node is live) with the job
     unfinished (do it here). Following `alone`: say why it waits; stop when the file changed under the upload
@@ -131,22 +135,26 @@ def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool] | None =
         assert job is not None
         if bar is None and job.size:
             bar = ProgressBar(job.size)
+            if around is not None:
+                around.bar = bar  # a log line ends the bar's line first
         if finished(job):
             if bar:
-                bar.update(job.size or 0, job.state.value)
+                bar.update(job.size or 0, STATE_WORDS[job.state.value])
                 bar.done()
             return _report(job)
         if worked_on is not None and not worked_on():  # nobody works on the queue (a claim left by a dead
             return None                                    # process is stale)
         if alone is not None and job.state is State.SETTLING and job.claimed_by is None:
-            print(f"\n{logs.shown(job.display_path)} changed while it was being sent: run upload again once it is "
+            if bar:
+                bar.interrupt()
+            print(f"{logs.shown(job.display_path)} changed while it was being sent: run upload again once it is "
                   f"finished, or leave job {job.id} to a daemon", file=sys.stderr)
             return None
         if alone is not None:
-            said = _say_why_waiting(job, alone, said)
+            said = _say_why_waiting(job, alone, said, bar)
         if bar:
             sent = job.bytes_sent or (job.size if job.state is State.UPLOADED else 0) or 0
-            bar.update(sent, job.state.value)
+            bar.update(sent, CONFIRMING if job.state is State.UPLOADED else STATE_WORDS[job.state.value])
         if stop is not None:
             stop.wait(0.25)
         else:
@@ -154,18 +162,23 @@ def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool] | None =
     return None
 
 
-def _say_why_waiting(job: Job, alone: LoneUpload, said: tuple[object, ...]) -> tuple[object, ...]:
+def _say_why_waiting(job: Job, alone: LoneUpload, said: tuple[object, ...],
+                     bar: ProgressBar | None = None) -> tuple[object, ...]:
     """One line each time the upload starts waiting: for Studio to answer again, or for its next attempt."""
     if alone.pause.paused:
         if said != ("paused", alone.pause.reason):
-            print(f"\nStudio unavailable: {logs.shown(alone.pause.reason)}; trying again as soon as it answers "
+            if bar:
+                bar.interrupt()
+            print(f"Studio unavailable: {logs.shown(alone.pause.reason)}; trying again as soon as it answers "
                   "(Ctrl-C to stop; the job stays queued)", file=sys.stderr)
         return ("paused", alone.pause.reason)
     wait = job.next_attempt_at - time.time()
     if job.claimed_by is None and wait > 0:
         if said != ("waiting", job.attempts, job.next_attempt_at):
             why = job.last_error or "a file with the same bytes is being uploaded"
-            print(f"\n{logs.shown(why)}; trying again in {wait:.1f}s", file=sys.stderr)
+            if bar:
+                bar.interrupt()
+            print(f"{logs.shown(why)}; trying again in {wait:.1f}s", file=sys.stderr)
         return ("waiting", job.attempts, job.next_attempt_at)
     return said
 

@@ -111,7 +111,9 @@ class Activity(Observer):
         self._emit(RecordingMissing(folder))
 
     def job_failed(self, job: Job, error: str) -> None:
-        self._emit(JobFailed({**job.summary(), "last_error": error}))
+        """`job` as it was when it failed: the alert says its state now (failed) and the step it failed at."""
+        self._emit(JobFailed({**job.summary(), "state": "failed", "failed_state": job.state.value,
+                              "last_error": error, "reason": error}))
 
     def progress(self, job_id: int, sent: int, total: int) -> None:
         now = time.monotonic()

@@ -1,9 +1,13 @@
 """Alerting hooks: a command (the alert as JSON on stdin) and/or a webhook (HTTP POST of the same JSON).
 
-Alerts fire when a job fails permanently, when the queue has been paused longer than a threshold, and when a
-lecture of a folder's timetable brought no recording (`recording_missing`; `resolve()` sends its resolution, the
-same event with `"resolved": true`, when the file turns up late). They run
-on a background thread so a slow hook never holds up an upload; a failing hook is logged, never fatal.
+Alerts fire when a job fails permanently, when the queue has been paused longer than a threshold, when a
+watched folder goes missing, and when a lecture of a folder's timetable brought no recording. Each has an end,
+and its end is sent too, so nobody is left with an open page: `job_failed_resolved` (the job was retried,
+forgotten or cancelled), `queue_resumed`, `folder_available` (`fire()`/`end()`: keyed, the open ones kept in the
+state database, so an end still comes after a restart), and `recording_missing` again with `"resolved": true`
+when the file turns up late (`resolve()`). Every alert says `"resolved": false` or `true`; the keyed ones also
+`"status": "firing"` or `"resolved"` and an `alert_key` naming what they are about. Hooks run on a background
+thread so a slow hook never holds up an upload; a failing hook is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import shlex
 import socket
 import subprocess
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -29,6 +34,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 HOOK_TIMEOUT = 30.0
+OPEN_KEY = "open_alerts"  # the meta row holding the alerts fired and not yet resolved
+
+
+class MetaStore(Protocol):
+    def meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str | None) -> None: ...
 
 
 class Alerts:
@@ -38,6 +50,44 @@ class Alerts:
         self._pool: Pool | None = None
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1000)
         self._thread: threading.Thread | None = None
+        self._store: MetaStore | None = None
+        self._open: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def bind(self, store: MetaStore) -> None:
+        """Keep the open alerts in `store` (the queue's meta table), and pick up those a previous run left."""
+        self._store = store
+        try:
+            self._open = json.loads(store.meta(OPEN_KEY) or "{}")
+        except ValueError:
+            self._open = {}
+
+    def open_keys(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return [key for key in self._open if key.startswith(prefix)]
+
+    def fire(self, key: str, kind: str, **data: Any) -> None:
+        """Send `kind` about `key`, once until it is resolved."""
+        with self._lock:
+            if key in self._open or not self.enabled:
+                return
+            self._open[key] = {"event": kind, "fired_at": time.time()}
+            self._save()
+        self.send(kind, status="firing", resolved=False, alert_key=key, **data)
+
+    def end(self, key: str, kind: str, **data: Any) -> None:
+        """Send the end of the alert about `key` as `kind` (its own event name), if one was fired."""
+        with self._lock:
+            opened = self._open.pop(key, None)
+            if opened is None:
+                return
+            self._save()
+        self.send(kind, status="resolved", resolved=True, alert_key=key, resolves=opened["event"],
+                  fired_at=opened["fired_at"], **data)
+
+    def _save(self) -> None:
+        if self._store is not None:
+            self._store.set_meta(OPEN_KEY, json.dumps(self._open) if self._open else None)
 
     @property
     def enabled(self) -> bool:

@@ -8,6 +8,7 @@ events. Teardown runs in `finally`, in reverse order of construction.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -22,15 +23,18 @@ import structlog
 
 from studio_watch import config as cfg
 from studio_watch.daemon.alerts import Alerts
-from studio_watch.daemon.activity import Activity, Event, JobFailed, NullObserver, Observer
+from studio_watch.daemon.activity import Activity, NullObserver, Observer
 from studio_watch.files import sources
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.pause import PauseSwitch
+from studio_watch.daemon import paging
+from studio_watch.daemon.housekeeping import prune_now_and_then
+from studio_watch.daemon.statuspage import collect
 from studio_watch.daemon.folder_locks import BEAT_SECONDS, FolderLocks
 from studio_watch.daemon.settle import Settler, changed, to_seen
 from studio_watch.daemon.storage import StorageGuard
 from studio_watch.daemon.statedb import queue_for
-from studio_watch.daemon.snapshot import DaemonSnapshot, FolderStatus, PauseRecord, TransferStatus
+from studio_watch.daemon.snapshot import RELOAD_KEY, DaemonSnapshot, FolderStatus, PauseRecord, TransferStatus
 from studio_watch.daemon.systemd import sd_notify, watchdog_interval
 from studio_watch.daemon.turns import TurnTaking
 from studio_watch.daemon.workers import Worker, finished
@@ -51,6 +55,7 @@ log = structlog.get_logger(__name__)
 PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
 IDENTITY_EVERY = 2.0  # seconds between two looks at whether the database file is still the one opened
 CLAMP_EVERY = 60.0  # seconds between two corrections of times written under a wrong clock
+PRUNE_EVERY = 3600.0  # seconds between two automatic prunes (prune_after)
 STOP_WAIT = 30.0  # the longest a stop waits for threads; an abandoned step is resumed at the next start
 
 
@@ -142,16 +147,20 @@ class LoneUpload:
 
 
 def schedule_of(config: cfg.Config) -> Schedule:
-    return Schedule(config.schedule.windows)
+    zone = cfg.zone_of(config.schedule.timezone) if config.schedule.timezone else None
+    return Schedule(config.schedule.windows, config.schedule.max_upload_rate, zone)
 
 
 class Daemon:
     """`studio-watch run`."""
 
     def __init__(self, config: cfg.Config, stop: threading.Event | None = None,
-                 tokens: TokenSource | None = None, new_database: bool = False) -> None:
+                 tokens: TokenSource | None = None, new_database: bool = False, once: bool = False) -> None:
         self.config = config
         self.new_database = new_database
+        self.once = once  # `run --once`: stop when nothing is left to do
+        self.failed_meanwhile = False  # a job failed while this daemon ran (`run --once` then exits 1)
+        self._failed_at_start: int | None = None
         self.stop = stop or threading.Event()
         self.reload_requested = threading.Event()
         self.tokens = tokens
@@ -163,7 +172,7 @@ class Daemon:
         self.beats: dict[str, float] = {}
         self.busy: dict[str, int | None] = {}
         self.schedule = schedule_of(config)
-        self.limiter = RateLimiter(config.schedule.max_upload_rate, self.stop)
+        self.limiter = RateLimiter(self.schedule.rate(), self.stop)
         self.alerts = Alerts(config.notify.command, config.notify.webhook, config.studio)
         self.queue: JobQueue | None = None
         self.expectations: Any = None  # daemon.expectations.Expectations when a folder has a timetable
@@ -172,8 +181,6 @@ class Daemon:
         self.folder_locks: FolderLocks | None = None
         self.failure: StudioWatchError | None = None  # why the daemon stopped by itself (exit 1)
         self._not_before = 0.0  # time.monotonic(): a clock step must not move it
-        self._pause_alerted = False
-        self._folder_alerted: set[Path] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -199,9 +206,11 @@ class Daemon:
             client, self.pause, self.pipeline = engine.client, engine.pause, engine.pipeline
             if not self._until_written(lambda: self._recover(queue), "startup recovery"):
                 return
+            self._failed_at_start = queue.counts()["failed"]  # before any worker can fail a job
             self.storage = StorageGuard(queue, self.config.retry, self.stop, on_change=self._storage_changed)
+            self.alerts.bind(queue)
             self.alerts.start()
-            self.activity.listeners.append(self._alert_on_failure)
+            self.activity.listeners.append(lambda event: paging.on_activity(self.alerts, event))
             server = self._start_metrics(queue)
             if not queue.shared:  # a shared queue makes each file one job by itself
                 self.folder_locks = FolderLocks(self.config.state_db)
@@ -217,6 +226,7 @@ class Daemon:
             self._start_thread("settler", self.settler.loop)
             self._start_thread("prober", self.pause.probe_loop)
             self._start_thread("storage-prober", self.storage.probe_loop)
+            self._start_thread("housekeeper", self._housekeeping_loop)
             jitter = self.config.schedule.start_jitter_seconds
             self._not_before = time.monotonic() + (random.uniform(0, jitter) if jitter else 0.0)
             for n in range(self.config.workers):
@@ -336,7 +346,7 @@ class Daemon:
         self.activity.listeners.append(metrics.on_event)
         server = MetricsServer(self.config.metrics.listen, metrics, self.healthy,
                                lambda: self.ready.is_set() and not self._paused(),
-                               detail=self._degraded)
+                               detail=self._degraded, page=self.page_data)
         server.start()
         log.info("metrics_listening", listen=self.config.metrics.listen)
         return server
@@ -401,6 +411,7 @@ class Daemon:
                 self._safely(self.pause.follow_shared)
             if now - last_publish >= PUBLISH_EVERY:  # counting jobs is not free: not every tick
                 self._safely(self._publish)
+                self._safely(lambda: paging.review(self.alerts, self.queue))  # type: ignore[arg-type]
                 last_publish = now
                 try:
                     status = self.status_line()
@@ -411,8 +422,13 @@ class Daemon:
                 if status != last_status:
                     sd_notify(f"STATUS={status}")
                     last_status = status
-            self._alert_on_long_pause()
-            self._alert_on_folders()
+            self._safely(lambda: paging.watch_pause(self.alerts, self.pause, self.config.notify.paused_after_seconds))
+            self._safely(lambda: paging.watch_folders(self.alerts, self.watcher.unavailable, self.config.folders,
+                                                      self.config.notify.folder_missing_after_seconds))
+            self.limiter.rate = self.schedule.rate()  # the timetable's rate for this minute
+            if self.once and self._finished():
+                log.info("run_once_finished", failed=self.failed_meanwhile)
+                self.stop.set()
 
     def _clamp(self) -> None:
         if self.queue is not None and self.queue.clamp_times(self.queue.now(), self._max_wait()):
@@ -447,7 +463,20 @@ class Daemon:
         return lines
 
     def _folder_states(self) -> list[dict[str, Any]]:
-        return self.watcher.folder_status()
+        watcher = getattr(self, "watcher", None)  # the metrics listener starts before the watcher
+        return watcher.folder_status() if watcher is not None else []
+
+    def _housekeeping_loop(self) -> None:
+        assert self.queue is not None
+        prune_now_and_then(self.queue, lambda: self.config.prune_after, self.stop, PRUNE_EVERY)
+
+    def _finished(self) -> bool:
+        """`run --once`: nothing settling, waiting, in flight or left to do after an upload."""
+        assert self.queue is not None
+        if self.queue.pending() or any(job is not None for job in self.busy.values()):
+            return False
+        self.failed_meanwhile = self.queue.counts()["failed"] > (self._failed_at_start or 0)
+        return True
 
     def healthy(self) -> bool:
         """Observers and rescanner alive, every thread alive, and no worker stuck (no heartbeat for too long)."""
@@ -471,6 +500,14 @@ class Daemon:
         degraded = "".join(f"; {line}" for line in self.watcher.degraded())
         return (f"{paused}{closed}uploading {busy}, {waiting} waiting, {counts['completed']} completed, "
                 f"{counts['failed']} failed{degraded}")
+
+    def page_data(self) -> dict[str, Any]:
+        """What the status page shows (read on the metrics reader thread)."""
+        assert self.queue is not None
+        return collect(self.queue, self.activity, self.pause, self._folder_states(), self.config.folders,
+                       healthy=getattr(self, "watcher", None) is not None and self.healthy(),
+                       window_open=self.schedule.open(),
+                       storage_paused=self.storage.reason if self.storage is not None and self.storage.paused else None)
 
     def _publish(self) -> None:
         """A snapshot for `status` (another process): folders, live transfers, schedule."""
@@ -496,47 +533,39 @@ class Daemon:
     # -- reload and alerts -------------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: apply a new config to folders, schedule and alerts; keep the old one if the new is invalid."""
+        """SIGHUP: apply a new config to folders, schedule and alerts; keep the old one if the new is invalid.
+        systemd hears RELOADING=1 before and READY=1 after; the outcome is stored for `studio-watch reload`."""
+        started = time.time()
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            self._apply_new_config(started)
+        finally:
+            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+
+    def _answer_reload(self, started: float, ok: bool, **fields: Any) -> None:
+        assert self.queue is not None
+        self.queue.set_meta(RELOAD_KEY, json.dumps({"started": started, "finished": time.time(), "ok": ok,
+                                                    "pid": os.getpid(), **fields}))
+
+    def _apply_new_config(self, started: float) -> None:
         try:
             new = cfg.load(self.config.source)
         except ConfigError as exc:
             log.error("config_reload_rejected", error=str(exc), kept="the running configuration")
+            self._answer_reload(started, False, error=str(exc))
             return
         fixed = [key for key in ("state_db", "workers", "studio", "metrics", "observer")
                  if getattr(new, key) != getattr(self.config, key)]
         self.config = new
         self.schedule = schedule_of(new)
-        self.limiter.rate = new.schedule.max_upload_rate
+        self.limiter.rate = self.schedule.rate()
         self.alerts.command, self.alerts.webhook = new.notify.command, new.notify.webhook
         self.watcher.rescan_seconds = new.rescan_seconds
         self.watcher.update_rules(new.folders)
         if self.queue is not None:
             self._start_expectations(self.queue)
         log.info("config_reloaded", folders=len(new.folders), needs_restart=fixed or None)
-
-    def _alert_on_failure(self, event: Event) -> None:
-        if isinstance(event, JobFailed):
-            self.alerts.send("job_failed", job=event.job)
-
-    def _alert_on_folders(self) -> None:
-        """Alert on a folder unavailable past notify.folder_missing_after_seconds, and again when it is back."""
-        unavailable = self.watcher.unavailable
-        for path in list(self._folder_alerted - set(unavailable)):
-            self._folder_alerted.discard(path)
-            self.alerts.send("folder_available", folder=str(path), resolved=True)
-        for path, gone in list(unavailable.items()):
-            if path not in self._folder_alerted and \
-                    time.time() - gone.since >= self.config.notify.folder_missing_after_seconds:
-                self._folder_alerted.add(path)
-                self.alerts.send("folder_unavailable", folder=str(path), reason=gone.reason, since=gone.since)
-
-    def _alert_on_long_pause(self) -> None:
-        since = self.pause.since if self.pause.paused else None
-        if since is None:
-            self._pause_alerted = False
-        elif not self._pause_alerted and time.time() - since >= self.config.notify.paused_after_seconds:
-            self._pause_alerted = True
-            self.alerts.send("queue_paused", reason=self.pause.reason, since=since)
+        self._answer_reload(started, True, folders=len(new.folders), needs_restart=fixed)
 
     # -- finding and settling ----------------------------------------------------------------------------------
 

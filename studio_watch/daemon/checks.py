@@ -29,6 +29,7 @@ from studio_watch.studio.imports import validate_import
 from studio_watch.files.mounts import MOUNTINFO, choose_observer, filesystem_type, is_network_fs
 from studio_watch.files.rules import classify, count_dirs, rule_for
 from studio_watch.files.writers import after_upload_quiet, unseen_message
+from studio_watch.daemon.upload_rights import describe, targets, try_upload, upload_permission
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
@@ -76,14 +77,25 @@ def check_collections(config: cfg.Config, client: StudioClient) -> list[Check]:
     if not wanted:
         return []
     try:
-        visible = {int(c["id"]): str(c.get("name", "")) for c in client.collections() if "id" in c}
+        objects = {int(c["id"]): c for c in client.collections() if "id" in c}
+        visible = {cid: str(c.get("name", "")) for cid, c in objects.items()}
     except StudioError as exc:
         return [Check("collections", FAIL, f"cannot list collections: {exc}")]
     results = []
     for i, cid in sorted(wanted):
         where = _where(i, config.folders[i])
         if cid in visible:
-            results.append(Check("collection", OK, f"{where}: collection {cid} ({visible[cid]})"))
+            allowed, field = upload_permission(objects[cid])
+            if allowed is False:
+                results.append(Check("collection", FAIL, f"{where}: collection {cid} ({visible[cid]}) is visible to "
+                                     f"the token, but it may not upload into it ({field})"))
+            elif allowed:
+                results.append(Check("collection", OK, f"{where}: collection {cid} ({visible[cid]}), upload "
+                                     f"permitted ({field})"))
+            else:
+                results.append(Check("collection", OK, f"{where}: collection {cid} ({visible[cid]}) is visible; "
+                                     "whether the token may upload into it, Studio's API does not say "
+                                     "(`check --try-upload` asks Studio)"))
         else:
             shown = ", ".join(str(c) for c in sorted(visible)[:20]) + (" ..." if len(visible) > 20 else "")
             results.append(Check("collection", FAIL, f"{where}: collection_id {cid} is not a collection the token "
@@ -224,8 +236,18 @@ def check_state_db(config: cfg.Config) -> list[Check]:
     return [Check("state_db", OK, f"{db} can be written")]
 
 
+def check_try_upload(config: cfg.Config, client: StudioClient) -> list[Check]:
+    """`--try-upload`: step 1 of an upload for every target (Studio refuses a target the token may not use)."""
+    results = []
+    for target, folders in sorted(targets(config).items(), key=str):
+        ok, detail = try_upload(client, target)
+        where = ", ".join(f"folders[{i}]" for i in folders)
+        results.append(Check("upload", OK if ok else FAIL, f"{where}: {describe(target)}: {detail}"))
+    return results
+
+
 def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: str = MAX_WATCHES,
-               mountinfo: str = MOUNTINFO) -> list[Check]:
+               mountinfo: str = MOUNTINFO, try_uploads: bool = False) -> list[Check]:
     """Every check after the config and the token: API, targets, folders, inotify, network filesystems, state."""
     results: list[Check] = []
     if client is not None:
@@ -233,6 +255,8 @@ def run_checks(config: cfg.Config, client: StudioClient | None, *, max_watches: 
         results += api
         if all(c.verdict == OK for c in api):
             results += check_collections(config, client) + check_users(config, client)
+            if try_uploads:
+                results += check_try_upload(config, client)
     results += check_folders(config)
     results += check_inotify(config, max_watches, mountinfo)
     results += check_network_fs(config, mountinfo)

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoints.
+"""Prometheus metrics, the /metrics, /healthz, /readyz HTTP endpoints, and the status page at /.
 
 `Metrics` owns a private `CollectorRegistry` (never the process-global one, so two daemons in one test
 process do not collide). Counters and the upload-time histogram are fed by `Metrics.on_event`, a listener
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from studio_watch.config import parse_listen
 from studio_watch.daemon.activity import Event, Failure, PutDone, RecordingMissing
+from studio_watch.daemon.statuspage import render
 from studio_watch.errors import StudioWatchError
 from studio_watch.queue import STATES, JobQueue
 
@@ -45,7 +46,7 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One family per gauge; every state is present (0 when no job is in it)."""
-        counts, oldest_age = self._reader.submit(self._read).result(timeout=READ_TIMEOUT_SECONDS)
+        counts, oldest_age, last_upload = self._reader.submit(self._read).result(timeout=READ_TIMEOUT_SECONDS)
         jobs = GaugeMetricFamily("studio_watch_jobs", "Jobs in the state database, by state.",
                                  labels=["state", *self.labels])
         for state in STATES:
@@ -55,7 +56,9 @@ class QueueCollector(Collector):
                 ("studio_watch_queue_paused", "1 while the whole queue is paused (outage or refused token), else 0.",
                  1.0 if self.paused() else 0.0),
                 ("studio_watch_oldest_waiting_seconds", "Age of the oldest job not yet completed, failed or "
-                 "skipped (0 when none waits).", oldest_age)):
+                 "skipped (0 when none waits).", oldest_age),
+                ("studio_watch_last_upload_timestamp_seconds", "When the last upload completed (Unix time, from the "
+                 "state database; 0 before the first).", last_upload)):
             family = GaugeMetricFamily(name, text, labels=self.labels)
             family.add_metric(self.values, value)
             yield family
@@ -72,12 +75,16 @@ class QueueCollector(Collector):
             yield available
             yield polled
 
-    def _read(self) -> tuple[dict[str, int], float]:
-        """Counts per state and the oldest waiting job's age (runs on the reader thread)."""
+    def _read(self) -> tuple[dict[str, int], float, float]:
+        """Counts per state, the oldest waiting job's age, the last completion (runs on the reader thread)."""
         counts = self.queue.counts()
         oldest = self.queue.oldest_waiting()
         age = max(1.0, time.time() - oldest.created_at) if oldest is not None else 0.0  # a waiting job waits
-        return counts, age
+        return counts, age, self.queue.last_completed_at() or 0.0
+
+    def read(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (which reads the queue) on the reader thread and return what it returns."""
+        return self._reader.submit(fn).result(timeout=READ_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         """Stop the reader thread."""
@@ -130,7 +137,7 @@ class Metrics:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """GET /metrics, /healthz, /readyz; anything else is 404."""
+    """GET / (the status page, when the daemon gives one), /metrics, /healthz, /readyz; anything else is 404."""
 
     server: _Server
     timeout = 10  # a client that stalls mid-request is dropped instead of holding a thread
@@ -144,6 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._probe(self.server.healthy, self.server.detail)
         elif path == "/readyz":
             self._probe(self.server.ready)
+        elif path in ("/", "/status") and self.server.page is not None:
+            self._page()
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
@@ -156,6 +165,17 @@ class _Handler(BaseHTTPRequestHandler):
                        "text/plain; charset=utf-8")
             return
         self._send(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
+
+    def _page(self) -> None:
+        """The status page; 500 when the state database cannot be read right now."""
+        assert self.server.page is not None
+        try:
+            body = render(self.server.metrics.queue_collector.read(self.server.page)).encode()
+        except Exception as exc:
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"status unavailable: {exc}\\n".encode(),
+                       "text/plain; charset=utf-8")
+            return
+        self._send(HTTPStatus.OK, body, "text/html; charset=utf-8")
 
     def _probe(self, check: Callable[[], bool], detail: Callable[[], list[str]] | None = None) -> None:
         """200 "ok" when `check()` is true, 503 otherwise (also when it raises); then one line per thing that is
@@ -179,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if content_type.startswith("text/html"):  # read only, and nothing for a browser to run or frame
+            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; "
+                             "frame-ancestors 'none'")
+            self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(body)
 
@@ -192,10 +216,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], metrics: Metrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool], family: int, detail: Callable[[], list[str]] | None = None) -> None:
+                 ready: Callable[[], bool], family: int, detail: Callable[[], list[str]] | None = None,
+                 page: Callable[[], dict[str, Any]] | None = None) -> None:
         """Bind with the right address family (IPv6 for a host with a colon)."""
         self.address_family = family
-        self.metrics, self.healthy, self.ready, self.detail = metrics, healthy, ready, detail
+        self.metrics, self.healthy, self.ready, self.detail, self.page = metrics, healthy, ready, detail, page
         super().__init__(address, _Handler)
 
 
@@ -203,14 +228,15 @@ class MetricsServer:
     """Serves `metrics` and the two probes on `listen` ("HOST:PORT", port 0 picks a free one)."""
 
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool], detail: Callable[[], list[str]] | None = None) -> None:
+                 ready: Callable[[], bool], detail: Callable[[], list[str]] | None = None,
+                 page: Callable[[], dict[str, Any]] | None = None) -> None:
         """Bind now, so a taken port fails at startup (StudioWatchError, exit 1); serve after start()."""
 
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.metrics = metrics
         try:
-            self._server = _Server((host, port), metrics, healthy, ready, family, detail)
+            self._server = _Server((host, port), metrics, healthy, ready, family, detail, page)
         except OSError as exc:
             raise StudioWatchError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
         self._thread: threading.Thread | None = None

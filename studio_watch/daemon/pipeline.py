@@ -27,6 +27,7 @@ from studio_watch.errors import (CaptionsDisabled, DatabaseUnavailable, LeaseLos
 from studio_watch.files import links, marks, sources
 from studio_watch.queue import Job, JobQueue, State, Step, Verdict
 from studio_watch.studio import retry as policy
+from studio_watch.queue.admin import CANCELLED
 from studio_watch.studio.client import StudioClient
 from studio_watch.studio.imports import import_link
 
@@ -132,6 +133,12 @@ class Pipeline:
     def _advance(self, job: Job) -> None:
         renewals = 0
         while True:
+            if self.queue.cancel_requested(job.id):  # `studio-watch cancel` while it was in flight
+                if job.state is not State.COMPLETED:
+                    self._held(self.queue.skip(job, CANCELLED), job)
+                    log.info("job_cancelled", job_id=job.id, path=job.display_path, at=job.state.value)
+                    return
+                self.queue.clear_cancel_request(job.id)  # too late: Studio has it; the after-upload step goes on
             step = job.step
             if step is Step.AFTER_UPLOAD:
                 job = self._after_upload(job)

@@ -87,6 +87,8 @@ class Settler:
             if job.id in changed and event is not None:
                 name, fields = event
                 (log.error if name == "job_failed" else log.info)(name, **fields)
+                if name == "job_failed":  # failed before any upload (too large, unreadable): page like any other
+                    self.activity.job_failed(job, fields["error"])
         if any(decision.state is State.READY for job, decision, _ in batch if job.id in changed):
             self.wake.set()
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 STATUS_KEY = "daemon"
 PAUSE_KEY = "paused"
+RELOAD_KEY = "reload"  # the last reload's outcome: `studio-watch reload` waits for one that started after it asked
 
 
 class Meta(Protocol):

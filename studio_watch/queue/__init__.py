@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio_watch.queue.base import JobQueue
-from studio_watch.queue.model import (STATES, TERMINAL, TRANSITIONS, WAITING, IllegalTransition, Job, LectureRecord,
+from studio_watch.queue.model import (STATE_WORDS, STATES, TERMINAL, TRANSITIONS, WAITING, IllegalTransition, Job, LectureRecord,
                                       Seen, Settled, State, Step, Verdict, settle_clock, show_path)
 
-__all__ = ["JobQueue", "STATES", "TERMINAL", "TRANSITIONS", "WAITING", "IllegalTransition", "Job", "LectureRecord",
+__all__ = ["JobQueue", "STATE_WORDS", "STATES", "TERMINAL", "TRANSITIONS", "WAITING", "IllegalTransition", "Job", "LectureRecord",
            "Seen", "Settled",
            "State", "Step", "Verdict", "settle_clock", "show_path", "open_queue", "is_postgres"]
 

@@ -38,7 +38,35 @@ class JobQueue(abc.ABC):
     def get(self, job_id: int) -> Job | None: ...
 
     @abc.abstractmethod
-    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]: ...
+    def jobs(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
+             created_before: float | None = None, created_after: float | None = None,
+             newest_first: bool = False) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def pending(self) -> int:
+        """Jobs with something still to do: settling, waiting, in flight, or an after-upload action to run."""
+
+    @abc.abstractmethod
+    def last_completed_at(self) -> float | None: ...
+
+    # -- the operator's verbs (queue/admin.py): one guarded statement per row ------------------------------
+
+    @abc.abstractmethod
+    def cancel(self, ids: Sequence[int]) -> dict[int, str]:
+        """Never upload these: {id: "cancelled" | "requested" (in flight: stopped at its next step) | why not}."""
+
+    @abc.abstractmethod
+    def cancel_requested(self, job_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    def clear_cancel_request(self, job_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def delete_unclaimed(self, jobs: Iterable[Job]) -> list[int]:
+        """Delete these rows if each is still exactly as read (same state and updated_at) and nobody holds it."""
+
+    @abc.abstractmethod
+    def finished_before(self, cutoff: float, after_id: int = 0, limit: int = 1000) -> list[Job]: ...
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]: ...

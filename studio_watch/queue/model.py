@@ -32,6 +32,11 @@ class State(str, Enum):
 STATES = tuple(s.value for s in State)
 TERMINAL = (State.COMPLETED.value, State.FAILED.value, State.SKIPPED.value)
 WAITING = (State.SETTLING.value, State.READY.value, State.URL_ISSUED.value, State.UPLOADED.value)
+CANCELLED = "cancelled"  # the reason of a job cancelled by `studio-watch cancel` (state skipped)
+CANCEL_REQUESTED = "cancel requested"  # the reason while its worker has not yet reached its next step
+# What people read for each state (the names above stay in --json, --state, the metrics and the database)
+STATE_WORDS = {"settling": "settling", "ready": "waiting", "url_issued": "sending", "uploaded": "confirming",
+               "completed": "done", "failed": "failed", "skipped": "skipped"}
 
 _S = State
 # The one transition table: from a state, the states a guarded transition may move a job to. Staying in the
@@ -42,7 +47,8 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
     _S.READY: frozenset({_S.URL_ISSUED, _S.SKIPPED, _S.FAILED, _S.SETTLING}),
     # url_issued → completed: a link import, whose one request both sends and completes
     _S.URL_ISSUED: frozenset({_S.UPLOADED, _S.READY, _S.COMPLETED, _S.SKIPPED, _S.FAILED, _S.SETTLING}),
-    _S.UPLOADED: frozenset({_S.COMPLETED, _S.READY, _S.FAILED, _S.SETTLING}),
+    # uploaded → skipped: `studio-watch cancel` before the complete (the bytes stay a pending upload in Studio)
+    _S.UPLOADED: frozenset({_S.COMPLETED, _S.READY, _S.FAILED, _S.SETTLING, _S.SKIPPED}),
     _S.COMPLETED: frozenset(),
     _S.FAILED: frozenset({_S.READY, _S.URL_ISSUED, _S.UPLOADED}),  # `retry`, at the step it failed at
     _S.SKIPPED: frozenset(),
@@ -151,6 +157,14 @@ class Job:
         job = object.__new__(Job)
         job.__dict__.update(self.__dict__, **changes)
         return job
+
+    @property
+    def tries(self) -> int:
+        """Attempts made: the failed ones counted in `attempts`, plus the one that ended the job or is under way
+        (none yet for a job still waiting its first turn)."""
+        done = self.state in (State.COMPLETED, State.FAILED) or self.claimed_by is not None
+        started = self.attempts > 0 or self.state in (State.URL_ISSUED, State.UPLOADED)
+        return self.attempts + (1 if done or (started and self.attempts == 0) else 0)
 
     @property
     def display_path(self) -> str:

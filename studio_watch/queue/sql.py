@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from studio_watch.queue.base import JobQueue
 from studio_watch.logs import redact
-from studio_watch.queue.model import (JOB_FIELDS, PATH_COLUMNS, TEXT_COLUMNS, URL_SPENT, LectureRecord,
+from studio_watch.queue.model import (CANCEL_REQUESTED, CANCELLED, JOB_FIELDS, PATH_COLUMNS, TEXT_COLUMNS, URL_SPENT, LectureRecord,
                                       lecture_from_row, STATES, TERMINAL, WAITING, Job, Seen, Settled, State, Verdict,
                                       check_transition, job_from_row, settle_clock)
 
@@ -127,14 +127,76 @@ class SqlQueue(JobQueue):
         row = self._read_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return as_job(row) if row else None
 
-    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
-        sql, args = "SELECT * FROM jobs", []
-        if state:
-            sql, args = sql + " WHERE state = ?", [state]
-        sql += " ORDER BY id"
+    def jobs(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
+             created_before: float | None = None, created_after: float | None = None,
+             newest_first: bool = False) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("state = ?", state), ("folder = ?", _fs(folder)), ("created_at < ?", created_before),
+                              ("created_at >= ?", created_after)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [as_job(r) for r in self._read(sql, args)]
+
+    def pending(self) -> int:
+        marks = ",".join("?" * len(WAITING))
+        row = self._read_one(f"SELECT count(*) AS n FROM jobs WHERE state IN ({marks}) "
+                             "OR (state = 'completed' AND after_done = 0)", WAITING)
+        return int(row["n"]) if row else 0
+
+    def last_completed_at(self) -> float | None:
+        row = self._read_one("SELECT max(completed_at) AS t FROM jobs WHERE state = 'completed'")
+        return row["t"] if row else None
+
+    # -- the operator's verbs ---------------------------------------------------------------------------------
+
+    def cancel(self, ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        marks = ",".join("?" * len(WAITING))
+        with self._tx() as tx:
+            for job_id in ids:
+                row = tx.one("SELECT state, claimed_by FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    out[job_id] = "no such job"
+                elif row["state"] not in WAITING:
+                    out[job_id] = f"already {row['state']}: nothing left to cancel"
+                elif tx.run(f"UPDATE jobs SET state = 'skipped', reason = ?, next_attempt_at = 0, updated_at = ? "
+                            f"WHERE id = ? AND claimed_by IS NULL AND state IN ({marks})",
+                            (CANCELLED, self.now(), job_id, *WAITING)):
+                    out[job_id] = "cancelled"
+                else:
+                    tx.run("UPDATE jobs SET reason = ? WHERE id = ?", (CANCEL_REQUESTED, job_id))
+                    out[job_id] = "requested"
+        return out
+
+    def cancel_requested(self, job_id: int) -> bool:
+        row = self._read_one("SELECT reason FROM jobs WHERE id = ?", (job_id,))
+        return row is not None and row["reason"] == CANCEL_REQUESTED
+
+    def clear_cancel_request(self, job_id: int) -> None:
+        with self._tx() as tx:
+            tx.run("UPDATE jobs SET reason = NULL WHERE id = ? AND reason = ?", (job_id, CANCEL_REQUESTED))
+
+    def delete_unclaimed(self, jobs: Iterable[Job]) -> list[int]:
+        deleted: list[int] = []
+        with self._tx() as tx:
+            for job in jobs:
+                if tx.run("DELETE FROM jobs WHERE id = ? AND state = ? AND updated_at = ? AND claimed_by IS NULL",
+                          (job.id, job.state.value, job.updated_at)):
+                    deleted.append(job.id)
+        return deleted
+
+    def finished_before(self, cutoff: float, after_id: int = 0, limit: int = 1000) -> list[Job]:
+        rows = self._read(
+            "SELECT * FROM jobs WHERE id > ? AND updated_at < ? AND claimed_by IS NULL AND "
+            "(state IN ('failed', 'skipped') OR (state = 'completed' AND after_done = 1)) ORDER BY id LIMIT ?",
+            (after_id, cutoff, limit))
+        return [as_job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

@@ -79,7 +79,14 @@ def test_dockerfile_runs_the_cli_as_a_non_root_user() -> None:
     assert parsed[0] == ("FROM", "python:3.11-slim")
     user = one(parsed, "USER").split(":")[0]
     assert user == "10001"
-    assert "--uid 10001" in next(args for word, args in parsed if word == "RUN" and "useradd" in args)
+    assert one(parsed, "USER") == "10001:10001"
+    accounts = next(args for word, args in parsed if word == "RUN" and "useradd" in args)
+    # the group named by USER exists: made with that gid before the user joins it
+    assert "groupadd --system --gid 10001" in accounts and "--uid 10001 --gid 10001" in accounts
+    assert accounts.index("groupadd") < accounts.index("useradd")
+    assert "--user-group" not in accounts  # it would pick whatever system gid is free
+    env = one(parsed, "ENV")
+    assert f"STUDIO_WATCH_CONFIG={CONFIG_IN_IMAGE}" in env.split()  # `docker compose exec ... status` finds it
     assert json.loads(one(parsed, "ENTRYPOINT")) == ["studio-watch"]
     assert json.loads(one(parsed, "CMD")) == ["run", "-c", CONFIG_IN_IMAGE]
     health = one(parsed, "HEALTHCHECK")
@@ -266,9 +273,10 @@ def test_health_without_metrics_checks_the_database_lock(tmp_path: Path, capsys)
     assert health(config_path) == 1
 
 
-def test_health_with_a_bad_config_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        health(tmp_path / "missing.yaml")
+def test_health_with_a_bad_config_is_unhealthy_not_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Docker reserves a HEALTHCHECK's exit 2: a config that cannot be loaded is exit 1, the reason on stderr."""
+    assert health(tmp_path / "missing.yaml") == 1
+    assert "unhealthy" in capsys.readouterr().err
 
 
 def test_healthz_url_maps_wildcards_to_loopback() -> None:
@@ -302,21 +310,23 @@ def test_compose_shares_recordings_and_keeps_state_and_secret_apart() -> None:
     assert watcher["secrets"] == ["studio_token"] and "file" in doc["secrets"]["studio_token"]
     assert "studio_token" not in recorder.get("secrets", [])
     assert watcher["stop_grace_period"] == "45s"
-    assert watcher["configs"] == [{"source": "studio_watch_config", "target": CONFIG_IN_IMAGE}]
+    # the config is a bind-mounted file (every compose version), not inline `configs: content:`
+    assert "configs" not in doc and "configs" not in watcher
+    assert f"./compose.studio-watch.yaml:{CONFIG_IN_IMAGE}:ro" in watcher["volumes"]
 
-    inner = yaml.safe_load(doc["configs"]["studio_watch_config"]["content"])
+    inner = yaml.safe_load((REPO / "compose.studio-watch.yaml").read_text())
     assert inner["studio"]["token_file"] == "/run/secrets/studio_token"
     assert inner["state_db"].startswith("/var/lib/studio-watch/")
     assert inner["observer"] in ("auto", "polling")
     port = inner["metrics"]["listen"].rsplit(":", 1)[1]
     assert any(str(p).endswith(f":{port}") for p in watcher["ports"])
-    content = doc["configs"]["studio_watch_config"]["content"]
+    content = (REPO / "compose.studio-watch.yaml").read_text()
     assert "polling" in content and "inotify" in content  # the comment saying when to switch
 
 
 def test_compose_embedded_config_is_valid(tmp_path: Path) -> None:
     """The embedded config passes studio-watch's own validation (paths moved under tmp_path to exist)."""
-    text = compose()["configs"]["studio_watch_config"]["content"]
+    text = (REPO / "compose.studio-watch.yaml").read_text()
     for absolute in ("/recordings", "/var/lib/studio-watch", "/run/secrets"):
         text = text.replace(absolute, str(tmp_path) + absolute)
     (tmp_path / "recordings").mkdir()
@@ -337,8 +347,29 @@ def compose_command() -> list[str] | None:
 @pytest.mark.skipif(compose_command() is None, reason="no docker compose here")
 def test_compose_file_passes_compose_config(tmp_path: Path) -> None:
     shutil.copy(REPO / "compose.example.yaml", tmp_path / "compose.yaml")
+    shutil.copy(REPO / "compose.studio-watch.yaml", tmp_path / "compose.studio-watch.yaml")
     (tmp_path / "studio_token").write_text(TOKEN)
     command = compose_command()
     assert command is not None
     result = subprocess.run([*command, "config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_recorder_stops_on_sigterm(tmp_path: Path) -> None:
+    """The example recorder's script, run by a real sh as compose runs it ($$ unescaped), exits 0 on SIGTERM at
+    once: it traps TERM and sleeps in the background (sh as PID 1 has no default action for TERM)."""
+    script = compose()["services"]["recorder"]["command"][-1].replace("$$", "$")
+    script = script.replace("/recordings", str(tmp_path))
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        assert wait_until(lambda: any(p.suffix == ".mp4" for p in tmp_path.iterdir()), 20, 0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        # and it took its background sleep with it
+        assert wait_until(lambda: subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode, 5)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

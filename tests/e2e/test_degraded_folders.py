@@ -18,8 +18,9 @@ from ..conftest import run_cli, wait_until, write_config, write_media
 
 def status_json(config: Path) -> dict:
     done = run_cli("status", "--json", "-c", str(config))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    data = json.loads(done.stdout)
+    assert done.returncode == (3 if data["attention"] else 0), done.stderr  # 3: something needs a person
+    return data
 
 
 def folder_entry(config: Path, path: Path) -> dict:
@@ -92,7 +93,8 @@ def test_missing_folder_degrades_then_is_picked_up(tmp_path, sandbox, daemons):
     entry = folder_entry(config, late)
     assert entry["unavailable_reason"] == "missing"
     human = run_cli("status", "-c", str(config))
-    assert human.returncode == 0 and f"{late}" in human.stdout and "UNAVAILABLE" in human.stdout, human.stdout
+    assert human.returncode == 3 and f"{late}" in human.stdout and "UNAVAILABLE" in human.stdout, human.stdout
+    assert f"NEEDS ATTENTION: folder unavailable (missing): {late}" in human.stdout, human.stdout
     code, body = get(f"http://127.0.0.1:{port}/healthz")
     assert code == 200 and f"degraded: folder {late} missing" in body, body
     _, metrics = get(f"http://127.0.0.1:{port}/metrics")

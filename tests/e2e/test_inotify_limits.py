@@ -37,8 +37,9 @@ def limited(sysctl: str, value: int) -> tuple[str, ...]:
 
 def status_folder(config: Path) -> dict:
     done = run_cli("status", "--json", "-c", str(config))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["folders"][0]
+    data = json.loads(done.stdout)
+    assert done.returncode == (3 if data["attention"] else 0), done.stderr  # 3: something needs a person
+    return data["folders"][0]
 
 
 def make_tree(root: Path, count: int) -> None:

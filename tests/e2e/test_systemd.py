@@ -79,7 +79,9 @@ def test_unit_declares_the_notify_protocol_and_hardening(unit: str) -> None:
     assert s["Restart"] == ["on-failure"] and s["RestartPreventExitStatus"] == ["2"]
     assert seconds(s["WatchdogSec"][0]) >= 10
     assert seconds(s["TimeoutStopSec"][0]) >= 45  # the daemon joins its threads for up to 30 s
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    config = "/etc/studio-watch/config.yaml" if unit == "studio-watch.service" else "/etc/studio-watch/%i.yaml"
+    # synchronous: the command waits for the daemon's answer (not a bare kill -HUP, which returns at once)
+    assert s["ExecReload"] == [f"/opt/studio-watch/venv/bin/studio-watch reload -c {config} --pid $MAINPID"]
     assert s["User"] == ["studio-watch"] and s["Group"] == ["studio-watch"]
     assert s["ProtectSystem"] == ["strict"] and s["ReadWritePaths"] == ["/srv/capture"]
     assert s["CapabilityBoundingSet"] == [""] and s["AmbientCapabilities"] == [""]

@@ -291,3 +291,32 @@ def test_explain_a_link_file(tmp_path: Path) -> None:
     assert code == 0 and "external YouTube/Vimeo link" in text
     assert "POST https://myschool.instructuremedia.com/api/public/v1/collections/2/media?url=https%3A%2F%2Fyoutu.be" \
         in text and "is_external=true" in text and "title=room-101+Guest+talk" in text
+
+
+def test_a_collection_the_token_sees_but_may_not_upload_into(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Studio's collection list shows no permissions: check says so plainly; --try-upload asks Studio (403)."""
+    from studio_watch.sandbox.server import Faults
+
+    with Sandbox(port=0, faults=Faults(forbidden_collections=frozenset({2}))) as sandbox:
+        config_path = write_config(tmp_path, sandbox.url, [{"path": folder(tmp_path, "room-101"), "collection_id": 2},
+                                                           {"path": folder(tmp_path, "mine")}])
+        assert main(["check", "-c", str(config_path)]) == 0
+        out = capsys.readouterr().out
+        assert "collection 2 (Room 101) is visible; whether the token may upload into it, Studio's API does not " \
+               "say" in out
+        assert main(["check", "--try-upload", "-c", str(config_path)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL upload: folders[0]: collection 2: generate: not permitted to upload into collection 2 (403)" in out
+        assert "ok   upload: folders[1]: the token owner's My Uploads: Studio issued an upload URL" in out
+        assert [m for m in sandbox.media() if m["state"] == "completed"] == []  # nothing was uploaded
+
+
+def test_upload_permission_read_from_a_collection_object_when_it_has_one() -> None:
+    from studio_watch.daemon.upload_rights import upload_permission
+
+    assert upload_permission({"id": 1, "name": "x"}) == (None, "")
+    assert upload_permission({"id": 1, "can_upload": False}) == (False, "can_upload: false")
+    assert upload_permission({"id": 1, "permissions": {"upload": True}}) == (True, "permissions.upload: true")
+    assert upload_permission({"id": 1, "role": "viewer"}) == (False, "role: viewer")
+    assert upload_permission({"id": 1, "permissions": ["read", "edit"]})[0] is True

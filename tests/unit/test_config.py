@@ -462,3 +462,51 @@ def test_a_uri_password_is_redacted_for_display(tmp_path: Path, base: dict[str, 
     parsed = config.parse(tmp_path / "c.yaml", {**base, "state_db": "postgresql://u:hunter2@db/q?password=hunter3"})
     assert "hunter" not in parsed.state_db_display and parsed.state_db_display.count("***") == 2
     assert config.redact_uri("postgresql:///q?host=/run/postgresql") == "postgresql:///q?host=/run/postgresql"
+def test_a_misspelt_key_is_reported_before_the_required_key_it_failed_to_set(tmp_path: Path) -> None:
+    """`tokenfile:` must not yield "token_file: required"; the typo is named, with what was meant."""
+    from studio_watch.config import parse
+
+    with pytest.raises(ConfigError) as exc:
+        parse(tmp_path / "c.yaml", {"studio": {"url": "https://s.example", "tokenfile": "t"}})
+    assert str(exc.value) == f"{tmp_path / 'c.yaml'}: studio.tokenfile: unknown key (did you mean 'token_file'?)"
+    with pytest.raises(ConfigError, match=r"^.*: statedb: unknown key \(did you mean 'state_db'\?\)$"):
+        parse(tmp_path / "c.yaml", {"statedb": "x", "studio": {"url": "https://s.example"}})
+    with pytest.raises(ConfigError, match=r"folders\[0\]\.colection_id: unknown key \(did you mean 'collection_id'"):
+        parse(tmp_path / "c.yaml", {"studio": {"url": "https://s.example", "token_env": "T"}, "state_db": "s",
+                                    "folders": [{"path": str(tmp_path), "colection_id": 3}]})
+    with pytest.raises(ConfigError, match=r"zzz: unknown key \(known keys here: format, level\)"):
+        parse(tmp_path / "c.yaml", {"studio": {"url": "https://s.example", "token_env": "T"}, "state_db": "s",
+                                    "log": {"zzz": 1}})
+
+
+def test_rates_timezone_and_prune_after(tmp_path: Path) -> None:
+    from studio_watch.config import parse
+
+    base = {"studio": {"url": "https://s.example", "token_env": "T"}, "state_db": "s"}
+    config = parse(tmp_path / "c.yaml", {**base, "prune_after": "180d",
+                                         "schedule": {"max_upload_rate": "08:00,10M 18:00,off",
+                                                      "timezone": "Europe/Berlin", "upload_hours": ["* 18:00-07:00"]}})
+    assert config.prune_after == 180 * 86400
+    rates = dict(config.schedule.max_upload_rate)
+    assert rates[8 * 60] == 10 * 1024**2 and rates[18 * 60] is None and rates[6 * 1440 + 8 * 60] == 10 * 1024**2
+    assert config.schedule.timezone == "Europe/Berlin"
+    assert parse(tmp_path / "c.yaml", {**base, "schedule": {"max_upload_rate": 125000}}).schedule.max_upload_rate == \
+        ((0, 125000),)
+    for schedule, key in (({"max_upload_rate": "fast"}, "schedule.max_upload_rate"),
+                          ({"timezone": "Mars/Olympus"}, "schedule.timezone")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(tmp_path / "c.yaml", {**base, "schedule": schedule})
+    with pytest.raises(ConfigError, match="prune_after: expected a duration"):
+        parse(tmp_path / "c.yaml", {**base, "prune_after": "soon"})
+
+
+def test_upload_hours_are_read_in_the_configured_timezone() -> None:
+    from datetime import datetime, timezone
+
+    from studio_watch.config import zone_of
+    from studio_watch.schedule import Schedule, parse_window
+
+    tokyo = Schedule((parse_window("* 09:00-10:00"),), tz=zone_of("Asia/Tokyo"))
+    # 00:30 UTC is 09:30 in Tokyo
+    assert tokyo.open(datetime(2026, 12, 1, 0, 30, tzinfo=timezone.utc).astimezone(zone_of("Asia/Tokyo")))
+    assert tokyo.now().utcoffset().total_seconds() == 9 * 3600  # type: ignore[union-attr]

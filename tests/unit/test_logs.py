@@ -283,3 +283,47 @@ def test_console_log_lines_escape_control_characters(capture: Callable[..., io.S
 def test_alert_data_is_redacted_as_a_structure() -> None:
     data = logs.redact_data({"job": {"last_error": "HTTP 400 /u?sig=cafe0001", "id": 3}, "token": "x"})
     assert data == {"job": {"last_error": "HTTP 400 /u?[redacted]", "id": 3}, "token": "[redacted]"}
+# -- journald priorities ---------------------------------------------------------------------------------------
+
+def _journal_file(path: Path, monkeypatch: pytest.MonkeyPatch, matching: bool = True) -> Any:
+    """A real file standing in for the journal's stream socket, $JOURNAL_STREAM naming it (or another file)."""
+    stream = open(path, "w")
+    st = os.fstat(stream.fileno()) if matching else os.stat(path.parent)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    return stream
+
+
+def test_journal_lines_carry_their_syslog_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _journal_file(tmp_path / "journal", monkeypatch)
+    with stream:
+        logs.setup("debug", "json", stream=stream)
+        log = structlog.get_logger("studio_watch.test")
+        log.debug("a_debug")
+        log.info("an_info")
+        log.warning("a_warning")
+        log.error("an_error")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("an_exception")
+        log.critical("a_critical")
+        logging.getLogger("studio_watch.stdlib").error("stdlib %s", "error")
+        logging.getLogger("studio_watch.stdlib").warning("stdlib warning")
+    got = [(line[:3], json.loads(line[3:])["event"]) for line in (tmp_path / "journal").read_text().splitlines()]
+    assert got == [("<7>", "a_debug"), ("<6>", "an_info"), ("<4>", "a_warning"), ("<3>", "an_error"),
+                   ("<3>", "an_exception"), ("<2>", "a_critical"), ("<3>", "stdlib error"),
+                   ("<4>", "stdlib warning")]
+
+
+def test_no_priority_prefix_when_stderr_is_not_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$JOURNAL_STREAM inherited by a process whose stderr went elsewhere (a pipe, a file) adds nothing."""
+    stream = _journal_file(tmp_path / "out", monkeypatch, matching=False)
+    with stream:
+        logs.setup("info", "json", stream=stream)
+        structlog.get_logger("studio_watch.test").error("an_error")
+    line = (tmp_path / "out").read_text().strip()
+    assert json.loads(line)["event"] == "an_error"
+
+
+def test_multiline_console_output_is_prefixed_on_every_line() -> None:
+    assert logs.with_priority("first\nsecond", "error") == "<3>first\n<3>second"
