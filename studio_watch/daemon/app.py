@@ -507,7 +507,17 @@ class Daemon:
         return collect(self.queue, self.activity, self.pause, self._folder_states(), self.config.folders,
                        healthy=getattr(self, "watcher", None) is not None and self.healthy(),
                        window_open=self.schedule.open(),
-                       storage_paused=self.storage.reason if self.storage is not None and self.storage.paused else None)
+                       storage_paused=self.storage.reason if self.storage is not None and self.storage.paused else None,
+                       timetables=self._timetables_shown())
+
+    def _timetables_shown(self) -> list[dict[str, Any]] | None:
+        """What `status` says of the folders with a timetable, for the status page (None: no folder has one)."""
+        if self.expectations is None:
+            return None
+        from studio_watch.daemon.timetable_report import status_timetables  # start-up cost: only with a timetable
+
+        assert self.queue is not None
+        return status_timetables(self.config, self.queue, time.time(), self.expectations.snapshot())
 
     def _publish(self) -> None:
         """A snapshot for `status` (another process): folders, live transfers, schedule."""

@@ -51,15 +51,14 @@ def _bytes(n: float) -> str:
 
 
 def _target(rule: cfg.FolderRule | None) -> str:
-    if rule is None or (rule.collection_id is None and rule.user_id is None):
-        return "My Uploads"
-    return f"collection {rule.collection_id}" if rule.collection_id is not None else f"user {rule.user_id}"
+    return rule.target.describe() if rule is not None else "My Uploads"
 
 
 def collect(queue: JobQueue, activity: Activity, pause: PauseSwitch, folder_status: list[dict[str, Any]],
             rules: Iterable[cfg.FolderRule], healthy: bool, window_open: bool,
-            storage_paused: str | None = None) -> dict[str, Any]:
-    """One snapshot of everything the page shows (the daemon calls it on the metrics reader thread)."""
+            storage_paused: str | None = None, timetables: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One snapshot of everything the page shows (the daemon calls it on the metrics reader thread);
+    `timetables` is what `status` shows of folders with a timetable (daemon.timetable_report.status_timetables)."""
     oldest = queue.oldest_waiting()
     with activity.lock:
         transfers = [{"id": t.job_id, "sent": t.sent, "size": t.total, "seconds": time.monotonic() - t.started}
@@ -75,7 +74,24 @@ def collect(queue: JobQueue, activity: Activity, pause: PauseSwitch, folder_stat
             "upload_window_open": window_open, "jobs": queue.counts(),
             "oldest_waiting": oldest.summary() if oldest else None, "transfers": transfers,
             "failures": [{**j.summary(), "last_error": logs.redact(j.last_error or ""), "reason": logs.redact(j.reason or "")}
-                         for j in queue.recent_failures(10)], "folders": folders}
+                         for j in queue.recent_failures(10)], "folders": folders, "timetables": timetables or []}
+
+
+def _timetable(t: dict[str, Any]) -> str:
+    """One folder's timetable: the next lecture, the last verdicts, the lectures that brought no recording."""
+    e = escape
+    nxt = t["next"]
+    upcoming = "no lecture in the next days" if nxt is None else \
+        f"{'now' if nxt['in_progress'] else 'next'}: {nxt['summary']} {nxt['when']}"
+    problem = f" <span class='bad'>calendar: {e(t['calendar_error'])}</span>" if t.get("calendar_error") else ""
+    rows = "".join(f"<tr class='{'bad' if r['outcome'] == 'missing' else 'ok'}' data-outcome='{e(r['outcome'])}'>"
+                   f"<td>{e(r['outcome'])}</td><td>{e(r['summary'])}</td><td>{e(r['when'])}</td></tr>"
+                   for r in t["recent"])
+    missing = "".join(f"<div class='banner bad'>{e(m['line'])}</div>" for m in t["missing"])
+    return (f"<div class='timetable' data-folder='{e(t['path'])}'><p><strong>{e(t['path'])}</strong>: "
+            f"{e(upcoming)}{problem}</p>{missing}"
+            + (f"<table><tr><th>outcome</th><th>lecture</th><th>when</th></tr>{rows}</table>" if rows else "")
+            + "</div>")
 
 
 def render(data: dict[str, Any]) -> str:
@@ -133,6 +149,11 @@ def render(data: dict[str, Any]) -> str:
         parts.append(f"<tr class='{'ok' if f['available'] and f['alive'] else 'bad'}'><td>{e(f['path'])}</td>"
                      f"<td>{e(f['target'])}</td><td>{e(watcher)}</td><td>{e(_when(f['last_scan'], now))}</td></tr>")
     parts.append("</table>")
+
+    if data.get("timetables"):
+        parts.append("<h2>Timetables</h2>")
+        for t in data["timetables"]:
+            parts.append(_timetable(t))
 
     parts.append("<h2>Recent failures</h2>")
     if data["failures"]:

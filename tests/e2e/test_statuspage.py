@@ -6,7 +6,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from studio_watch.sandbox.server import Faults, Sandbox
 
-from ..conftest import wait_until, write_config, write_media
+from ..conftest import ical_event, wait_until, write_calendar, write_config, write_media
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium; "
@@ -127,3 +129,28 @@ def test_status_page_in_a_real_browser(tmp_path: Path, daemons) -> None:
         paused = Page(dump_dom(url))
         assert "Queue paused" in paused.text["queue"] and paused.text["pause-reason"].strip()
         assert daemon.stop() == 0
+
+
+def test_status_page_shows_each_timetable_its_next_lecture_and_a_missing_recording(tmp_path: Path, sandbox,
+                                                                                    daemons) -> None:
+    port = free_port()
+    now = time.time()
+    at = lambda offset: datetime.fromtimestamp(now + offset, timezone.utc)  # noqa: E731
+    write_calendar(tmp_path / "room.ics", ical_event("gone", "CS101 Lecture", at(2), at(4)),
+                   ical_event("soon", "CS102 Seminar", at(3600), at(7200)))
+    config = write_config(tmp_path, sandbox.url, [{"path": "room-101", "settle_seconds": 0.1,
+                                                   "expect": {"calendar": "room.ics", "grace": "2s"}}],
+                          metrics={"listen": f"127.0.0.1:{port}"})
+    daemon = daemons(config)
+    daemon.wait_ready()
+    assert daemon.wait_event("recording_missing", 30), daemon.output()  # nothing came for CS101
+    url = f"http://127.0.0.1:{port}/"
+    assert wait_until(lambda: b"no recording for" in urllib.request.urlopen(url, timeout=5).read(), 20, 0.2)
+    page = Page(dump_dom(url))
+    assert "script" not in page.tags
+    html = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert "Timetables" in html and "next: CS102 Seminar" in html
+    assert "room-101: no recording for &#x27;CS101 Lecture&#x27;" in html or \
+        "room-101: no recording for 'CS101 Lecture'" in html
+    assert "data-outcome='missing'" in html
+    assert daemon.stop() == 0
