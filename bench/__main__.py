@@ -1,8 +1,10 @@
 """`python -m bench [--quick] [--only ROW,...]`: run the benchmark rows, print the table, write RESULTS.md.
 
 Rows: sink, goodput, memory, tls, rtt, overhead, detection, scan, idle, reads (goodput and memory share their runs),
-cluster. Everything talks to 127.0.0.1 only, except the cluster row, which talks to network namespaces it
-creates; the baselines run in the same invocation as what they are compared with.
+cluster, history (a 1,000,000-job state DB against an empty one), coldstart (command start-up, -X importtime),
+latency (workers 1/2/4/8 at 50 ms RTT through bench/delay.py). Everything talks to 127.0.0.1 only, except the
+cluster row, which talks to network namespaces it creates; the baselines run in the same invocation as what they
+are compared with.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import cluster, daemons, tls, uploads
+from . import cluster, coldstart, daemons, history_rows, latency, tls, uploads
 from .harness import SCRATCH_DISK, Sink, filesystem_of
 from .report import Result, render
 
@@ -33,6 +35,9 @@ ROWS: list[tuple[tuple[str, ...], RowFn]] = [
     (("scan",), daemons.scan_rows),
     (("idle",), daemons.idle_rows),
     (("cluster",), cluster.cluster_rows),
+    (("history",), history_rows.history_rows),
+    (("coldstart",), coldstart.coldstart_rows),
+    (("latency",), latency.latency_rows),
 ]
 NAMES = [name for names, _ in ROWS for name in names]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

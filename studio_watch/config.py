@@ -203,7 +203,7 @@ class Config:
     studio: StudioConfig
     state_db: Path | str  # a SQLite file's path, or a postgresql:// URI (a str) for a cluster's shared queue
     folders: tuple[FolderRule, ...] = ()
-    workers: int = 2
+    workers: int = 4  # measured: bench latency row; docs/operations.md "Choosing workers"
     rescan_seconds: float = 60.0
     observer: ObserverKind = ObserverKind.AUTO
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -400,7 +400,7 @@ def parse(source: Path, data: Any) -> Config:
         studio=studio,
         state_db=state_db,
         folders=folders,
-        workers=top.positive("workers", 2, int),
+        workers=top.positive("workers", 4, int),
         rescan_seconds=top.positive("rescan_seconds", 60.0),
         observer=ObserverKind(top.choice("observer", tuple(ObserverKind), "auto")),
         retry=_retry(source, top.get("retry", dict, {})),

@@ -20,7 +20,9 @@ import sys
 import threading
 from typing import Any, MutableMapping, TextIO
 
-import structlog
+# structlog is imported at the first event that passes the level, not at import: its package imports
+# structlog.stdlib, which imports asyncio (~22 ms of every cold start); `status`, `jobs` and a quiet `upload` log
+# nothing. Modules take their logger from `get_logger` below.
 
 SECRET_FIELDS = frozenset({"token", "access_token", "refresh_token", "client_secret", "authorization",
                            "password", "upload_url", "secret", "auth_code"})
@@ -230,21 +232,111 @@ class _LineWriter:
     fatal = critical
 
 
-class _JournalFormatter(structlog.stdlib.ProcessorFormatter):
-    """Third-party loggers' lines with the same priority prefix as our own."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return with_priority(super().format(record), record.levelname.lower())
-
-
 def is_configured() -> bool:
     return _configured
 
 
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
+_threshold = 0  # events below it are dropped before structlog is even imported (0: not set up: pass them all)
+_pending: tuple[str, str, TextIO | None] | None = None  # a setup() not applied to structlog yet
+_setup_lock = threading.Lock()
+
+
+class Logger:
+    """A module's logger: `info(event, **fields)` and friends, passed to structlog's logger of that name, which
+    is made (and structlog imported and configured) at the first event at or above the configured level."""
+
+    __slots__ = ("name", "_real")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._real: Any = None
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> Any:
+        if _LEVELS[method] < _threshold:
+            return None
+        real = self._real
+        if real is None:
+            _apply_pending()
+            import structlog  # start-up cost: structlog (and asyncio) only once something logs
+
+            real = self._real = structlog.get_logger(self.name)  # a lazy proxy: follows later reconfiguration
+        return getattr(real, method)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> Any:
+        return self._emit("exception", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> Any:
+        return self._emit("critical", event, fields)
+
+
+def get_logger(name: str) -> Logger:
+    return Logger(name)
+
+
+class _LazyFormatter(logging.Formatter):
+    """The root handler's formatter: structlog's ProcessorFormatter, built at the first foreign record.
+    `journal`: third-party loggers' lines get the same priority prefix as our own."""
+
+    def __init__(self, journal: bool = False) -> None:
+        super().__init__()
+        self.real: logging.Formatter | None = None
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.real is None:
+            _apply_pending()
+            self.real = _processor_formatter(*_applied)
+        text = self.real.format(record)
+        return with_priority(text, record.levelname.lower()) if self.journal else text
+
+
+_applied: tuple[str, str, TextIO | None] = ("info", "auto", None)
+
+
+def _apply_pending() -> None:
+    global _pending
+    with _setup_lock:
+        if _pending is not None:
+            _configure(*_pending)
+            _pending = None
+
+
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog and the standard library's logging once per process (later calls reconfigure).
+    """Configure logging once per process (later calls reconfigure): the standard library's root handler now,
+    structlog now if something imported it already, else at the first event that passes `level`.
     Under systemd (stderr is the journal, per $JOURNAL_STREAM) every line carries its priority."""
-    global _configured
+    global _configured, _pending, _threshold
+    _threshold = logging.getLevelName(level.upper())
+    handler = logging.StreamHandler(stream)  # None: sys.stderr
+    handler.setFormatter(_LazyFormatter(journal_connected(stream)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "hpack", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    with _setup_lock:
+        _pending = (level, fmt, stream)
+    _configured = True
+    if "structlog" in sys.modules:
+        _apply_pending()
+
+
+def _shared(level: str, fmt: str, stream: TextIO | None) -> tuple[list[Any], Any]:
+    import structlog  # start-up cost: structlog (and asyncio) only once something logs
+
     use_json = fmt == "json" or (fmt == "auto" and not (stream or sys.stderr).isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Any] = [
@@ -256,16 +348,29 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     ]
     if not use_json:
         shared.append(_escape_event)
-    journal = journal_connected(stream)
-    handler = logging.StreamHandler(stream)  # None: sys.stderr
-    handler.setFormatter((_JournalFormatter if journal else structlog.stdlib.ProcessorFormatter)(
+    return shared, renderer
+
+
+def _processor_formatter(level: str, fmt: str, stream: TextIO | None) -> logging.Formatter:
+    import structlog  # start-up cost: structlog (and asyncio) only once something logs
+
+    shared, renderer = _shared(level, fmt, stream)
+    return structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "hpack", "watchdog"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared])
+
+
+def _configure(level: str, fmt: str, stream: TextIO | None) -> None:
+    """Apply a setup() to structlog (our own events) and to the root handler's formatter (everyone else's)."""
+    global _applied
+    import structlog  # start-up cost: structlog (and asyncio) only once something logs
+
+    _applied = (level, fmt, stream)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, _LazyFormatter):
+            handler.formatter.real = _processor_formatter(level, fmt, stream)
+    shared, renderer = _shared(level, fmt, stream)
+    journal = journal_connected(stream)
     # Our own events skip the standard library entirely (several per uploaded file: they must be cheap);
     # third-party loggers go through the handler above with the same processors.
     structlog.configure(
@@ -274,4 +379,3 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
     )
-    _configured = True

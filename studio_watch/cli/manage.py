@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Callable
 
 from studio_watch import logs
 from studio_watch.cli.output import (EXIT_FAILURE, EXIT_OK, config_error, human_age, human_bytes, load_config,
-                                   print_json, resolve_cli_path)
+                                   print_json_stream, resolve_cli_path)
 from studio_watch.cli.status import _summary  # the one redacting --json view of a job
 from studio_watch.daemon import housekeeping
 from studio_watch.daemon.statedb import queue_for
@@ -18,6 +19,7 @@ from studio_watch.queue.admin import CANCEL_REQUESTED
 from studio_watch.queue import STATE_WORDS, STATES, Job, JobQueue, State
 from studio_watch.schedule import parse_duration
 
+JOBS_LIMIT = 100  # `jobs` listing: the newest hundred, not a year of history
 _FROM_WORDS = {word: state for state, word in STATE_WORDS.items()}
 
 
@@ -29,6 +31,16 @@ def state_choice(text: str) -> str:
         return _FROM_WORDS[text]
     raise argparse.ArgumentTypeError(
         f"unknown state {text!r}: one of {', '.join(STATES)} (or {', '.join(_FROM_WORDS)})")
+
+
+def job_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of jobs (0 for all), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of jobs (0 for all), got {text!r}")
+    return value
 
 
 def age(text: str) -> float:
@@ -82,25 +94,34 @@ def note(job: Job, now: float) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    """Newest first, streamed: the first line comes at once and memory stays flat whatever the history."""
     config = load_config(args)
     now = time.time()
+    limit = args.limit if args.limit is not None else (0 if args.json else JOBS_LIMIT)
     queue = queue_for(config)
     try:
-        jobs = queue.jobs(args.state, args.limit, folder=resolve_cli_path(args.folder) if args.folder else None,
-                          created_before=now - args.older_than if args.older_than else None,
-                          created_after=now - args.newer_than if args.newer_than else None, newest_first=True)
+        # One more than shown: the note that older jobs exist costs no count of a year of rows.
+        jobs = queue.each_job(args.state, limit + 1 if limit else None,
+                              folder=resolve_cli_path(args.folder) if args.folder else None,
+                              created_before=now - args.older_than if args.older_than else None,
+                              created_after=now - args.newer_than if args.newer_than else None)
+        if args.json:
+            shown = print_json_stream({**_summary(j), "tries": j.tries} for j in itertools.islice(jobs, limit or None))
+        else:
+            print(f"{'ID':>6}  {'STATE':<10}  {'CREATED':<16}  {'TRIES':>5}  {'MEDIA':>8}  {'TARGET':<16}  "
+                  "TITLE  PATH  (NOTE)", flush=True)
+            shown = 0
+            for job in itertools.islice(jobs, limit or None):
+                text = logs.shown(note(job, now))
+                title = f"'{logs.shown(job.title)}'" if job.title else "-"
+                print(f"{job.id:>6}  {STATE_WORDS[job.state.value]:<10}  {when(job.created_at, now):<16}  "
+                      f"{job.tries:>5}  {job.media_id or '-':>8}  {target(job):<16}  {title}  "
+                      f"{logs.shown(job.display_path)}" + (f"  ({text})" if text else ""), flush=shown == 0)
+                shown += 1
+        if limit and shown == limit and next(jobs, None) is not None:
+            print(f"(the newest {limit} jobs; --limit N for more, --limit 0 for all)", file=sys.stderr)
     finally:
         queue.close()
-    if args.json:
-        print_json([{**_summary(j), "tries": j.tries} for j in jobs])
-        return EXIT_OK
-    print(f"{'ID':>6}  {'STATE':<10}  {'CREATED':<16}  {'TRIES':>5}  {'MEDIA':>8}  {'TARGET':<16}  TITLE  PATH  (NOTE)")
-    for job in jobs:
-        text = logs.shown(note(job, now))
-        title = f"'{logs.shown(job.title)}'" if job.title else "-"
-        print(f"{job.id:>6}  {STATE_WORDS[job.state.value]:<10}  {when(job.created_at, now):<16}  {job.tries:>5}  "
-              f"{job.media_id or '-':>8}  {target(job):<16}  {title}  {logs.shown(job.display_path)}"
-              + (f"  ({text})" if text else ""))
     return EXIT_OK
 
 
@@ -160,8 +181,9 @@ def add_arguments(add: Callable[[str, str], argparse.ArgumentParser], positive_i
     p.add_argument("--folder", metavar="PATH", help="only jobs found in this watched folder")
     p.add_argument("--older-than", type=age, metavar="AGE", help="only jobs created more than AGE ago (90d, 12h)")
     p.add_argument("--newer-than", type=age, metavar="AGE", help="only jobs created less than AGE ago")
-    p.add_argument("--json", action="store_true", help="a JSON array on stdout")
-    p.add_argument("--limit", type=positive_int, help="at most this many jobs")
+    p.add_argument("--json", action="store_true", help="a JSON array on stdout (every job unless --limit is given)")
+    p.add_argument("--limit", type=job_limit, default=None, metavar="N",
+                   help=f"at most N jobs, newest first (default {JOBS_LIMIT}, or all with --json; 0: all)")
     p = add("cancel", "never upload these jobs (one in flight stops at its next step)")
     p.add_argument("ids", nargs="+", type=positive_int, metavar="JOB_ID")
     p = add("forget", "drop these rows so their files may be queued again (refused for an uploaded file "

@@ -9,15 +9,19 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from studio_watch import config as cfg
 from studio_watch.errors import ConfigError
+
+if TYPE_CHECKING:  # loaded by load_config: `--version` and the parser need no YAML
+    from studio_watch import config as cfg
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
+    from studio_watch import config as cfg  # start-up cost: `--version` loads no YAML
+
     return cfg.load(cfg.config_path(getattr(args, "config", None)))
 
 
@@ -49,6 +53,18 @@ def stop_on_signals(stop: threading.Event, on_hup: Callable[[], None] | None = N
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def print_json_stream(items: Iterable[Any]) -> int:
+    """A JSON array on stdout, written one item at a time (as `print_json` would lay it out); returns the count."""
+    out, n = sys.stdout, 0
+    out.write("[")
+    for item in items:
+        body = json.dumps(item, indent=2, default=str).replace("\n", "\n  ")
+        out.write(("," if n else "") + "\n  " + body)
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
 
 
 def human_bytes(n: float) -> str:

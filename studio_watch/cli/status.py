@@ -38,6 +38,9 @@ def status_data(config: cfg.Config) -> dict[str, Any]:
         watched = {f.path: f for f in (snapshot.folders if snapshot else ())}
         return {
             "jobs": queue.counts(),
+            # Read from the jobs table itself (its b-tree's root and rightmost pages): every other query here
+            # reaches it through an index only, and a damaged table must not show as a healthy queue.
+            "newest_job_id": queue.newest_job_id(),
             "paused": pause is not None,
             "pause_reason": pause.reason if pause else None,
             "paused_since": pause.since if pause else None,

@@ -9,13 +9,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from studio_watch import config as cfg
 from studio_watch import logs
-from studio_watch.cli.output import (CONFIRMING, EXIT_FAILURE, EXIT_OK, AroundBar, ProgressBar, config_error, load_config,
-                                     quiet_level, stop_on_signals)
-from studio_watch.daemon.app import LoneUpload
+from studio_watch.cli.output import (CONFIRMING, EXIT_FAILURE, EXIT_OK, AroundBar, ProgressBar, config_error,
+                                     load_config, quiet_level, stop_on_signals)
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.daemon.workers import finished
@@ -25,61 +24,89 @@ from studio_watch.queue import STATE_WORDS, TERMINAL, Job, JobQueue, Seen, State
 from studio_watch.studio.auth import make_tokens
 from studio_watch.studio.client import TokenSource
 
+if TYPE_CHECKING:
+    from studio_watch.daemon.app import LoneUpload
+
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    """`upload FILE...`: every file is checked and queued first, then sent one after the other on one engine."""
     config = load_config(args)
     around = AroundBar(sys.stderr)  # warnings get their own lines, not the progress bar's
     logs.setup(quiet_level(config), config.log.format, stream=around)
-    # Everything is checked before the job is recorded: a refused command leaves nothing behind for the next
+    if args.title and len(args.files) > 1:
+        raise config_error("--title", "gives one title to one FILE; with several, each is titled from its name")
+    # Everything is checked before any job is recorded: a refused command leaves nothing behind for the next
     # daemon start to upload.
-    path, st = _upload_source(args)
+    files = [_upload_source(name, args.force) for name in args.files]
     queue = queue_for(config)
     try:
         # A missing or loose token file refuses the command here (exit 2). A cluster's OAuth pair is the one in
         # its database.
         tokens = make_tokens(config, queue)
-        job_id = _enqueue_upload(queue, args, path, st)
-        if job_id is None:
-            return EXIT_OK
+        pending = [job_id for path, st in files if (job_id := _enqueue_upload(queue, args, path, st)) is not None]
+        codes: list[int] = []
         if queue.shared:
-            return _upload_in_cluster(config, queue, job_id, tokens, around)
+            if pending and any(n["live"] for n in queue.nodes()):
+                print(f"{_jobs_text(pending)} queued; a node of the cluster uploads "
+                      f"{'it' if len(pending) == 1 else 'them'}", file=sys.stderr)
+                _follow_all(queue, pending, codes, lambda: any(n["live"] for n in queue.nodes()), around)
+            # with no node up, this process does it (its claim is a lease like theirs, so a node that comes up
+            # meanwhile leaves it alone)
+            alone = _upload_alone(config, queue, pending, tokens, around) if pending else []
+            return max(codes + alone, default=EXIT_OK)
         lock = DaemonLock(Path(config.state_db), role="upload")
-        while True:
+        while pending:
             try:
                 lock.acquire()
             except DatabaseLocked as exc:
-                # A daemon uploads the job; another `upload` working alone does not, but lets go when it is done.
-                print(f"pid {exc.pid} holds the queue: job {job_id} is uploaded there if it is a daemon, "
+                # A daemon uploads the jobs; another `upload` working alone does not, but lets go when it is done.
+                print(f"pid {exc.pid} holds the queue: {_jobs_text(pending)} uploaded there if it is a daemon, "
                       f"or here once the queue is free", file=sys.stderr)
-                code = _follow(queue, job_id, lambda: lock.held_by_other() is not None, around=around)
-                if code is not None:
-                    return code
+                _follow_all(queue, pending, codes, lambda: lock.held_by_other() is not None, around)
                 continue
             try:
-                return _upload_alone(config, queue, job_id, tokens, around)
+                codes += _upload_alone(config, queue, pending, tokens, around)
+                pending = []
             finally:
                 lock.release()
+        return max(codes, default=EXIT_OK)
     finally:
         queue.close()
 
 
-def _upload_source(args: argparse.Namespace) -> tuple[str, os.stat_result]:
-    """The file named on the command line, checked: (its real path, its stat). A link the user names is theirs
+def _jobs_text(ids: list[int]) -> str:
+    return f"job {ids[0]} is" if len(ids) == 1 else f"jobs {', '.join(map(str, ids))} are"
+
+
+def _follow_all(queue: JobQueue, pending: list[int], codes: list[int], worked_on: Callable[[], bool],
+                around: AroundBar | None = None) -> None:
+    """Follow the jobs another process uploads, in order, moving each finished one from `pending` to `codes`;
+    returns when all are done or nobody works on the queue any more (the rest are done here)."""
+    while pending:
+        code = _follow(queue, pending[0], worked_on, around=around)
+        if code is None:
+            return
+        codes.append(code)
+        pending.pop(0)
+
+
+def _upload_source(name: str, force: bool) -> tuple[str, os.stat_result]:
+    """A FILE named on the command line, checked: (its real path, its stat). A link the user names is theirs
     to follow; what it leads to must be a non-empty regular file with a media name (or --force)."""
-    path = os.path.realpath(args.file)
+    path = os.path.realpath(name)
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise config_error("FILE", f"{args.file}: {exc.strerror}") from None
+        raise config_error("FILE", f"{name}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise config_error("FILE", f"{args.file}: not a regular file")
+        raise config_error("FILE", f"{name}: not a regular file")
     if st.st_size == 0:
-        raise config_error("FILE", f"{args.file}: the file is empty")
+        raise config_error("FILE", f"{name}: the file is empty")
     kind, why = classify(cfg.FolderRule(path=Path(os.path.dirname(path))), path)
-    if kind != "file" and not args.force:
+    if kind != "file" and not force:
         why = "a browser link file (use import-url for its URL)" if kind == "link" else \
             why.replace("this folder uploads", "a watched folder uploads by default")
-        raise config_error("FILE", f"{args.file}: refused: {why}; add --force to upload it anyway")
+        raise config_error("FILE", f"{name}: refused: {why}; add --force to upload it anyway")
     return path, st
 
 
@@ -99,26 +126,21 @@ def _enqueue_upload(queue: JobQueue, args: argparse.Namespace, path: str, st: os
     return queue.add(seen, State.READY, title=title, description=args.description or "")
 
 
-def _upload_in_cluster(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource,
-                       around: AroundBar | None = None) -> int:
-    """A cluster's queue: the live nodes upload the job; with none up, this process does (its claim is a lease
-    like theirs, so a node that comes up meanwhile leaves it alone)."""
-    if any(n["live"] for n in queue.nodes()):
-        print(f"job {job_id} is queued; a node of the cluster uploads it", file=sys.stderr)
-        code = _follow(queue, job_id, lambda: any(n["live"] for n in queue.nodes()), around=around)
-        if code is not None:
-            return code
-    return _upload_alone(config, queue, job_id, tokens, around)
+def _upload_alone(config: cfg.Config, queue: JobQueue, job_ids: list[int], tokens: TokenSource,
+                  around: AroundBar | None = None) -> list[int]:
+    """No daemon: the composition root's worker loop does the jobs here, one after the other on one engine (one
+    HTTP connection), while this follows each row in turn; their exit codes. Stopped (Ctrl-C), the rest stay
+    queued."""
+    from studio_watch.daemon.app import LoneUpload  # the engine: only when this process uploads
 
-
-def _upload_alone(config: cfg.Config, queue: JobQueue, job_id: int, tokens: TokenSource,
-                  around: AroundBar | None = None) -> int:
-    """No daemon: the composition root's worker loop does the job here while this follows its row."""
     stop = threading.Event()
     stop_on_signals(stop)
-    with LoneUpload(config, queue, job_id, stop, tokens) as alone:
-        code = _follow(queue, job_id, stop=stop, alone=alone, around=around)
-    return _report(queue.get(job_id)) if code is None else code
+    codes = []
+    with LoneUpload(config, queue, job_ids, stop, tokens) as alone:
+        for job_id in job_ids:
+            code = _follow(queue, job_id, stop=stop, alone=alone, around=around)
+            codes.append(_report(queue.get(job_id)) if code is None else code)
+    return codes
 
 
 def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool] | None = None,

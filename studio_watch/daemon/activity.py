@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.queue import Job
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Observer(Protocol):

@@ -21,8 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import logs
 from studio_watch.config import StudioConfig
 from studio_watch.errors import ConfigError, StudioError
@@ -31,7 +30,7 @@ from studio_watch.studio.client import http_pool
 if TYPE_CHECKING:
     from studio_watch.studio.transport import Pool
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 HOOK_TIMEOUT = 30.0
 OPEN_KEY = "open_alerts"  # the meta row holding the alerts fired and not yet resolved

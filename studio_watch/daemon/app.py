@@ -17,10 +17,9 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import config as cfg
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.activity import Activity, NullObserver, Observer
@@ -47,10 +46,9 @@ from studio_watch.studio.auth import make_tokens
 from studio_watch.studio.client import StudioClient, TokenSource
 from studio_watch.studio.retry import MAX_CLIENT_WAIT
 from studio_watch.files.rules import Found, rule_for
-from studio_watch.files.watcher import Watcher
 from studio_watch.files.writers import after_upload_quiet
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 PUBLISH_EVERY = 5.0  # seconds between two snapshots of the daemon's state for `status`
 IDENTITY_EVERY = 2.0  # seconds between two looks at whether the database file is still the one opened
@@ -109,30 +107,37 @@ class Engine:
 
 class LoneUpload:
     """`studio-watch upload` when no daemon holds the database: the same engine and worker loop as `run`, with
-    the pause prober, for one job. Use as a context manager around following the job's row."""
+    the pause prober, for the jobs of one command (`upload FILE...`: one after the other, on one engine and so one
+    HTTP connection). Use as a context manager around following the jobs' rows."""
 
-    def __init__(self, config: cfg.Config, queue: JobQueue, job_id: int, stop: threading.Event,
+    def __init__(self, config: cfg.Config, queue: JobQueue, job_ids: int | Sequence[int], stop: threading.Event,
                  tokens: TokenSource | None = None, observer: Observer | None = None) -> None:
-        self.queue, self.job_id, self.stop = queue, job_id, stop
+        self.queue, self.stop = queue, stop
+        self.job_ids = [job_ids] if isinstance(job_ids, int) else list(job_ids)
         if not queue.shared:  # the lock says nobody else works on this queue: claims left behind are stale
             recover(queue)
         self.engine = Engine(config, queue, stop, observer or NullObserver(), tokens=tokens)
         self.pause = self.engine.pause
-        worker = self.engine.worker("upload", TurnTaking(), self._claim, self._next_due)
+        self.worker = worker = self.engine.worker("upload", TurnTaking(), self._claim, self._next_due)
         self.threads = [threading.Thread(target=worker.loop, name="upload", daemon=True),
                         threading.Thread(target=self.pause.probe_loop, name="prober", daemon=True)]
 
+    def _open(self) -> list[Job]:
+        """The jobs still to do here, in the order given (a changed file waits to settle: not here)."""
+        jobs = (self.queue.get(i) for i in self.job_ids)
+        return [j for j in jobs if j is not None and not finished(j) and j.state is not State.SETTLING]
+
     def _claim(self, owner: str) -> list[Job]:
-        """The job, once it is due and still has a step to go (a changed file waits to settle: not here)."""
-        job = self.queue.get(self.job_id)
-        if job is None or finished(job) or job.state is State.SETTLING or job.next_attempt_at > self.queue.now():
+        """The first job still to do, once it is due: one at a time, in the order given."""
+        todo = self._open()
+        if not todo or todo[0].next_attempt_at > self.queue.now():
             return []
-        claimed = self.queue.claim_id(self.job_id, owner)
+        claimed = self.queue.claim_id(todo[0].id, owner)
         return [claimed] if claimed is not None else []
 
     def _next_due(self) -> float | None:
-        job = self.queue.get(self.job_id)
-        return job.next_attempt_at if job is not None else None
+        todo = self._open()
+        return todo[0].next_attempt_at if todo else None
 
     def __enter__(self) -> LoneUpload:
         for thread in self.threads:
@@ -141,6 +146,8 @@ class LoneUpload:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        self.pause.wake()  # both idle waits end now, not within a second (every one-shot `upload` paid it)
+        self.worker.wake.set()
         for thread in self.threads:
             thread.join(timeout=STOP_WAIT)
         self.engine.close()
@@ -215,6 +222,8 @@ class Daemon:
             if not queue.shared:  # a shared queue makes each file one job by itself
                 self.folder_locks = FolderLocks(self.config.state_db)
             locks = self.folder_locks
+            from studio_watch.files.watcher import Watcher  # here: `upload` builds its engine from this module
+
             self.watcher = watcher = Watcher(self.config.folders, self.config.observer, self.config.rescan_seconds,
                                              self._on_found, self.stop,
                                              claim=locks.claim if locks else None,
@@ -588,7 +597,7 @@ class Daemon:
     def _record_found(self, found: list[Found], is_scan: bool) -> None:
         assert self.queue is not None
         if is_scan:  # a rescan sees every file: only hand over the new and the changed
-            known = self.queue.latest_by_path()
+            known = self.queue.latest_by_path(f.path for f in found)  # O(files present), not O(history)
             found = [f for f in found if changed(known.get(os.fsencode(f.path)), f.stat)]
         if not found:
             return

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.config import ExpectConfig
 from studio_watch.errors import StudioWatchError
 from studio_watch.expect.timetable import Timetable, TimetableError
 from studio_watch.studio.fetch import MAX_DOCUMENT_BYTES, shown_url
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Fetch = Callable[[str], bytes]  # GET a URL's body (studio.fetch.fetch_document with the config's TLS settings)
 RETRY_FAILED_FETCH = 60.0  # seconds before a failed fetch is tried again (when `refresh` is longer)

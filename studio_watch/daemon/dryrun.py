@@ -66,23 +66,23 @@ def _walk(rule: cfg.FolderRule) -> Iterator[tuple[str, os.stat_result]]:
 
 def explain_all(config: cfg.Config) -> tuple[list[Verdict], list[str]]:
     """(a verdict per file, the folders that could not be read)."""
-    known: dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]] = {}
-    if config.shared_state or Path(config.state_db).exists():  # a dry run never creates a SQLite file
-        queue = queue_for(config)
-        try:
-            known = queue.latest_by_path()
-        finally:
-            queue.close()
-    verdicts: list[Verdict] = []
+    found: list[tuple[cfg.FolderRule, str, os.stat_result]] = []
     unreadable: list[str] = []
     for rule in config.folders:
         if not os.access(rule.path, os.R_OK | os.X_OK) or not rule.path.is_dir():
             unreadable.append(str(rule.path))
             continue
         for path, st in _walk(rule):
-            if rule_for(config.folders, path) is not rule:  # a nested folder's own rule decides for it
-                continue
-            verdicts.append(_judge(rule, path, st, known.get(os.fsencode(path))))
+            if rule_for(config.folders, path) is rule:  # a nested folder's own rule decides for it
+                found.append((rule, path, st))
+    known: dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]] = {}
+    if found and (config.shared_state or Path(config.state_db).exists()):  # a dry run never creates a SQLite file
+        queue = queue_for(config)
+        try:
+            known = queue.latest_by_path([path for _, path, _ in found])  # the files present, not every job ever
+        finally:
+            queue.close()
+    verdicts = [_judge(rule, path, st, known.get(os.fsencode(path))) for rule, path, st in found]
     return verdicts, unreadable
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.config import FolderRule
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.calendars import CalendarSource, Fetch
@@ -26,7 +25,7 @@ from studio_watch.expect import judge as j
 from studio_watch.expect.timetable import Lecture, Timetable
 from studio_watch.queue import Job, JobQueue, LectureRecord, State
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 TICK_SECONDS = 1.0  # how often verdicts fall due is checked (a few indexed queries when nothing is due)
 EXPAND_EVERY = 600.0  # seconds between two expansions of an unchanged timetable

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.config import FolderRule
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 LOCK_NAME = ".studio-watch-lock"
 BEAT_SECONDS = 10.0

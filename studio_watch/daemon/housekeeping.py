@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import structlog
-
+from studio_watch import logs
 from studio_watch.files import sources
 from studio_watch.queue import Job, JobQueue, State
 
-log = structlog.get_logger(__name__)
+log = logs.get_logger(__name__)
 
 
 def file_still_there(job: Job) -> bool:

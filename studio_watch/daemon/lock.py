@@ -6,12 +6,11 @@ import fcntl
 import os
 from pathlib import Path
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.errors import DatabaseLocked
 from studio_watch.private import private_dir
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class DaemonLock:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import config as cfg
 from studio_watch.errors import AuthError, StudioError, StudioWatchError
 from studio_watch.daemon.snapshot import PauseRecord
@@ -14,7 +13,7 @@ from studio_watch.queue import JobQueue
 from studio_watch.studio.client import StudioClient
 from studio_watch.studio.retry import backoff
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 class Prober:
     """A queue-wide pause that ends when a probe succeeds: while `paused`, `_probe(tries)` runs on a growing
@@ -31,6 +30,11 @@ class Prober:
 
     def _probe(self, tries: int) -> None:
         raise NotImplementedError
+
+    def wake(self) -> None:
+        """End the idle wait now (with `stop` set: the loop returns at once instead of within a second, which a
+        one-shot `upload` paid at every exit)."""
+        self._tripped.set()
 
     def probe_loop(self) -> None:
         tries = 0

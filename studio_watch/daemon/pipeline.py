@@ -16,8 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import logs
 from studio_watch.config import MAX_UPLOAD_BYTES, RetryConfig, readable
 from studio_watch.daemon.activity import NullObserver, Observer
@@ -31,7 +30,7 @@ from studio_watch.queue.admin import CANCELLED
 from studio_watch.studio.client import StudioClient
 from studio_watch.studio.imports import import_link
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 URL_RENEWALS = 3  # new upload URLs asked for within one run of a job before it is rescheduled
 PROCESSED_STATES = frozenset({"completed", "complete", "ready", "done", "processed", "success", "succeeded",

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.daemon.activity import Activity
@@ -24,7 +23,7 @@ from studio_watch.errors import DatabaseUnavailable, StorageFull
 from studio_watch.files import marks
 from studio_watch.queue import Job, JobQueue, Seen, Settled, State, settle_clock
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SETTLE_BATCH = 1000  # settle promotions per transaction: docs/decisions/settle-batches.md
 

@@ -18,7 +18,7 @@ class Meta(Protocol):
 
     def meta(self, key: str) -> str | None: ...
 
-    def set_meta(self, key: str, value: str | None) -> None: ...
+    def set_meta(self, key: str, value: str | None, durable: bool = True) -> None: ...
 
 
 def _load(store: Meta, key: str) -> dict[str, Any] | None:
@@ -34,6 +34,7 @@ class _Record:
     """A dataclass kept as one JSON object under the meta key KEY."""
 
     KEY = ""
+    DURABLE = True  # False: rewritten every few seconds, so its commit need not wait for the disk
 
     @classmethod
     def key(cls, node: str | None = None) -> str:
@@ -41,7 +42,7 @@ class _Record:
         return f"{cls.KEY}:{node}" if node else cls.KEY
 
     def save(self, store: Meta, node: str | None = None) -> None:
-        store.set_meta(self.key(node), json.dumps(asdict(self)))  # type: ignore[call-overload]
+        store.set_meta(self.key(node), json.dumps(asdict(self)), durable=self.DURABLE)  # type: ignore[call-overload]
 
     @classmethod
     def clear(cls, store: Meta, node: str | None = None) -> None:
@@ -94,6 +95,7 @@ class DaemonSnapshot(_Record):
     """What a running daemon publishes every few seconds for `status`."""
 
     KEY = STATUS_KEY
+    DURABLE = False  # a snapshot every 5 s: no fsync for it (a power cut loses only the last one)
     pid: int
     at: float
     healthy: bool

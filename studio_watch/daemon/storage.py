@@ -13,14 +13,13 @@ import threading
 import time
 from typing import Callable
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import config as cfg
 from studio_watch.daemon.pause import Prober
 from studio_watch.errors import StorageFull
 from studio_watch.queue import JobQueue
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class StorageGuard(Prober):

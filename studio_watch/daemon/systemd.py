@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
-import structlog
+from studio_watch.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def sd_notify(message: str) -> bool:

@@ -8,8 +8,7 @@ import threading
 import time
 from typing import Callable
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.daemon.pause import PauseSwitch
 from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.daemon.storage import StorageGuard
@@ -17,7 +16,7 @@ from studio_watch.daemon.turns import TurnTaking
 from studio_watch.errors import DatabaseUnavailable, StorageFull
 from studio_watch.queue import Job, JobQueue, Step
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def finished(job: Job) -> bool:

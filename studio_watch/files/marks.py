@@ -17,9 +17,9 @@ import errno
 import json
 import os
 
-import structlog
+from studio_watch.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 XATTR = "user.studio_watch.media"
 _CANNOT = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSPC, errno.EDQUOT,

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.config import FolderRule
 from studio_watch.files.links import is_link_name
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OWN_FILES = (".studio-watch-*",)  # probes and files taken aside: never recordings, whatever `exclude` says
 

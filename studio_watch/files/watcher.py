@@ -19,20 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import structlog
 from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
                              FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from studio_watch.logs import get_logger
 from studio_watch.config import FolderRule
 from studio_watch.files import inotify_limits
 from studio_watch.files.writers import OpenWriters, unseen_message
 from studio_watch.files.mounts import MOUNTINFO, choose_observer, filesystem_type, is_network_fs, network_mounts_under
 from studio_watch.files.rules import Found, classify, count_dirs, in_excluded_folder, scan
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 PROBE_SECONDS = 3.0  # how long the startup self-test waits for inotify to report its probe file
 # What the kernel is asked to report: a file appearing, being renamed in, written, closed after writing, or

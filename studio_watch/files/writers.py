@@ -28,9 +28,9 @@ import threading
 import time
 from typing import Callable
 
-import structlog
+from studio_watch.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # No lecture pauses this long with the file open; a lost close event must not hold a file back forever.
 STALE_SECONDS = 12 * 3600.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 from studio_watch.queue.model import Job, LectureRecord, Seen, Settled, State, Verdict
 
@@ -40,7 +40,15 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def jobs(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
              created_before: float | None = None, created_after: float | None = None,
-             newest_first: bool = False) -> list[Job]: ...
+             newest_first: bool = False) -> list[Job]:
+        """Jobs oldest first by default (all of them: for tests and small tools; the CLI streams with `each_job`)."""
+
+    @abc.abstractmethod
+    def each_job(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
+                 created_before: float | None = None, created_after: float | None = None,
+                 newest_first: bool = True) -> Iterator[Job]:
+        """Jobs one at a time, newest first by default; memory and the time to the first one do not grow with the
+        history."""
 
     @abc.abstractmethod
     def pending(self) -> int:
@@ -84,7 +92,8 @@ class JobQueue(abc.ABC):
     def settling(self) -> list[Job]: ...
 
     @abc.abstractmethod
-    def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]: ...
+    def latest_by_path(self, paths: Iterable[str]) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
+        """For a rescan: the newest job's state and identity of each of `paths` that has one."""
 
     @abc.abstractmethod
     def next_due(self) -> float | None: ...
@@ -101,7 +110,8 @@ class JobQueue(abc.ABC):
     def meta(self, key: str) -> str | None: ...
 
     @abc.abstractmethod
-    def set_meta(self, key: str, value: str | None) -> None: ...
+    def set_meta(self, key: str, value: str | None, durable: bool = True) -> None:
+        """`durable=False`: a snapshot that may be lost with a power cut (the daemon's status, every 5 s)."""
 
     # -- finding files ----------------------------------------------------------------------------------------
 

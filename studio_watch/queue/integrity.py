@@ -16,12 +16,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch.private import private_dir
 from studio_watch.errors import DatabaseReplaced, DatabaseUnusable, StorageFull, StudioWatchError
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 TRACE_SUFFIXES = ("-wal", "-shm", ".lock")
 # SQLite primary result codes (sqlite3.h); Python 3.11+ exposes them as `sqlite_errorcode`.

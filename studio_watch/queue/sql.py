@@ -13,7 +13,7 @@ import abc
 import contextlib
 import os
 import time
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from studio_watch.queue.base import JobQueue
 from studio_watch.logs import redact
@@ -30,6 +30,10 @@ CLAIM_ORDER = (
     ("jobs_due", "state IN ('uploaded', 'url_issued')"),
     ("jobs_due", "state = 'ready'"),
 )
+# next_due: one indexed probe per claimable kind (an OR across them made SQLite walk every completed row).
+NEXT_DUE = (CLAIM_ORDER[0], ("jobs_due", "state = 'uploaded'"), ("jobs_due", "state = 'url_issued'"), CLAIM_ORDER[2])
+LOOKUP_CHUNK = 500  # paths per `latest_by_path` query: below SQLite's oldest limit of 999 bound parameters
+PAGE = 256  # rows per query while `each_job` streams (memory stays flat whatever the history)
 REDACTED_KEY = "error_text_redacted"  # meta: older rows' error text has been passed through redact() once
 JOB_COLUMNS = JOB_FIELDS  # the jobs table's columns are the Job's fields, in both backends
 _RELEASED = {"claimed_by": None, "claimed_at": None, "bytes_sent": None, "progress_at": None}
@@ -85,6 +89,10 @@ class SqlQueue(JobQueue):
         """An index hint for the query planner ("" where the planner needs none)."""
         return ""
 
+    def _no_index(self) -> str:
+        """A hint to walk the table by id rather than an index ("" where the planner needs none)."""
+        return ""
+
     def _claimable(self) -> str:
         """SQL: a row nobody holds (PostgreSQL: or whose holder's lease ran out; one `?`, now, per use)."""
         return "claimed_by IS NULL"
@@ -130,18 +138,43 @@ class SqlQueue(JobQueue):
     def jobs(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
              created_before: float | None = None, created_after: float | None = None,
              newest_first: bool = False) -> list[Job]:
-        where: list[str] = []
-        args: list[Any] = []
+        return list(self.each_job(state, limit or None, folder, created_before, created_after, newest_first))
+
+    def each_job(self, state: str | None = None, limit: int | None = None, folder: str | None = None,
+                 created_before: float | None = None, created_after: float | None = None,
+                 newest_first: bool = True) -> Iterator[Job]:
+        """Jobs fetched PAGE rows per query by id (keyset paging), the filters applied in SQL.
+
+        The connection's lock is held only for each page, never across a yield. A waiting state is read through
+        `jobs_due` (its rows are few); a finished one by walking ids in order (a year's history is nearly all
+        finished rows: the first page of completed, failed or skipped jobs is found among the newest few
+        thousand rows).
+        """
+        op, order = ("<", "DESC") if newest_first else (">", "ASC")
+        hint = "" if not state else self._index("jobs_due") if state in WAITING else self._no_index()
+        base: list[str] = []
+        base_args: list[Any] = []
         for clause, value in (("state = ?", state), ("folder = ?", _fs(folder)), ("created_at < ?", created_before),
                               ("created_at >= ?", created_after)):
             if value is not None:
-                where.append(clause)
-                args.append(value)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [as_job(r) for r in self._read(sql, args)]
+                base.append(clause)
+                base_args.append(value)
+        after: int | None = None
+        left = limit or None
+        while left is None or left > 0:
+            n = PAGE if left is None else min(PAGE, left)
+            where, args = list(base), list(base_args)
+            if after is not None:
+                where, args = where + [f"id {op} ?"], args + [after]
+            rows = self._read(f"SELECT * FROM jobs {hint}{' WHERE ' if where else ''}{' AND '.join(where)} "
+                              f"ORDER BY id {order} LIMIT {n}", args)
+            for row in rows:
+                yield as_job(row)
+            if len(rows) < n:
+                return
+            after = rows[-1]["id"]
+            if left is not None:
+                left -= len(rows)
 
     def pending(self) -> int:
         marks = ",".join("?" * len(WAITING))
@@ -210,29 +243,41 @@ class SqlQueue(JobQueue):
         return as_job(row) if row else None
 
     def recent_failures(self, limit: int = 5) -> list[Job]:
-        rows = self._read("SELECT * FROM jobs WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,))
+        rows = self._read(f"SELECT * FROM jobs {self._index('jobs_failed')} WHERE state = 'failed' "
+                          "ORDER BY updated_at DESC LIMIT ?", (limit,))
         return [as_job(r) for r in rows]
 
     def in_flight(self) -> list[Job]:
-        return [as_job(r) for r in self._read("SELECT * FROM jobs WHERE claimed_by IS NOT NULL ORDER BY id")]
+        return [as_job(r) for r in self._read(f"SELECT * FROM jobs {self._index('jobs_claimed')} "
+                                              "WHERE claimed_by IS NOT NULL ORDER BY id")]
 
     def settling(self) -> list[Job]:
         return [as_job(r) for r in self._read("SELECT * FROM jobs WHERE state = 'settling' ORDER BY id")]
 
-    def latest_by_path(self) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
-        """For a rescan: each known path's newest job's state and identity (inode, size, mtime_ns); the state is
-        "vanished" for a job skipped because its file had gone (a file found there now is back)."""
-        rows = self._read(
-            "SELECT path, CASE WHEN state = 'skipped' AND reason = 'vanished' THEN 'vanished' ELSE state END AS s, "
-            "inode, size, mtime_ns FROM jobs WHERE id IN "
-            "(SELECT max(id) FROM jobs WHERE path IS NOT NULL GROUP BY path)")
-        return {bytes(r["path"]): (r["s"], (r["inode"], r["size"], r["mtime_ns"])) for r in rows}
+    def latest_by_path(self, paths: Iterable[str]) -> dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]]:
+        """For a rescan: the newest job's state and identity (inode, size, mtime_ns) of each of `paths` that has
+        a job; the state is "vanished" for a job skipped because its file had gone (a file found there now is back).
+
+        Looked up by the paths present (the `jobs_path` index, LOOKUP_CHUNK at a time), so a rescan costs
+        O(files present), not O(jobs ever).
+        """
+        wanted = [_fs(p) for p in paths]
+        found: dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]] = {}
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            chunk = wanted[start:start + LOOKUP_CHUNK]
+            rows = self._read(
+                "SELECT path, CASE WHEN state = 'skipped' AND reason = 'vanished' THEN 'vanished' ELSE state END AS s, "
+                f"inode, size, mtime_ns FROM jobs WHERE id IN (SELECT max(id) FROM jobs {self._index('jobs_path')} "
+                f"WHERE path IN ({','.join('?' * len(chunk))}) GROUP BY path)", chunk)
+            found.update((bytes(r["path"]), (r["s"], (r["inode"], r["size"], r["mtime_ns"]))) for r in rows)
+        return found
 
     def next_due(self) -> float | None:
         """When the earliest claimable job becomes due (None when there is none)."""
         row = self._read_one(
-            "SELECT min(next_attempt_at) AS due FROM jobs WHERE claimed_by IS NULL AND "
-            "(state IN ('ready', 'url_issued', 'uploaded') OR (state = 'completed' AND after_done = 0))")
+            "SELECT min(t) AS due FROM (" + " UNION ALL ".join(
+                f"SELECT (SELECT next_attempt_at FROM jobs {self._index(index)} WHERE {which} AND claimed_by IS NULL "
+                "ORDER BY next_attempt_at LIMIT 1) AS t" for index, which in NEXT_DUE) + ") AS probes")
         return row["due"] if row else None
 
     def find_manual(self, seen: Seen) -> Job | None:
@@ -252,8 +297,8 @@ class SqlQueue(JobQueue):
 
     # -- meta -------------------------------------------------------------------------------------------------
 
-    def set_meta(self, key: str, value: str | None) -> None:
-        with self._tx() as tx:
+    def set_meta(self, key: str, value: str | None, durable: bool = True) -> None:
+        with self._tx(durable) as tx:
             if value is None:
                 tx.run("DELETE FROM meta WHERE key = ?", (key,))
             else:
@@ -363,13 +408,15 @@ class SqlQueue(JobQueue):
         where, args = self._recover_where()
         released = self._released()
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT * FROM jobs WHERE {where} ORDER BY id {self._lock_rows().replace(' SKIP LOCKED', '')}",
+            rows = tx.rows(f"SELECT * FROM jobs {self._index('jobs_claimed')} WHERE {where} ORDER BY id {self._lock_rows().replace(' SKIP LOCKED', '')}",
                            args)
             tx.run(f"UPDATE jobs SET {', '.join(f'{k} = NULL' for k in released)} WHERE {where}", args)
-            marks = ", ".join("?" * len(URL_SPENT))
-            tx.run(f"UPDATE jobs SET upload_url = NULL WHERE upload_url IS NOT NULL AND state IN ({marks})",
-                   tuple(sorted(s.value for s in URL_SPENT)))  # rows written before this rule
+            # Once, like the redaction below (both walk every row: a year of history is a million): rows written
+            # before spent upload URLs were cleared on the way in. A database marked redacted had this done too.
             if tx.one("SELECT 1 AS x FROM meta WHERE key = ?", (REDACTED_KEY,)) is None:
+                marks = ", ".join("?" * len(URL_SPENT))
+                tx.run(f"UPDATE jobs SET upload_url = NULL WHERE upload_url IS NOT NULL AND state IN ({marks})",
+                       tuple(sorted(s.value for s in URL_SPENT)))  # rows written before this rule
                 self._redact_stored(tx)  # once: error text stored before it was redacted on the way in
         return [as_job(r) for r in rows]
 

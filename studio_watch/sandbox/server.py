@@ -94,6 +94,7 @@ class _Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.accepted = 0  # connections served since start: tests check that a client reuses one
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -116,6 +117,7 @@ class _Server(ThreadingHTTPServer):
         """Track open connections so they can be cut."""
         with self._conns_lock:
             self._conns.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -533,6 +535,11 @@ class Sandbox:
     def ca_path(self) -> Path | None:
         """The CA certificate that signs the sandbox's https certificate (None without TLS)."""
         return self.tls_files.ca if self.tls_files else None
+
+    @property
+    def connections_accepted(self) -> int:
+        """How many TCP connections clients have opened to the emulator so far."""
+        return self._server.accepted
 
     @property
     def api_url(self) -> str:

@@ -28,8 +28,7 @@ from typing import Any, Iterator, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import __version__
 
 from studio_watch import logs
@@ -38,7 +37,7 @@ from studio_watch.errors import AuthError, ConfigError, StudioError, TransientEr
 from studio_watch.private import private_dir
 from studio_watch.studio.client import StaticToken, TokenSource, http_pool
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 TOKEN_PATH = "/api/public/oauth/token"
 AUTHORIZE_PATH = "/api/public/oauth/authorize"

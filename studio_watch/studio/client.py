@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import certifi
-import structlog
-
 from studio_watch import __version__, logs
+from studio_watch.logs import get_logger
 
 from studio_watch.config import RetryConfig, StudioConfig, Target
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, Stopping,
@@ -32,7 +31,7 @@ from studio_watch.studio import retry as policy
 if TYPE_CHECKING:  # the transport (httpcore, ~16 ms to import) is loaded by the first client, not by `status`
     from studio_watch.studio.transport import Pool, Reply
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ONE_CHUNK = 1 << 20  # the reads' size (files.sources.CHUNK): a file this small gets no progress report at its end
 SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send

@@ -29,15 +29,14 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import structlog
-
+from studio_watch.logs import get_logger
 from studio_watch import logs
 from studio_watch.errors import (CaptionsDisabled, ConfigError, PermanentError, Stopping, StudioError, TransientError,
                                  Unreachable)
 from studio_watch.studio import retry as policy
 from studio_watch.studio.client import StudioClient
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 URL_PATTERN = re.compile(r"^http[s]?:\/?\/")
 EXTERNAL_HOSTS = frozenset({"youtube.com", "www.youtube.com", "m.youtube.com", "youtu.be", "vimeo.com",

@@ -23,15 +23,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit
 
 import httpcore
-import structlog
 
 from httpcore._sync.interfaces import RequestInterface  # public as the base of ConnectionPool; not re-exported
 
+from studio_watch.logs import get_logger
 from studio_watch.errors import Stopping, TransientError, Unreachable
 from studio_watch.studio import netio
 from studio_watch.studio.proxies import Proxies, Proxy, ProxyUnusable
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_IDLE = 16  # kept-alive connections per route (direct, or one proxy); more are closed when handed back
 TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # what may stay as it is in a request target; anything else is %-encoded

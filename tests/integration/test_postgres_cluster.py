@@ -196,6 +196,24 @@ def test_an_older_node_refuses_a_newer_schema(pg_uri: str) -> None:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
 
+def test_a_schema_1_database_gets_the_failures_index(pg_uri: str) -> None:
+    q = open_queue(pg_uri, node="n")
+    job_id = q.add(seen("/share/a.mp4"), State.READY)
+    q.close()
+    with psycopg.connect(pg_uri, autocommit=True) as conn:  # what a node of the first release left
+        conn.execute("DROP INDEX jobs_failed")
+        conn.execute("UPDATE studio_watch_schema SET version = 1")
+    q = open_queue(pg_uri, node="n")
+    try:
+        assert q.get(job_id) is not None
+        with psycopg.connect(pg_uri, autocommit=True) as conn:
+            assert conn.execute("SELECT version FROM studio_watch_schema").fetchall() == [(2,)]
+            assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_failed'").fetchone()[0] \
+                .endswith("(updated_at) WHERE (state = 'failed'::text)")
+    finally:
+        q.close()
+
+
 def test_a_server_restart_is_an_outage_then_the_queue_goes_on(pg_uri: str,
                                                               postgres_server: PostgresServer) -> None:
     q = open_queue(pg_uri, node="n")

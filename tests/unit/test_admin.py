@@ -83,7 +83,7 @@ def test_prune_drops_old_rows_whose_files_are_gone_and_keeps_the_memory_of_kept_
     # a waiting job and a completed one whose after-upload step is not done are never pruned
     assert queue.get(waiting) is not None and queue.get(unfinished) is not None
     # the kept file is still known: a rescan would not take it up again
-    assert os.fsencode(str(tmp_path / "kept.mp4")) in queue.latest_by_path()
+    assert os.fsencode(str(tmp_path / "kept.mp4")) in queue.latest_by_path([str(tmp_path / "kept.mp4")])
 
 
 def test_prune_never_deletes_a_row_a_worker_took_meanwhile(queue: JobQueue, tmp_path: Path) -> None:

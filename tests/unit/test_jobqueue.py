@@ -112,7 +112,7 @@ def test_a_file_that_vanished_and_came_back_is_a_new_job(queue: JobQueue) -> Non
     assert new_id != job_id and queue.get(new_id).state is State.SETTLING  # type: ignore[union-attr]
     assert queue.observe([s], now=3000.0) == []  # once
     drive(queue, new_id, State.SKIPPED, reason="vanished")
-    assert queue.latest_by_path()[b"/watch/a.mp4"][0] == "vanished"  # what a rescan sees: hand it over again
+    assert queue.latest_by_path(["/watch/a.mp4"])[b"/watch/a.mp4"][0] == "vanished"  # what a rescan sees: hand it over again
 
 
 def test_in_flight_job_is_left_to_the_pipeline(queue: JobQueue) -> None:
@@ -405,13 +405,34 @@ def test_recent_failures_newest_first(queue: JobQueue) -> None:
 
 
 def test_latest_by_path(queue: JobQueue) -> None:
-    assert queue.latest_by_path() == {}
+    assert queue.latest_by_path(["/watch/a.mp4"]) == {}
     [(first, _)] = queue.observe([seen("/watch/a.mp4", inode=1, size=10, mtime_ns=5)], now=1.0)
     drive(queue, first, State.COMPLETED)
     queue.observe([seen("/watch/a.mp4", inode=2, size=20, mtime_ns=6), seen("/watch/b.mp4", inode=3, size=30,
                                                                             mtime_ns=7)], now=2.0)
-    assert queue.latest_by_path() == {b"/watch/a.mp4": ("settling", (2, 20, 6)),
-                                      b"/watch/b.mp4": ("settling", (3, 30, 7))}
+    assert queue.latest_by_path(["/watch/a.mp4", "/watch/b.mp4", "/watch/c.mp4"]) == {
+        b"/watch/a.mp4": ("settling", (2, 20, 6)), b"/watch/b.mp4": ("settling", (3, 30, 7))}
+    assert queue.latest_by_path(["/watch/b.mp4"]) == {b"/watch/b.mp4": ("settling", (3, 30, 7))}  # only those asked
+
+
+def test_each_job_streams_newest_first_and_next_due_sees_only_claimable_work(queue: JobQueue) -> None:
+    from studio_watch.queue.sql import PAGE
+
+    ids = [i for i, _ in queue.observe([seen(f"/watch/{n}.mp4") for n in range(PAGE + 5)], now=1.0)]
+    assert queue.next_due() is None  # settling: nothing to claim yet
+    drive(queue, ids[0], State.FAILED)
+    drive(queue, ids[1], State.READY)
+    drive(queue, ids[2], State.FAILED)
+    assert [j.id for j in queue.each_job()] == ids[::-1]  # across pages
+    assert [j.id for j in queue.each_job(limit=3)] == ids[::-1][:3]
+    assert [j.id for j in queue.each_job("failed")] == [ids[2], ids[0]]
+    assert [j.id for j in queue.each_job("ready", limit=5)] == [ids[1]]
+    assert [j.id for j in queue.jobs()] == ids  # the list form stays oldest first
+    assert queue.next_due() == 0.0
+    assert queue.claim_id(ids[1], "w") is not None
+    assert queue.next_due() is None  # a claimed job is nobody else's to wait for
+    assert {j.id for j in queue.recent_failures()} == {ids[0], ids[2]}
+    assert [j.id for j in queue.in_flight()] == [ids[1]]
 
 
 # -- paths that are not plain text -------------------------------------------------------------------------------
@@ -426,7 +447,7 @@ def test_undecodable_path_round_trips(queue: JobQueue) -> None:
     assert os.fsencode(job.folder) == b"/watch/r\xf6om"  # type: ignore[arg-type]
     assert job.move_to == folder
     assert job.display_path == "/watch/caf\\xe9.mp4"
-    assert b"/watch/caf\xe9.mp4" in queue.latest_by_path()
+    assert b"/watch/caf\xe9.mp4" in queue.latest_by_path([path])
     assert queue.observe([seen(path, inode=job.inode, folder=folder)], now=2.0) == []  # found again by its bytes
     job = drive(queue, job_id, State.COMPLETED, after_done=False)
     held = queue.claim_id(job_id, "w")

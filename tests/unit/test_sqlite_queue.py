@@ -48,13 +48,15 @@ def test_database_file_mode_wal_and_version(queue: JobQueue, db_path: Path) -> N
     if wal.exists():
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
 
 
 # What older databases looked like: the statements that take a current one back to that version.
 _V4 = ["DROP INDEX jobs_folder_seen", "DROP TABLE lectures", "DROP TABLE timetable_watch"]
-OLDER_SCHEMAS = {1: ["DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state", *_V4],
-                 2: ["ALTER TABLE jobs DROP COLUMN failed_state", *_V4], 3: _V4}
+_V5 = ["DROP INDEX jobs_claimed", "DROP INDEX jobs_failed"]
+OLDER_SCHEMAS = {1: [*_V5, "DROP INDEX jobs_size", "DROP INDEX jobs_after", "ALTER TABLE jobs DROP COLUMN failed_state",
+                     *_V4],
+                 2: [*_V5, "ALTER TABLE jobs DROP COLUMN failed_state", *_V4], 3: [*_V5, *_V4], 4: _V5}
 
 
 @pytest.mark.parametrize("version", sorted(OLDER_SCHEMAS))
@@ -67,7 +69,7 @@ def test_older_database_is_migrated_in_place(db_path: Path, version: int) -> Non
     raw(db_path, f"PRAGMA user_version = {version}")
     again = open_queue(db_path)
     try:
-        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
+        assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
         assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs_after'") == [("jobs_after",)]
         job = again.get(job_id)
         assert job is not None and (job.title, job.state, job.failed_state) == ("Kept", State.FAILED, None)
