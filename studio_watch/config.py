@@ -8,14 +8,9 @@ whole past 400 lines: every key is read and checked here, next to the dataclass 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
-import re
-import socket
-import ssl
 import stat
-import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -333,6 +328,8 @@ class _Reader:
 
 def zone_of(name: str) -> Any:
     """The tzinfo for an IANA time zone name; raises ValueError naming it."""
+    import zoneinfo  # start-up cost (~3 ms): only a configured schedule.timezone needs it
+
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -340,6 +337,8 @@ def zone_of(name: str) -> Any:
 
 
 def _did_you_mean(key: str, known: frozenset[str]) -> str:
+    import difflib  # start-up cost: only a config with an unknown key needs it
+
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     if close:
         return f" (did you mean {close[0]!r}?)"
@@ -425,7 +424,7 @@ CREDENTIAL_NAME = "state_db_password"  # systemd LoadCredential= name for the Po
 
 
 def default_node_name() -> str:
-    return socket.gethostname() or "localhost"
+    return os.uname().nodename or "localhost"  # gethostname(2) is this on Linux, without importing socket
 
 
 def _state_db(top: _Reader) -> Path | str:
@@ -495,6 +494,8 @@ def _studio(source: Path, data: Any) -> StudioConfig:
     if ca_bundle is not None and not ca_bundle.is_file():
         r.fail("ca_bundle", f"no such file: {ca_bundle}")
     if ca_bundle is not None:
+        import ssl  # start-up cost (~6 ms): only a configured ca_bundle is checked here
+
         try:  # now, not at the first upload: the client builds its TLS context when it first needs it
             ssl.create_default_context(cafile=str(ca_bundle))
         except (OSError, ssl.SSLError) as exc:

@@ -11,7 +11,7 @@ from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.cli.explain import print_all
 from studio_watch.cli.output import config_error, load_config
-from studio_watch.daemon.app import build_client
+from studio_watch.daemon.engine import build_client
 from studio_watch.daemon.checks import FAIL, OK, Check, explain, run_checks, verdict
 from studio_watch.daemon.timetable_report import check_timetables, explain_date, parse_day
 from studio_watch.errors import StudioWatchError

@@ -32,12 +32,12 @@ def write_demo_config(root: Path, studio_url: str, token: str, ca_bundle: Path |
     path.write_text(
         f"studio:\n  url: {studio_url}\n  token_file: token\n"
         + (f"  ca_bundle: {ca_bundle}\n" if ca_bundle else "") +
-        f"state_db: state.db\nworkers: 2\nrescan_seconds: 30\n"
-        f"retry:\n  initial_seconds: 0.5\n  max_seconds: 5\n"
-        f"log:\n  level: warning\n"
-        f"folders:\n  - path: drop\n    collection_id: 1\n    settle_seconds: 1\n"
-        f"    title: \"{{stem}} ({{mtime:%Y-%m-%d}})\"\n    description: \"Recorded in {{folder}}, {{size}} bytes\"\n"
-        f"    after_upload: move\n    move_to: uploaded\n")
+        "state_db: state.db\nworkers: 2\nrescan_seconds: 30\n"
+        "retry:\n  initial_seconds: 0.5\n  max_seconds: 5\n"
+        "log:\n  level: warning\n"
+        "folders:\n  - path: drop\n    collection_id: 1\n    settle_seconds: 1\n"
+        "    title: \"{stem} ({mtime:%Y-%m-%d})\"\n    description: \"Recorded in {folder}, {size} bytes\"\n"
+        "    after_upload: move\n    move_to: uploaded\n")
     return path
 
 

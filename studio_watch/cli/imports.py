@@ -7,7 +7,7 @@ import sys
 
 from studio_watch import logs
 from studio_watch.cli.output import EXIT_OK, load_config, quiet_level
-from studio_watch.daemon.app import build_client
+from studio_watch.daemon.engine import build_client
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.studio.imports import CAPTIONS_SKIPPED, ImportRequest, import_once, validate_import
 

@@ -68,9 +68,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                         help=_config_help() if chosen != "" else "config file (see COMMAND --help)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    known = chosen in COMMANDS  # a valid command's name: the only subparser parsing can reach (each costs ~0.5 ms)
     for name, help_text, arguments in _ARGUMENTS:
         if chosen is not None and chosen != name:  # never parsed: its name and help are all the listing needs
-            sub.add_parser(name, help=help_text)
+            if not known:
+                sub.add_parser(name, help=help_text)
             continue
         common = _common()
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[] if name == "sandbox" else [common])

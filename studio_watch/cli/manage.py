@@ -16,7 +16,7 @@ from studio_watch.cli.status import _summary  # the one redacting --json view of
 from studio_watch.daemon import housekeeping
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.queue.admin import CANCEL_REQUESTED
-from studio_watch.queue import STATE_WORDS, STATES, Job, JobQueue, State
+from studio_watch.queue import STATE_WORDS, STATES, Job, State
 from studio_watch.schedule import parse_duration
 
 JOBS_LIMIT = 100  # `jobs` listing: the newest hundred, not a year of history

@@ -24,7 +24,6 @@ from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.snapshot import RELOAD_KEY
 from studio_watch.errors import ConfigError
 from studio_watch.daemon.statedb import queue_for
-from studio_watch.queue import JobQueue
 
 POLL_SECONDS = 0.1
 

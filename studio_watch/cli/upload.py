@@ -25,7 +25,7 @@ from studio_watch.studio.auth import make_tokens
 from studio_watch.studio.client import TokenSource
 
 if TYPE_CHECKING:
-    from studio_watch.daemon.app import LoneUpload
+    from studio_watch.daemon.engine import LoneUpload
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -131,7 +131,7 @@ def _upload_alone(config: cfg.Config, queue: JobQueue, job_ids: list[int], token
     """No daemon: the composition root's worker loop does the jobs here, one after the other on one engine (one
     HTTP connection), while this follows each row in turn; their exit codes. Stopped (Ctrl-C), the rest stay
     queued."""
-    from studio_watch.daemon.app import LoneUpload  # the engine: only when this process uploads
+    from studio_watch.daemon.engine import LoneUpload  # the engine: only when this process uploads
 
     stop = threading.Event()
     stop_on_signals(stop)
@@ -177,11 +177,20 @@ def _follow(queue: JobQueue, job_id: int, worked_on: Callable[[], bool] | None =
         if bar:
             sent = job.bytes_sent or (job.size if job.state is State.UPLOADED else 0) or 0
             bar.update(sent, CONFIRMING if job.state is State.UPLOADED else STATE_WORDS[job.state.value])
-        if stop is not None:
-            stop.wait(0.25)
-        else:
-            time.sleep(0.25)
+        _wait_for_change(stop, alone)
     return None
+
+
+def _wait_for_change(stop: threading.Event | None, alone: LoneUpload | None) -> None:
+    """Until the row may have moved on: at once when this process's worker has run the job, else a progress
+    tick (0.25 s; another process's progress is seen only in its rows)."""
+    if alone is not None:
+        alone.changed.wait(0.25)
+        alone.changed.clear()
+    elif stop is not None:
+        stop.wait(0.25)
+    else:
+        time.sleep(0.25)
 
 
 def _say_why_waiting(job: Job, alone: LoneUpload, said: tuple[object, ...],

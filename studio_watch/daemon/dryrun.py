@@ -18,7 +18,7 @@ from studio_watch import config as cfg
 from studio_watch.files import sources
 from studio_watch.files.rules import OWN_FILES, classify, rule_for
 from studio_watch.daemon.statedb import queue_for
-from studio_watch.queue import JobQueue, show_path
+from studio_watch.queue import show_path
 
 VERDICTS = ("upload", "queued", "done", "failed", "ignored")
 

@@ -33,13 +33,14 @@ class Worker:
                  wake: threading.Event, turns: TurnTaking, *, claim: Callable[[str], list[Job]],
                  next_due: Callable[[], float | None], closed_for: Callable[[], float] = lambda: 0.0,
                  beats: dict[str, float] | None = None, busy: dict[str, int | None] | None = None,
-                 storage: StorageGuard | None = None) -> None:
+                 storage: StorageGuard | None = None, ran: Callable[[], None] = lambda: None) -> None:
         self.name, self.queue, self.pipeline, self.pause = name, queue, pipeline, pause
         self.stop, self.wake, self.turns = stop, wake, turns
         self.claim, self.next_due, self.closed_for = claim, next_due, closed_for
         self.beats = {} if beats is None else beats
         self.busy = {} if busy is None else busy
         self.storage = storage  # the disk-full pause (daemon/storage.py), when the daemon runs one
+        self.ran = ran  # called each time the pipeline has carried a job as far as it goes now
         self.owner = queue.owner(name)  # a cluster's owner names the node too
 
     def beat(self) -> None:
@@ -76,7 +77,10 @@ class Worker:
                 jobs = self.claim(self.owner)
                 for job in jobs:
                     self.busy[self.name] = job.id
-                    self.pipeline.run(job)
+                    try:
+                        self.pipeline.run(job)
+                    finally:
+                        self.ran()
         finally:
             self.turns.end(self.name)
         if paused and self.pause.paused:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import plistlib
-
 from studio_watch.errors import SourceUnreadable, SourceVanished
 from studio_watch.files import sources
 
@@ -70,6 +68,8 @@ def _internet_shortcut_url(text: str) -> str | None:
 
 
 def _webloc_url(data: bytes, path: str) -> str | None:
+    import plistlib  # start-up cost (XML parser): only a .webloc needs it
+
     try:
         doc = plistlib.loads(data)
     except Exception as exc:  # plistlib raises InvalidFileException, ExpatError, ValueError...

@@ -24,10 +24,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
 from studio_watch.logs import get_logger
 from studio_watch import __version__
 
@@ -36,6 +35,9 @@ from studio_watch import config as cfg
 from studio_watch.errors import AuthError, ConfigError, StudioError, TransientError, Unreachable
 from studio_watch.private import private_dir
 from studio_watch.studio.client import StaticToken, TokenSource, http_pool
+
+if TYPE_CHECKING:
+    from studio_watch.studio.transport import Pool
 
 log = get_logger(__name__)
 
@@ -257,18 +259,17 @@ def _age_key(tokens: StoredTokens) -> float:
     return max(tokens.obtained_at, tokens.refreshed_at or 0.0)
 
 
-def _reason(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__).split(" for url ")[0]
-
-
-def post_token(http: httpx.Client, url: str, form: dict[str, str], invalid_grant: str) -> dict[str, Any]:
-    """POST the token endpoint; map its answers onto errors. The body is never logged or put in a message."""
+def post_token(http: Pool, url: str, form: dict[str, str], invalid_grant: str) -> dict[str, Any]:
+    """POST the token endpoint; map its answers onto errors. The body is never logged or put in a message.
+    Sent on the program's raw HTTP pool: no httpx (~40 ms of every command's start) for a form and a JSON answer."""
+    headers = [("Accept", "application/json"), ("Content-Type", "application/x-www-form-urlencoded"),
+               ("User-Agent", f"studio-watch/{__version__}")]
     try:
-        response = http.post(url, data=form, headers={"Accept": "application/json"})
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise Unreachable(f"token endpoint: cannot reach {url}: {_reason(exc)}") from None
-    except httpx.TransportError as exc:
-        raise TransientError(f"token endpoint: {_reason(exc)}") from None
+        response = http.request("POST", url, headers, urlencode(form).encode())
+    except Unreachable as exc:
+        raise Unreachable(f"token endpoint: {exc}") from None
+    except TransientError as exc:
+        raise TransientError(f"token endpoint: {exc}") from None
     status = response.status_code
     if status == 429 or status >= 500:
         raise TransientError(f"token endpoint: HTTP {status}", status)
@@ -289,18 +290,16 @@ def post_token(http: httpx.Client, url: str, form: dict[str, str], invalid_grant
     raise AuthError(f"the token endpoint refused the request ({error[:80]})", status)
 
 
-def token_http(studio: cfg.StudioConfig) -> httpx.Client:
-    """A client for the token endpoint over the program's one HTTP stack (same TLS checks and proxies)."""
-    http = http_pool(studio).httpx(owned=True)
-    http.headers["User-Agent"] = f"studio-watch/{__version__}"
-    return http
+def token_http(studio: cfg.StudioConfig) -> Pool:
+    """The token endpoint's connections: the program's one HTTP stack (same TLS checks and proxies)."""
+    return http_pool(studio)
 
 
 class OAuthTokens:
     """A TokenSource over the token store: refreshes early, refreshes once on 401, persists before use."""
 
     def __init__(self, store: TokenStore, token_url: str, client_id: str, client_secret: str,
-                 http: httpx.Client) -> None:
+                 http: Pool) -> None:
         self.store, self.token_url, self.client_id = store, token_url, client_id
         self._secret, self.http = client_secret, http
         self._lock = threading.RLock()
@@ -472,10 +471,13 @@ def login(config: cfg.Config, code_text: str, redirect_uri: str | None) -> Store
     form = {"grant_type": "authorization_code", "code": code, "client_id": oauth.client_id, "client_secret": secret}
     if redirect:  # the one used to authorize; a code from elsewhere (--code alone) is sent without one
         form["redirect_uri"] = redirect
-    with token_http(config.studio) as http:
+    http = token_http(config.studio)
+    try:
         data = post_token(http, config.studio.url + TOKEN_PATH, form,
                           "Studio refused the authorization code (invalid_grant): codes are single-use and short-"
                           "lived, and redirect_uri must match the one used to authorize; run auth login again")
+    finally:
+        http.close()
     tokens = tokens_from_response(data, oauth.client_id, None, time.time())
     tokens.register()
     store = TokenStore(oauth.token_store, config.source)

@@ -8,7 +8,6 @@ One responsibility (the endpoints and what their answers mean), kept whole past 
 
 from __future__ import annotations
 
-import email.utils
 import json
 import ssl
 import threading
@@ -104,6 +103,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # start-up cost (~7 ms): only a Retry-After given as an HTTP date needs it
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

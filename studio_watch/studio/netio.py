@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import platform
 import select
 import socket
 import ssl
@@ -273,7 +272,10 @@ def tune_allocator() -> None:
     with these thresholds (plain http: 0.48 s either way). Peak memory is unchanged: only what was freed is kept.
     See docs/decisions/http-stack.md. A no-op where the C library is not glibc.
     """
-    if platform.libc_ver()[0] != "glibc":
+    try:  # glibc answers this (platform.libc_ver() would read the whole interpreter binary to find out)
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+    except (ValueError, OSError):
         return
     try:
         import ctypes  # only to tune glibc's allocator, once

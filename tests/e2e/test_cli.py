@@ -166,7 +166,7 @@ def test_upload_of_a_file_that_changes_while_sent_stops_and_leaves_it_queued(tmp
     import subprocess
     import sys
 
-    from studio_watch.queue import JobQueue, open_queue, State
+    from studio_watch.queue import open_queue, State
     from studio_watch.sandbox.server import Faults, Sandbox
 
     with Sandbox(faults=Faults(put_bytes_per_second=300_000)) as slow:

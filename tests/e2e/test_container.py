@@ -25,7 +25,6 @@ import yaml
 
 from studio_watch import config as cfg
 from studio_watch.daemon.lock import DaemonLock
-from studio_watch.errors import ConfigError
 from studio_watch.cli.health import cmd_health
 from studio_watch.daemon.health import healthz_url
 from studio_watch.queue import open_queue

@@ -19,11 +19,11 @@ import yaml
 from studio_watch import config as cfg
 from studio_watch.studio.auth import make_tokens
 from studio_watch.errors import AuthError, ConfigError
-from studio_watch.studio.auth import (OAuthTokens, StoredTokens, TokenStore, authorize_url, check_redirect_uri,
+from studio_watch.studio.auth import (OAuthTokens, StoredTokens, TokenStore, check_redirect_uri,
                                 extract_code, login)
 from studio_watch.cli.auth import status_lines
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.studio.client import StudioClient
+from studio_watch.studio.client import StudioClient, http_pool
 
 CLIENT, SECRET = "sandbox-client", "sandbox-secret"
 
@@ -184,7 +184,7 @@ def test_a_refreshed_pair_is_not_used_until_it_is_saved(sb: Sandbox, tmp_path: P
     assert config.studio.oauth is not None
     before = stored(config)
     store = FlakyStore(config.studio.oauth.token_store, config.source)
-    tokens = OAuthTokens(store, f"{sb.url}/api/public/oauth/token", CLIENT, SECRET, httpx.Client())
+    tokens = OAuthTokens(store, f"{sb.url}/api/public/oauth/token", CLIENT, SECRET, http_pool(None))
     try:
         with pytest.raises(AuthError, match="cannot save"):
             tokens.refresh(before["access_token"])

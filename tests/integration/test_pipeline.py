@@ -13,15 +13,17 @@ from typing import Iterator
 
 import pytest
 
+from studio_watch import config as cfg
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.daemon.activity import Activity
+from studio_watch.daemon.engine import LoneUpload
 from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.errors import PermanentError
 from studio_watch.queue import JobQueue, Seen, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StaticToken, StudioClient
 
-from ..conftest import TOKEN, write_media
+from ..conftest import TOKEN, write_config, write_media
 
 RETRY = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=3, request_tries=1)
 
@@ -274,3 +276,21 @@ def test_a_file_gone_before_its_upload_is_skipped(tmp_path: Path, queue: JobQueu
         assert sb.events() == []
     job = queue.get(job_id)
     assert job.state is State.SKIPPED and job.reason == "vanished"
+
+
+def test_a_lone_upload_says_at_once_that_its_job_has_moved_on(tmp_path: Path) -> None:
+    """`upload` working alone follows its job by an event the worker sets when it has run it, not by a poll: the
+    event is set, and by then the job is done."""
+    with Sandbox(faults=Faults()) as sb:
+        config = cfg.load(write_config(tmp_path, sb.url, []))
+        queue = open_queue(tmp_path / "lone.db")
+        try:
+            job_id = ready_job(queue, write_media(tmp_path / "a.mp4", 5000, seed=8), collection_id=1)
+            stop = threading.Event()
+            with LoneUpload(config, queue, job_id, stop) as alone:
+                assert alone.changed.wait(30)
+                job = queue.get(job_id)
+                assert job is not None and job.state is State.COMPLETED and job.after_done
+        finally:
+            queue.close()
+    assert len(sb.completed()) == 1

@@ -202,8 +202,7 @@ def test_token_endpoint_webhook_and_fetch_use_the_same_proxy(campus: Campus, tmp
     try:
         form = {"grant_type": "authorization_code", "code": campus.sb.issue_auth_code(),
                 "client_id": "sandbox-client", "client_secret": "sandbox-secret"}
-        with pool.httpx() as http:
-            tokens = post_token(http, campus.url + "/api/public/oauth/token", form, "refused")
+        tokens = post_token(pool, campus.url + "/api/public/oauth/token", form, "refused")
         assert tokens["access_token"] and tokens["refresh_token"]
         # A document fetched as a timetable URL is (the sandbox's Swagger document stands in for a calendar).
         document = campus.url + "/api/public/apidocs"

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from studio_watch.queue import STATES, JobQueue, Seen, Settled, State, Step, Verdict, open_queue, settle_clock
+from studio_watch.queue import STATES, JobQueue, Seen, Settled, State, Verdict, open_queue, settle_clock
 from ..conftest import drive
 
 _inodes = itertools.count(1000)

@@ -17,7 +17,7 @@ from studio_watch.daemon.alerts import Alerts
 from studio_watch.daemon.expectations import Expectations
 from studio_watch.expect import judge as j
 from studio_watch.expect.timetable import Timetable
-from studio_watch.queue import JobQueue, Seen, State, open_queue
+from studio_watch.queue import Seen, State, open_queue
 from tests.conftest import drive, ical_event, write_calendar
 
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
