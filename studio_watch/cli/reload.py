@@ -4,7 +4,9 @@ systemd's `ExecReload=` runs it, so `systemctl reload` returns only once the dae
 config (exit 0) or rejected it (exit 2, with the daemon's reason); 1 when no daemon answered in time.
 The daemon is told by SIGHUP (a signal carries nothing, so this command cannot be mistaken for another);
 its answer is the outcome of the first reload that started after the signal was sent, which it stores in
-the state database.
+the state database. Under systemd its output lands in the unit's journal among the daemon's JSON lines, so
+there it says the outcome as one more log line of the same format (event `reload_applied`, `reload_rejected` or
+`reload_unanswered`, with its priority); at a terminal or in a script, as the sentences below.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from studio_watch import config as cfg
+from studio_watch import logs
 from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.snapshot import RELOAD_KEY
@@ -36,8 +39,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         # pid is known) so its log has the rejection too, and report it here.
         if args.pid:
             _signal(args.pid)
-        print(f"studio-watch: reload rejected: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _say(None, EXIT_USAGE, "reload_rejected", f"studio-watch: reload rejected: {exc}", error=str(exc))
     pid = args.pid or _daemon_pid(config)
     if pid is None:
         print(f"studio-watch: no daemon holds {config.state_db_display}: nothing to reload (or give --pid)",
@@ -48,16 +50,30 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     answer = wait_for_answer(config, asked, args.timeout)
     if answer is None:
-        print(f"studio-watch: the daemon (pid {pid}) did not answer within {args.timeout:g} s", file=sys.stderr)
-        return EXIT_FAILURE
+        return _say(config, EXIT_FAILURE, "reload_unanswered",
+                    f"studio-watch: the daemon (pid {pid}) did not answer within {args.timeout:g} s", pid=pid,
+                    timeout_seconds=args.timeout)
     if not answer["ok"]:
-        print(f"studio-watch: reload rejected, the running configuration stays: {answer.get('error')}",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return _say(config, EXIT_USAGE, "reload_rejected",
+                    f"studio-watch: reload rejected, the running configuration stays: {answer.get('error')}",
+                    pid=pid, error=answer.get("error"))
     restart = answer.get("needs_restart") or []
-    print(f"reloaded: {answer.get('folders')} folder(s)"
-          + (f"; changes to {', '.join(restart)} need a restart" if restart else ""))
-    return EXIT_OK
+    return _say(config, EXIT_OK, "reload_applied", f"reloaded: {answer.get('folders')} folder(s)"
+                + (f"; changes to {', '.join(restart)} need a restart" if restart else ""),
+                pid=pid, folders=answer.get("folders"), needs_restart=restart)
+
+
+def _say(config: cfg.Config | None, code: int, event: str, text: str, **fields: Any) -> int:
+    """The outcome: `text` (stdout when it worked, else stderr), or, when that stream is the journal (ExecReload=),
+    a log line of the daemon's format (the config's log.format; JSON when the config itself failed)."""
+    stream = sys.stdout if code == EXIT_OK else sys.stderr
+    if not logs.journal_connected(stream):
+        print(text, file=stream)
+        return code
+    logs.setup("info", config.log.format if config else "json", stream=stream)
+    log = logs.get_logger("studio_watch.cli.reload")
+    (log.info if code == EXIT_OK else log.error)(event, exit_code=code, **fields)
+    return code
 
 
 def _daemon_pid(config: cfg.Config) -> int | None:

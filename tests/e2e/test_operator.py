@@ -86,11 +86,17 @@ def test_reload_waits_for_the_daemon_and_tells_the_truth(tmp_path: Path, daemons
             assert any(m == "READY=1" and t >= reloading for t, m in notify.messages)
             write_media(tmp_path / "second" / "new.mp4", 20_000)
             assert wait_until(lambda: len(sandbox.completed()) == 1, 20)
+            # as ExecReload= (its output is the unit's journal): one JSON log line with its priority
+            code, lines = reload_in_journal(tmp_path, config)
+            assert code == 0 and [(p, e["event"], e["folders"]) for p, e in lines] == [("<6>", "reload_applied", 2)]
 
             data["bogus_key"] = 1
             config.write_text(yaml.safe_dump(data))
             rejected = run_cli("reload", "-c", str(config), "--pid", str(daemon.proc.pid))
             assert rejected.returncode == 2 and "bogus_key" in rejected.stderr
+            code, lines = reload_in_journal(tmp_path, config, "--pid", str(daemon.proc.pid))
+            assert code == 2 and [(p, e["event"]) for p, e in lines] == [("<3>", "reload_rejected")]
+            assert "bogus_key" in lines[0][1]["error"]
             assert daemon.wait_event("config_reload_rejected", 10) and daemon.proc.poll() is None
             assert daemon.stop() == 0
             # no daemon: nothing to reload, said plainly
@@ -100,6 +106,20 @@ def test_reload_waits_for_the_daemon_and_tells_the_truth(tmp_path: Path, daemons
             assert gone.returncode == 1 and "no daemon" in gone.stderr
         finally:
             notify.close()
+
+
+def reload_in_journal(tmp_path: Path, config: Path, *extra: str) -> tuple[int, list[tuple[str, dict]]]:
+    """`reload` with stdout and stderr on a stream that $JOURNAL_STREAM names (as systemd runs ExecReload=):
+    its exit code and its lines as (priority prefix, JSON object)."""
+    out = tmp_path / "journal.txt"
+    with out.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        code = subprocess.run([sys.executable, "-m", "studio_watch", "reload", "-c", str(config), *extra],
+                              stdout=stream, stderr=stream, timeout=90,
+                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}).returncode
+    lines = out.read_text().splitlines()
+    assert all(line[:3] in ("<6>", "<3>") for line in lines), lines
+    return code, [(line[:3], json.loads(line[3:])) for line in lines]
 
 
 def test_status_exit_code_says_whether_a_person_is_needed(tmp_path: Path) -> None:

@@ -294,8 +294,6 @@ if __name__ == "__main__":
             e = json.loads(line)
             if not str(e.get("SYSLOG_IDENTIFIER", "")).startswith("studio-watch"):
                 continue
-            if str(e.get("MESSAGE", "")).startswith(("reloaded: ", "studio-watch: reload rejected")):
-                continue   # ExecReload's studio-watch reload answering systemctl, not the daemon
             n += 1
             try:
                 d = json.loads(e["MESSAGE"]); ok += 1
