@@ -3,19 +3,19 @@
 Threads: the watcher's observers and rescanner report files; the settler promotes settled files to `ready`;
 `workers` threads claim and run jobs; the prober probes Studio while the queue is paused; the main thread
 sleeps on the stop event, reloads the config on SIGHUP and keeps systemd informed. Signal handlers only set
-events. Teardown runs in `finally`, in reverse order of construction.
+events. Teardown runs in `finally`, in reverse order of construction. What it says about itself is in
+daemon/reports.py, taking a new config in daemon/reloading.py (both mixins of `Daemon`); the engine that `run`
+and `upload` share in daemon/engine.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
 import sqlite3
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,21 +27,21 @@ from studio_watch.files import sources
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon import paging
 from studio_watch.daemon.housekeeping import prune_now_and_then
-from studio_watch.daemon.statuspage import collect
 from studio_watch.daemon.folder_locks import BEAT_SECONDS, FolderLocks
 from studio_watch.daemon.settle import Settler, changed, to_seen
 from studio_watch.daemon.storage import StorageGuard
 from studio_watch.daemon.statedb import queue_for
-from studio_watch.daemon.snapshot import RELOAD_KEY, DaemonSnapshot, FolderStatus, TransferStatus
+from studio_watch.daemon.snapshot import DaemonSnapshot
 from studio_watch.daemon.systemd import sd_notify, watchdog_interval
 from studio_watch.daemon.engine import STOP_WAIT, Engine, recover
+from studio_watch.daemon.reloading import ConfigReload, schedule_of
+from studio_watch.daemon.reports import DaemonReports
 from studio_watch.daemon.turns import TurnTaking
-from studio_watch.errors import (ConfigError, DatabaseLocked, DatabaseReplaced, DatabaseUnavailable, StorageFull,
+from studio_watch.errors import (DatabaseLocked, DatabaseReplaced, DatabaseUnavailable, StorageFull,
                                  StudioWatchError)
 from studio_watch.queue import Job, JobQueue, State, show_path
-from studio_watch.schedule import RateLimiter, Schedule
+from studio_watch.schedule import RateLimiter
 from studio_watch.studio.client import TokenSource
-from studio_watch.studio.retry import MAX_CLIENT_WAIT
 from studio_watch.files.rules import Found, rule_for
 from studio_watch.files.writers import after_upload_quiet
 
@@ -53,12 +53,7 @@ CLAMP_EVERY = 60.0  # seconds between two corrections of times written under a w
 PRUNE_EVERY = 3600.0  # seconds between two automatic prunes (prune_after)
 
 
-def schedule_of(config: cfg.Config) -> Schedule:
-    zone = cfg.zone_of(config.schedule.timezone) if config.schedule.timezone else None
-    return Schedule(config.schedule.windows, config.schedule.max_upload_rate, zone)
-
-
-class Daemon:
+class Daemon(DaemonReports, ConfigReload):
     """`studio-watch run`."""
 
     def __init__(self, config: cfg.Config, stop: threading.Event | None = None,
@@ -260,24 +255,6 @@ class Daemon:
         log.info("metrics_listening", listen=self.config.metrics.listen)
         return server
 
-    def _start_expectations(self, queue: JobQueue) -> None:
-        """The timetable check, only when some folder has `expect:` (quiet by default)."""
-        if self.expectations is None and not any(f.expect is not None for f in self.config.folders):
-            return
-        if self.expectations is None:
-            from studio_watch.daemon.expectations import Expectations  # start-up cost: only when a folder has a timetable
-            from studio_watch.studio.fetch import fetch_document  # start-up cost: only when a folder has a timetable
-
-            studio = self.config.studio
-            self.expectations = Expectations(
-                queue, self.alerts, self.config.local_state,
-                lambda url: fetch_document(url, studio.ca_bundle, studio.timeout_seconds, studio),
-                on_missing=self.activity.recording_missing)
-            self.expectations.update_rules(self.config.folders)
-            self._start_thread("timetable", lambda: self.expectations.run(self.stop))
-        else:
-            self.expectations.update_rules(self.config.folders)
-
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -364,17 +341,6 @@ class Daemon:
     def _paused(self) -> bool:
         return self.pause.paused or (self.storage is not None and self.storage.paused)
 
-    def _degraded(self) -> list[str]:
-        """What is wrong without being fatal, one line each (for /healthz and `status`)."""
-        lines = self.watcher.degraded() if getattr(self, "watcher", None) is not None else []
-        if self.storage is not None and self.storage.paused:
-            lines.append(f"queue paused: {self.storage.reason}")
-        return lines
-
-    def _folder_states(self) -> list[dict[str, Any]]:
-        watcher = getattr(self, "watcher", None)  # the metrics listener starts before the watcher
-        return watcher.folder_status() if watcher is not None else []
-
     def _housekeeping_loop(self) -> None:
         assert self.queue is not None
         prune_now_and_then(self.queue, lambda: self.config.prune_after, self.stop, PRUNE_EVERY)
@@ -386,105 +352,6 @@ class Daemon:
             return False
         self.failed_meanwhile = self.queue.counts()["failed"] > (self._failed_at_start or 0)
         return True
-
-    def healthy(self) -> bool:
-        """Observers and rescanner alive, every thread alive, and no worker stuck (no heartbeat for too long)."""
-        if not (self.watcher.alive() and all(t.is_alive() for t in self.threads)):
-            return False
-        # A worker shows life at every step and every progress report; silent for longer than one request with
-        # all its client-side retries can take, it is stuck.
-        hung_after = self.config.retry.request_tries * (self.config.studio.timeout_seconds + MAX_CLIENT_WAIT) + 60
-        now = time.monotonic()
-        return all(now - beat < hung_after for beat in list(self.beats.values()))
-
-    def status_line(self) -> str:
-        assert self.queue is not None
-        counts = self.queue.counts()
-        waiting = counts["settling"] + counts["ready"]
-        busy = sum(1 for job in self.busy.values() if job is not None)
-        paused = f"paused: {self.pause.reason}; " if self.pause.paused else ""
-        if self.storage is not None and self.storage.paused:
-            paused += f"paused: {self.storage.reason}; "
-        closed = "" if self.schedule.open() else "outside upload hours; "
-        degraded = "".join(f"; {line}" for line in self.watcher.degraded())
-        return (f"{paused}{closed}uploading {busy}, {waiting} waiting, {counts['completed']} completed, "
-                f"{counts['failed']} failed{degraded}")
-
-    def page_data(self) -> dict[str, Any]:
-        """What the status page shows (read on the metrics reader thread)."""
-        assert self.queue is not None
-        return collect(self.queue, self.activity, self.pause, self._folder_states(), self.config.folders,
-                       healthy=getattr(self, "watcher", None) is not None and self.healthy(),
-                       window_open=self.schedule.open(),
-                       storage_paused=self.storage.reason if self.storage is not None and self.storage.paused else None,
-                       timetables=self._timetables_shown())
-
-    def _timetables_shown(self) -> list[dict[str, Any]] | None:
-        """What `status` says of the folders with a timetable, for the status page (None: no folder has one)."""
-        if self.expectations is None:
-            return None
-        from studio_watch.daemon.timetable_report import status_timetables  # start-up cost: only with a timetable
-
-        assert self.queue is not None
-        return status_timetables(self.config, self.queue, time.time(), self.expectations.snapshot())
-
-    def _publish(self) -> None:
-        """A snapshot for `status` (another process): folders, live transfers, schedule."""
-        assert self.queue is not None
-        with self.activity.lock:
-            transfers = tuple(TransferStatus(t.job_id, t.sent, t.total, round(time.monotonic() - t.started, 1))
-                              for t in self.activity.transfers.values())
-        snapshot = DaemonSnapshot(
-            pid=os.getpid(), at=time.time(), healthy=self.healthy(), upload_window_open=self.schedule.open(),
-            uploaded_bytes=self.activity.uploaded_bytes,
-            folders=tuple(FolderStatus(**{**f, "polled_mounts": tuple(f["polled_mounts"])})
-                          for f in self.watcher.folder_status()), transfers=transfers,
-            timetables=self.expectations.snapshot() if self.expectations is not None else None,
-            node=self.config.node_name, storage_paused=self.storage.reason if self.storage is not None else None)
-        snapshot.save(self.queue, self._node)
-        self.queue.node_seen(asdict(snapshot))
-
-    @property
-    def _node(self) -> str | None:
-        """The node whose snapshot key this daemon writes: its name in a cluster, none on a single machine."""
-        return self.config.node_name if self.queue is not None and self.queue.shared else None
-
-    # -- reload and alerts -------------------------------------------------------------------------------------
-
-    def reload(self) -> None:
-        """SIGHUP: apply a new config to folders, schedule and alerts; keep the old one if the new is invalid.
-        systemd hears RELOADING=1 before and READY=1 after; the outcome is stored for `studio-watch reload`."""
-        started = time.time()
-        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        try:
-            self._apply_new_config(started)
-        finally:
-            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
-
-    def _answer_reload(self, started: float, ok: bool, **fields: Any) -> None:
-        assert self.queue is not None
-        self.queue.set_meta(RELOAD_KEY, json.dumps({"started": started, "finished": time.time(), "ok": ok,
-                                                    "pid": os.getpid(), **fields}))
-
-    def _apply_new_config(self, started: float) -> None:
-        try:
-            new = cfg.load(self.config.source)
-        except ConfigError as exc:
-            log.error("config_reload_rejected", error=str(exc), kept="the running configuration")
-            self._answer_reload(started, False, error=str(exc))
-            return
-        fixed = [key for key in ("state_db", "workers", "studio", "metrics", "observer")
-                 if getattr(new, key) != getattr(self.config, key)]
-        self.config = new
-        self.schedule = schedule_of(new)
-        self.limiter.rate = self.schedule.rate()
-        self.alerts.command, self.alerts.webhook = new.notify.command, new.notify.webhook
-        self.watcher.rescan_seconds = new.rescan_seconds
-        self.watcher.update_rules(new.folders)
-        if self.queue is not None:
-            self._start_expectations(self.queue)
-        log.info("config_reloaded", folders=len(new.folders), needs_restart=fixed or None)
-        self._answer_reload(started, True, folders=len(new.folders), needs_restart=fixed)
 
     # -- finding and settling ----------------------------------------------------------------------------------
 
