@@ -7,6 +7,10 @@ moment resumes at the exact step: `url_issued` re-PUTs to the stored URL, `uploa
 its claim was lost (another node took it over after its lease ran out): every step's commit is a guarded
 transition, and one that no longer applies (LeaseLost) stops the job here with nothing more done to it.
 What to do about any other error is the retry policy's decision (studio/retry.py).
+
+One responsibility, kept in one module over ~400 lines on purpose: the steps and the commits between them are
+read together (which commit precedes which side effect is the whole point); the decisions live elsewhere
+(studio/retry.py, files/writers.py, the queue's transition table).
 """
 
 from __future__ import annotations
