@@ -37,15 +37,11 @@ PASSES=0
 STARTED_DOCKERD=
 COMPOSE_CMD=()
 
-say()  { printf '%s [%4ds] %s\n' "$(date +%T)" "$((SECONDS - T_START))" "$*"; }
-pass() { PASSES=$((PASSES + 1)); printf 'PASS %-28s %s\n' "$1" "${2:-}"; }
-fail() { FAILS=$((FAILS + 1)); printf 'FAIL %-28s %s\n' "$1" "${2:-}"; }
-die()  { say "ABORT: $*"; exit 100; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # say pass fail die start_timer host_packages base_root
 ms()   { date +%s%3N; }
 [ "$(id -u)" = 0 ] || die "run as root"
 
-( sleep "$MAX_SECONDS"; echo "TIMEOUT docker_image.sh: over MAX_SECONDS=${MAX_SECONDS}s, cleaning up"; kill -TERM $$ 2>/dev/null ) &
-TIMER_PID=$!
+start_timer docker_image.sh
 
 D() { timeout "${T:-120}" "$DOCKER" "$@"; }
 
@@ -83,12 +79,7 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 if [ "${COMPOSE:-1}" != 0 ] && ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   need_pkgs+=(docker-compose)
 fi
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  say "apt-get install ${need_pkgs[*]}"
-  timeout 300 apt-get update -q >"$LOG/apt-update.log" 2>&1
-  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q "${need_pkgs[@]}" >"$LOG/apt-docker.log" 2>&1 \
-    || die "apt-get install failed: $(tail -3 "$LOG/apt-docker.log")"
-fi
+host_packages apt-docker "${need_pkgs[@]}"
 # Debian's client matches Debian's daemon (a newer docker CLI elsewhere on PATH may lack the legacy builder)
 DOCKER=/usr/bin/docker
 [ -x "$DOCKER" ] || DOCKER=$(command -v docker) || die "no docker client"
@@ -123,27 +114,7 @@ fi
 pass dockerd "$(D version --format 'server {{.Server.Version}}'), storage $(D info --format '{{.Driver}}')${STARTED_DOCKERD:+, started here as pid $STARTED_DOCKERD}"
 
 # ---- the base root and image --------------------------------------------------------------------------------------
-mirror() {
-  [ -n "${MIRROR:-}" ] && { echo "$MIRROR"; return; }
-  local m
-  m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
-  [ -n "$m" ] || m=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
-  [ -n "$m" ] || { echo "no Debian mirror in apt's sources: set MIRROR" >&2; return 1; }
-  echo "$m"
-}
-BASE=$CACHE/base-root
-if [ ! -f "$BASE/.sw-complete" ]; then
-  say "debootstrap bookworm into $BASE from $(mirror)"
-  rm -rf "$BASE"
-  timeout 600 debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$BASE" "$(mirror)" >"$LOG/debootstrap.log" 2>&1 || die "debootstrap failed: $(tail -3 "$LOG/debootstrap.log")"
-  # this machine reaches PyPI through a TLS proxy with its own CA: give the root the same CA set and tell pip
-  mkdir -p "$BASE/usr/local/share/ca-certificates"
-  cp /usr/local/share/ca-certificates/*.crt "$BASE/usr/local/share/ca-certificates/" 2>/dev/null
-  chroot "$BASE" update-ca-certificates >/dev/null 2>&1
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$BASE/etc/pip.conf"
-  touch "$BASE/.sw-complete"
-fi
+base_root
 stamp=$(stat -c %Y "$BASE/.sw-complete")
 if [ "$(D image inspect --format '{{index .Config.Labels "sw.base-stamp"}}' "$BASE_IMAGE" 2>/dev/null)" != "$stamp" ]; then
   say "docker import $BASE -> $BASE_IMAGE"

@@ -36,16 +36,12 @@ FAILS=0
 PASSES=0
 NSPAWN_PID=
 
-say()  { printf '%s [%4ds] %s\n' "$(date +%T)" "$((SECONDS - T_START))" "$*"; }
-pass() { PASSES=$((PASSES + 1)); printf 'PASS %-28s %s\n' "$1" "${2:-}"; }
-fail() { FAILS=$((FAILS + 1)); printf 'FAIL %-28s %s\n' "$1" "${2:-}"; }
-die()  { say "ABORT: $*"; exit 100; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # say pass fail die start_timer host_packages base_root
 
 [ "$(id -u)" = 0 ] || die "run as root"
 
 # ---- the whole run is time-bounded ------------------------------------------------------------------------------
-( sleep "$MAX_SECONDS"; echo "TIMEOUT systemd_boot.sh: over MAX_SECONDS=${MAX_SECONDS}s, cleaning up"; kill -TERM $$ 2>/dev/null ) &
-TIMER_PID=$!
+start_timer systemd_boot.sh
 
 cgroup_hierarchies() {  # the hierarchies nspawn cares about: hybrid (name=systemd + unified) or pure v2
   if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo /sys/fs/cgroup; return; fi
@@ -82,12 +78,7 @@ trap 'exit 101' INT TERM
 # ---- host packages ---------------------------------------------------------------------------------------------
 need_pkgs=()
 for p in systemd-container debootstrap; do dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p"); done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  say "apt-get install ${need_pkgs[*]}"
-  timeout 300 apt-get update -q >"$LOG/apt-update.log" 2>&1
-  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q "${need_pkgs[@]}" >"$LOG/apt-install.log" 2>&1 \
-    || die "apt-get install failed: $(tail -3 "$LOG/apt-install.log")"
-fi
+host_packages apt-install "${need_pkgs[@]}"
 
 # nspawn without machined and without a systemd PID 1 here: --register=no --keep-unit; run from a cgroup of its own
 # and in a private mount namespace with a tmpfs on /run/systemd (this host's /run is on disk, and nspawn refuses to
@@ -102,29 +93,7 @@ mkdir -p "$CACHE/bin"
 } >"$NSP"
 chmod +x "$NSP"
 
-mirror() {
-  [ -n "${MIRROR:-}" ] && { echo "$MIRROR"; return; }
-  local m
-  m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
-  [ -n "$m" ] || m=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
-  [ -n "$m" ] || { echo "no Debian mirror in apt's sources: set MIRROR" >&2; return 1; }
-  echo "$m"
-}
-
-# ---- the base root: debootstrap once (python3, venv, pip) -----------------------------------------------------
-BASE=$CACHE/base-root
-if [ ! -f "$BASE/.sw-complete" ]; then
-  say "debootstrap bookworm into $BASE from $(mirror)"
-  rm -rf "$BASE"
-  timeout 600 debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$BASE" "$(mirror)" >"$LOG/debootstrap.log" 2>&1 || die "debootstrap failed: $(tail -3 "$LOG/debootstrap.log")"
-  # this machine reaches PyPI through a TLS proxy with its own CA: give the root the same CA set and tell pip
-  mkdir -p "$BASE/usr/local/share/ca-certificates"
-  cp /usr/local/share/ca-certificates/*.crt "$BASE/usr/local/share/ca-certificates/" 2>/dev/null
-  chroot "$BASE" update-ca-certificates >/dev/null 2>&1
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$BASE/etc/pip.conf"
-  touch "$BASE/.sw-complete"
-fi
+base_root
 
 # ---- the systemd root: base + systemd, dbus, acl (setfacl, docs step 4), procps --------------------------------
 SYSROOT=$CACHE/systemd-root
