@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from studio_watch.config import DEFAULT_WORKERS
+
 from .daemons import _bare_loop, _daemon_batch
 from .delay import DelayProxy
 from .harness import TMPFS, Sink, make_tls, median, remove, run_child, scratch, write_big_file, write_small_files
@@ -84,18 +86,19 @@ def tls_rows(_: Sink, quick: bool) -> list[Result]:
 
 
 def rtt_rows(sink: Sink, quick: bool) -> list[Result]:
-    """Per-file time at a 50 ms round trip (bench/delay.py in front of the sink): the daemon with 1 and 2 workers
-    against the bare keep-alive loop and the floor of 3 round trips per file."""
+    """Per-file time at a 50 ms round trip (bench/delay.py in front of the sink): the daemon with 1 worker and with
+    the default number against the bare keep-alive loop and the floor of 3 round trips per file."""
     count, rounds, rtt = (10, 1, 0.05) if quick else (20, 3, 0.05)
     root = scratch("rtt")
     proxy = DelayProxy(sink.port, rtt / 2)
-    times: dict[str, list[float]] = {"bare": [], "w1": [], "w2": []}
+    default = DEFAULT_WORKERS
+    times: dict[str, list[float]] = {"bare": [], "w1": [], f"w{default}": []}
     try:
         folder = root / "in"
         write_small_files(folder, count, MIB)
         for _ in range(rounds):
             times["bare"].append(_bare_loop(sink, folder, count, proxy.url)[0] / count)
-            for workers in (1, 2):
+            for workers in (1, default):
                 times[f"w{workers}"].append(
                     _daemon_batch(sink, folder, count, workers, 120, proxy.url)[0] / count)
     finally:
@@ -108,10 +111,10 @@ def rtt_rows(sink: Sink, quick: bool) -> list[Result]:
             f"median of {rounds}; 25 ms each way in bench/delay.py, no bandwidth limit. Floor: generate, PUT and "
             f"complete = 3 round trips = {ms(floor)} per file. Per round: bare loop "
             f"{', '.join(ms(v) for v in times['bare'])}; 1 worker {', '.join(ms(v) for v in times['w1'])}; "
-            f"2 workers {', '.join(ms(v) for v in times['w2'])}.")
+            f"{default} workers {', '.join(ms(v) for v in times[f'w{default}'])}.")
     return [Result("per-file time at 50 ms RTT, 1 worker", ms(per["w1"]), f"bare keep-alive loop {ms(per['bare'])}",
                    f"{per['w1'] / per['bare']:.2f}×", "≤ 1.1× the bare loop", per["w1"] <= 1.1 * per["bare"],
                    [note, f"Against the floor: 1 worker {per['w1'] / floor:.2f}×, "
                           f"bare loop {per['bare'] / floor:.2f}×."]),
-            Result("per-file time at 50 ms RTT, 2 workers (default)", ms(per["w2"]), f"floor {ms(floor)}",
-                   f"{per['w2'] / floor:.2f}×", "-", None)]
+            Result(f"per-file time at 50 ms RTT, {default} workers (default)", ms(per[f"w{default}"]),
+                   f"floor {ms(floor)}", f"{per[f'w{default}'] / floor:.2f}×", "-", None)]

@@ -399,7 +399,7 @@ def parse(source: Path, data: Any) -> Config:
         studio=studio,
         state_db=state_db,
         folders=folders,
-        workers=top.positive("workers", 4, int),
+        workers=top.positive("workers", DEFAULT_WORKERS, int),
         rescan_seconds=top.positive("rescan_seconds", 60.0),
         observer=ObserverKind(top.choice("observer", tuple(ObserverKind), "auto")),
         retry=_retry(source, top.get("retry", dict, {})),
@@ -419,6 +419,7 @@ def parse(source: Path, data: Any) -> Config:
     return config
 
 
+DEFAULT_WORKERS = 4  # chosen from `python -m bench --only latency` (docs/operations.md: choosing workers)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 CREDENTIAL_NAME = "state_db_password"  # systemd LoadCredential= name for the PostgreSQL password
 
