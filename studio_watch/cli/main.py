@@ -193,7 +193,7 @@ def _migrate_args(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -
 def _sandbox_args(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.description = ("Serve a local Canvas Studio emulator: the public API studio-watch speaks (the three-step "
                      "upload, URL imports, media, collections, users, OAuth), with fault injection.")
-    from studio_watch.sandbox.server import add_sandbox_arguments  # start-up cost: only `sandbox` builds these
+    from studio_watch.sandbox.command import add_sandbox_arguments  # start-up cost: only `sandbox` builds these
 
     add_sandbox_arguments(p)
 

@@ -10,7 +10,7 @@ from studio_watch import logs
 from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, load_config, stop_on_signals
 from studio_watch.daemon.app import Daemon
 from studio_watch.errors import ConfigError, StudioWatchError
-from studio_watch.sandbox.server import sandbox_from_args, serve_forever_until
+from studio_watch.sandbox.command import sandbox_from_args, serve_forever_until
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -154,7 +154,7 @@ def test_a_server_echoing_the_request_leaks_no_token_and_no_signature_anywhere(o
         write_media(open_tmp / "drop" / "two\n\x1b[2Jname.mp4", 3000, seed=2)
         assert wait_until(lambda: len(_Hook.bodies) == 2, 20), daemon.output()
         assert wait_until(lambda: alerts.exists() and alerts.read_text().count('"event": "job_failed"') == 2, 10)
-        signatures = [u.signature for u in sandbox._state._urls.values()]
+        signatures = [u.signature for u in sandbox._state.media._urls.values()]
         assert signatures and sum(e.get("fault") == "echo" for e in sandbox.events()) == 2
         shown = [run_cli(*args, "-c", str(config), user=service_account).stdout
                  for args in (("jobs",), ("jobs", "--json"), ("status",), ("status", "--json"))]

@@ -15,13 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from studio_watch.sandbox.server import (
-    Faults,
-    Sandbox,
-    add_sandbox_arguments,
-    sandbox_from_args,
-    serve_forever_until,
-)
+from studio_watch.sandbox.command import add_sandbox_arguments, sandbox_from_args, serve_forever_until
+from studio_watch.sandbox.server import Faults, Sandbox
 
 TOKEN = "sandbox-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
