@@ -377,10 +377,11 @@ def test_daemon_uploads_under_the_units_kernel_restrictions(tmp_path: Path, sand
         write_media(root / "drop" / "hardened.mp4", 300_000, seed=7)
         assert sandbox_studio.wait_for(lambda: len(sandbox_studio.completed()) == 1, timeout=30), _output(proc)
         assert notify.wait_for("WATCHDOG=1", timeout=5) is not None
+        # after_upload: move, inside the read-write path (Studio's confirmation comes first: wait for the move)
+        assert wait_until(lambda: (root / "uploaded" / "hardened.mp4").exists(), 30), _output(proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=45)
         assert proc.returncode == 0, out.decode(errors="replace")
-        assert (root / "uploaded" / "hardened.mp4").exists()  # after_upload: move, inside the read-write path
         assert sandbox_studio.completed()[0]["bytes_received"] == 300_000
     finally:
         if proc.poll() is None:
