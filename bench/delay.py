@@ -10,33 +10,21 @@ import socket
 import threading
 import time
 
+from tests.netstubs import Listener  # the suite's loopback listener (bench runs from the repo root: `python -m bench`)
 
-class DelayProxy:
+
+class DelayProxy(Listener):
     def __init__(self, upstream_port: int, one_way: float = 0.025) -> None:
         self.upstream_port, self.one_way = upstream_port, one_way
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._direction(client, server)
-            self._direction(server, client)
+    def serve(self, sock: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.upstream_port))
+        for end in (sock, server):
+            end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._direction(sock, server)
+        self._direction(server, sock)
 
     def _direction(self, src: socket.socket, dst: socket.socket) -> None:
         """Two threads: one reads and stamps, one delivers each piece when its time comes."""

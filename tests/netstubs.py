@@ -1,5 +1,5 @@
-"""Real network pieces for tests (plain classes, not fixtures): a private CA made with the openssl command, a CONNECT
-proxy, and a TLS front that puts a loopback server behind a name only the proxy can resolve.
+"""Real network pieces for tests (plain classes, not fixtures): a private CA (the sandbox's), a loopback listener, a
+CONNECT proxy, and a TLS front that puts a loopback server behind a name only the proxy can resolve.
 
 A campus network seen from the lecture-capture PC: the Studio host's name does not resolve there, only the proxy
 knows it (`names` maps it to 127.0.0.1); the host speaks TLS with a certificate from a CA the system does not
@@ -10,57 +10,23 @@ from __future__ import annotations
 
 import base64
 import select
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from studio_watch.sandbox.tls import TlsFiles, make_certificates
 
 STUDIO_NAME = "studio.campus.test"  # .test never resolves (RFC 6761): only the proxy knows it
 WAIT = 10.0
 
 
-@dataclass(frozen=True)
-class PrivateCA:
-    cert: Path  # the CA certificate: what studio.ca_bundle names
-    folder: Path
-
-    def server_context(self, *names: str) -> ssl.SSLContext:
-        """A server context with a certificate for `names` (DNS names or IP addresses) signed by this CA."""
-        stem = "-".join(names).replace(":", "_")
-        key, csr, cert, ext = (self.folder / f"{stem}.{s}" for s in ("key", "csr", "pem", "ext"))
-        if not cert.exists():
-            sans = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() or ":" in n else f"DNS:{n}" for n in names)
-            ext.write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                           "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-            _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                     str(key), "-out", str(csr), "-subj", f"/CN={names[0]}")
-            _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.folder / "ca.key"),
-                     "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        return context
-
-
-def make_ca(folder: Path, name: str = "studio-watch test CA") -> PrivateCA:
-    """A fresh CA in `folder` (skips the test when the openssl command is missing)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    folder.mkdir(parents=True, exist_ok=True)
-    cert = folder / "ca.pem"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             str(folder / "ca.key"), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return PrivateCA(cert, folder)
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+def make_ca(folder: Path) -> TlsFiles:
+    """A fresh private CA in `folder` (its certificate: `.ca`, what studio.ca_bundle names) and a server certificate
+    it signed for STUDIO_NAME and loopback (`.server_context()`): the sandbox's own, made with cryptography."""
+    return make_certificates(folder, [STUDIO_NAME])
 
 
 def pump(a: socket.socket, b: socket.socket) -> None:
@@ -88,15 +54,16 @@ def pump(a: socket.socket, b: socket.socket) -> None:
             sock.close()
 
 
-class _Listener:
-    """Accepts on 127.0.0.1:<free port>; `serve(sock)` runs in a thread per connection."""
+class Listener:
+    """Accepts on 127.0.0.1:<free port> and runs `serve(sock)` for each connection in a thread of its own (all kept
+    in `threads`, the accepting one first) until close(). Also the benchmarks' (bench/delay.py)."""
 
-    def __init__(self, tls: ssl.SSLContext | None) -> None:
-        self.tls = tls
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.errors: list[BaseException] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def __enter__(self) -> Any:
         return self
@@ -105,8 +72,9 @@ class _Listener:
         self.close()
 
     def close(self) -> None:
+        """Stop accepting; connections being served are their handlers' to end."""
         try:
-            self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
         except OSError:
             pass
         self.listener.close()
@@ -117,31 +85,47 @@ class _Listener:
                 sock, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._run, args=(sock,), daemon=True).start()
+            thread = threading.Thread(target=self.serve, args=(sock,), daemon=True)
+            with self.lock:
+                self.threads.append(thread)
+            thread.start()
 
-    def _run(self, sock: socket.socket) -> None:
+    def serve(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class _Stub(Listener):
+    """A listener that speaks TLS with `tls` (if given) and hands the connection to `handle`; anything but a socket
+    error in it is kept in `errors`, for the test to check."""
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.errors: list[BaseException] = []
+        super().__init__()
+
+    def serve(self, sock: socket.socket) -> None:
         try:
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_side=True)
-            self.serve(sock)
+            self.handle(sock)
         except (OSError, ssl.SSLError):
             sock.close()
         except BaseException as exc:  # a broken stub: the test checks `errors`
             self.errors.append(exc)
             sock.close()
 
-    def serve(self, sock: socket.socket) -> None:
+    def handle(self, sock: socket.socket) -> None:
         raise NotImplementedError
 
 
-class TlsFront(_Listener):
+class TlsFront(_Stub):
     """TLS on 127.0.0.1:<port> in front of a plain loopback server (the sandbox) on `backend_port`."""
 
     def __init__(self, tls: ssl.SSLContext, backend_port: int) -> None:
         self.backend_port = backend_port
         super().__init__(tls)
 
-    def serve(self, sock: socket.socket) -> None:
+    def handle(self, sock: socket.socket) -> None:
         pump(sock, socket.create_connection(("127.0.0.1", self.backend_port), timeout=WAIT))
 
 
@@ -152,7 +136,7 @@ class Seen:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ConnectProxy(_Listener):
+class ConnectProxy(_Stub):
     """An HTTP proxy that speaks CONNECT only (as campus proxies do for https), resolving names through `names`
     alone; with `auth` ("user:password") it answers 407 to a request without those credentials; with `tls`
     it is an https:// proxy."""
@@ -160,7 +144,6 @@ class ConnectProxy(_Listener):
     def __init__(self, names: dict[str, str], auth: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.names, self.auth = names, auth
         self.seen: list[Seen] = []
-        self.lock = threading.Lock()
         super().__init__(tls)
 
     @property
@@ -171,7 +154,7 @@ class ConnectProxy(_Listener):
         with self.lock:
             return [s.target for s in self.seen if s.method == "CONNECT"]
 
-    def serve(self, sock: socket.socket) -> None:
+    def handle(self, sock: socket.socket) -> None:
         head = b""
         while b"\r\n\r\n" not in head:  # byte by byte: nothing after the head may be read here
             byte = sock.recv(1)

@@ -9,7 +9,8 @@ from studio_watch import config as cfg
 from studio_watch import logs
 from studio_watch.cli.output import EXIT_FAILURE, EXIT_OK, config_error, human_when, load_config
 from studio_watch.errors import ConfigError
-from studio_watch.studio.auth import TokenStore, authorize_url, check_redirect_uri, login, oauth_config
+from studio_watch.studio.login import authorize_url, check_redirect_uri, login, oauth_config
+from studio_watch.studio.tokenstore import TokenStore
 
 
 def cmd_auth(args: argparse.Namespace) -> int:

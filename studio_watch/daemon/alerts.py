@@ -25,7 +25,7 @@ from studio_watch.logs import get_logger
 from studio_watch import logs
 from studio_watch.config import StudioConfig
 from studio_watch.errors import ConfigError, StudioError
-from studio_watch.studio.client import http_pool
+from studio_watch.studio.connections import http_pool
 
 if TYPE_CHECKING:
     from studio_watch.studio.transport import Pool

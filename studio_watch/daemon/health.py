@@ -13,7 +13,7 @@ from studio_watch.config import parse_listen
 from studio_watch.daemon.lock import DaemonLock
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.errors import StudioError, StudioWatchError
-from studio_watch.studio.client import tls_context
+from studio_watch.studio.connections import tls_context
 
 TIMEOUT_SECONDS = 3.0
 # A wildcard listen address is reachable on loopback from inside the same host or container.

@@ -1,34 +1,32 @@
-"""The HTTP client for the Canvas Studio public API: requests, error classification, short retries, tokens.
+"""The HTTP client for the Canvas Studio public API: requests, error classification, short retries.
 
-All HTTP lives here. Each method maps the documented status codes of one endpoint (shared/studio-api.md) onto
+Each method maps the documented status codes of one endpoint (shared/studio-api.md) onto
 the exception tree in `errors.py`. Seconds-scale blips (connect errors, resets, 429, 5xx) are retried here with
 tenacity, honouring Retry-After; whatever still fails is raised for the queue, which owns longer backoff.
-One responsibility (the endpoints and what their answers mean), kept whole past 400 lines.
+Where the connections come from is `connections.py`; where the token comes from, `auth.py`.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-import certifi
 from studio_watch import __version__, logs
 from studio_watch.logs import get_logger
 
 from studio_watch.config import RetryConfig, StudioConfig, Target
 from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, PermanentError, Stopping,
-                     StudioError, TransientError, Unreachable, UploadUrlExpired)
+                                 StudioError, TransientError, UploadUrlExpired)
 from studio_watch.schedule import RateLimiter
 from studio_watch.studio import retry as policy
+from studio_watch.studio.connections import http_pool
 
 if TYPE_CHECKING:  # the transport (httpcore, ~16 ms to import) is loaded by the first client, not by `status`
-    from studio_watch.studio.transport import Pool, Reply
+    from studio_watch.studio.transport import Reply
 
 log = get_logger(__name__)
 
@@ -64,29 +62,12 @@ class UploadSource(Protocol):
 
 
 class TokenSource(Protocol):
-    """Where the access token comes from; `refresh` is called once when the API answers 401."""
+    """Where the access token comes from (studio.auth: a fixed one or OAuth); `refresh` is called once when the API
+    answers 401."""
 
     def token(self) -> str: ...
 
     def refresh(self, rejected: str) -> str: ...
-
-
-class StaticToken:
-    """A fixed token from a file or an environment variable; a 401 re-reads it (a rotated credential)."""
-
-    def __init__(self, read: Callable[[], str]) -> None:
-        self._read = read
-        self._token = read()
-
-    def token(self) -> str:
-        return self._token
-
-    def refresh(self, rejected: str) -> str:
-        fresh = self._read()
-        if fresh == rejected:
-            raise AuthError("the API refused the access token (401); check token_file/token_env", 401)
-        self._token = fresh
-        return fresh
 
 
 @dataclass(frozen=True)
@@ -110,38 +91,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def safe_url(url: str) -> str:
-    """An upload URL fit for a log line: scheme and host only, never its path token or signature."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"
-
-
-def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Verified TLS, always: the system's trust store via certifi, or the configured CA bundle.
-
-    Built at the first https connection: a bundle gone or broken since the config was loaded is Unreachable
-    (the queue pauses, and resumes once the file is fixed) with a message that names it.
-    """
-    cafile = str(ca_bundle) if ca_bundle else certifi.where()
-    try:
-        return ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        key = "studio.ca_bundle" if ca_bundle else "the certifi package"
-        raise Unreachable(f"cannot set up TLS with {cafile} ({key}): {exc.strerror or exc}") from None
-
-
-def http_pool(studio: StudioConfig | None, stop: threading.Event | None = None,
-              timeout: float | None = None) -> Pool:
-    """The program's HTTP pool for this config: verified TLS (studio.ca_bundle), proxies (studio.proxy, else the
-    environment), stopped by `stop`. Without a config (health, a bare webhook), the system CAs and the environment."""
-    from studio_watch.studio.proxies import Proxies  # start-up cost: the HTTP stack (httpcore) is imported by the first request
-    from studio_watch.studio.transport import Pool  # start-up cost: the HTTP stack (httpcore) is imported by the first request
-
-    ca_bundle = studio.ca_bundle if studio else None
-    return Pool(lambda: tls_context(ca_bundle), timeout or (studio.timeout_seconds if studio else 30.0),
-                proxies=Proxies.from_config(studio), stop=stop)
 
 
 class StudioClient:

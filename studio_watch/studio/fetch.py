@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from studio_watch.config import StudioConfig, is_loopback
 from studio_watch.errors import TransientError
-from studio_watch.studio.client import tls_context
+from studio_watch.studio.connections import tls_context
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a year of a busy room's timetable is well under 1 MB
 MAX_REDIRECTS = 5

@@ -24,7 +24,7 @@ import json
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -73,6 +73,25 @@ class ImportResult:
     @property
     def media_id(self) -> int:
         return int(self.media["id"])
+
+
+@dataclass(frozen=True)
+class ImportAttempt:
+    """A send of unknown outcome, remembered under the import's meta key: when the first send that may have
+    created the media started (epoch seconds). Stored as the JSON object `{"started": ...}`."""
+
+    started: float
+
+    def stored(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_stored(cls, text: str | None) -> ImportAttempt | None:
+        """The record in a stored value; None when there is none or it cannot be read (nothing to reconcile)."""
+        try:
+            return cls(float(json.loads(text)["started"])) if text else None
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 class AttemptStore(Protocol):
@@ -161,15 +180,12 @@ def _attempt_key(request: ImportRequest) -> str:
 
 def _remember(store: AttemptStore | None, request: ImportRequest, started: float) -> None:
     if store is not None:
-        store.set_meta(_attempt_key(request), json.dumps({"started": started}))
+        store.set_meta(_attempt_key(request), ImportAttempt(started).stored())
 
 
 def _earlier_attempt(store: AttemptStore | None, request: ImportRequest) -> float | None:
-    text = store.meta(_attempt_key(request)) if store is not None else None
-    try:
-        return float(json.loads(text)["started"]) if text else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    attempt = ImportAttempt.from_stored(store.meta(_attempt_key(request))) if store is not None else None
+    return attempt.started if attempt else None
 
 
 # -- the reconciling import --------------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ def cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
 
 def test_check_and_upload_on_behalf_into_a_collection_behind_a_proxy(tmp_path: Path) -> None:
     ca = make_ca(tmp_path / "ca")
-    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+    with Sandbox() as sb, TlsFront(ca.server_context(), sb.port) as front, \
             ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
         url = f"https://{STUDIO_NAME}:{front.port}"
         sb._state.base_url = url  # upload URLs on the TLS name too (until the sandbox serves TLS itself)
         config = write_config(tmp_path, url, [{"path": "in", "collection_id": 2, "user_id": 42}])
         data = yaml.safe_load(config.read_text())
-        data["studio"]["ca_bundle"] = str(ca.cert)
+        data["studio"]["ca_bundle"] = str(ca.ca)
         config.write_text(yaml.safe_dump(data))
         media = write_media(tmp_path / "in" / "lecture.mp4", 2_000_000, seed=5)
         env = {"HTTPS_PROXY": proxy.url, "NO_PROXY": "localhost,127.0.0.1"}
@@ -58,7 +58,7 @@ def test_the_daemon_and_auth_login_behind_a_proxy(tmp_path: Path, daemons: Any) 
     """The reproduction of the issue: with HTTPS_PROXY set and a host only the proxy resolves, `run` used to
     pause with "Name or service not known" while the proxy saw nothing."""
     ca = make_ca(tmp_path / "ca")
-    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+    with Sandbox() as sb, TlsFront(ca.server_context(), sb.port) as front, \
             ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
         url = f"https://{STUDIO_NAME}:{front.port}"
         sb._state.base_url = url
@@ -67,7 +67,7 @@ def test_the_daemon_and_auth_login_behind_a_proxy(tmp_path: Path, daemons: Any) 
         secret.chmod(0o600)
         config = write_config(tmp_path, url, [{"path": "in", "settle_seconds": 0.1}])
         data = yaml.safe_load(config.read_text())
-        data["studio"] = {"url": url, "ca_bundle": str(ca.cert), "timeout_seconds": 5,
+        data["studio"] = {"url": url, "ca_bundle": str(ca.ca), "timeout_seconds": 5,
                           "oauth": {"client_id": "sandbox-client", "client_secret_file": str(secret),
                                     "token_store": str(tmp_path / "store" / "token.json")}}
         config.write_text(yaml.safe_dump(data))

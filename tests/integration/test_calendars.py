@@ -204,21 +204,22 @@ def test_the_fetch_follows_the_proxy_environment(tmp_path: Path, http: Threading
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """https through a CONNECT proxy to a calendar host only the proxy can resolve (tests/netstubs.py); NO_PROXY
     sends it direct, where the name does not resolve. Loopback itself never goes through a proxy."""
-    from tests.netstubs import ConnectProxy, TlsFront, make_ca
+    from studio_watch.sandbox.tls import make_certificates
+    from tests.netstubs import ConnectProxy, TlsFront
 
-    ca = make_ca(tmp_path / "ca")
     name = "calendar.campus.test"
+    ca = make_certificates(tmp_path / "ca", [name])
     _Served.routes = {"/rooms/101.ics": (200, {"Content-Type": "text/calendar"}, _ics(tmp_path))}
-    with TlsFront(ca.server_context(name), http.server_port) as front, ConnectProxy({name: "127.0.0.1"}) as proxy:
+    with TlsFront(ca.server_context(), http.server_port) as front, ConnectProxy({name: "127.0.0.1"}) as proxy:
         url = f"https://{name}:{front.port}/rooms/101.ics"
         for variable in ("NO_PROXY", "no_proxy", "https_proxy", "all_proxy", "ALL_PROXY"):
             monkeypatch.delenv(variable, raising=False)
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        assert fetch_document(url, ca.cert, 5) == _Served.routes["/rooms/101.ics"][2]
+        assert fetch_document(url, ca.ca, 5) == _Served.routes["/rooms/101.ics"][2]
         assert proxy.tunnels() == [f"{name}:{front.port}"]
         monkeypatch.setenv("NO_PROXY", "campus.test")
         with pytest.raises(TransientError, match=f"cannot reach https://{name}:{front.port}") as direct:
-            fetch_document(url, ca.cert, 5)
+            fetch_document(url, ca.ca, 5)
         assert "rooms" not in str(direct.value) and proxy.tunnels() == [f"{name}:{front.port}"]
 
 

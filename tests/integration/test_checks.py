@@ -17,7 +17,8 @@ from studio_watch.daemon.checks import (FAIL, OK, WARN, check_inotify, check_net
                                  run_checks)
 from studio_watch.cli.main import main
 from studio_watch.sandbox.server import Sandbox
-from studio_watch.studio.client import StaticToken, StudioClient
+from studio_watch.studio.auth import StaticToken
+from studio_watch.studio.client import StudioClient
 
 
 @pytest.fixture

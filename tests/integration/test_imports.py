@@ -21,10 +21,12 @@ from studio_watch.cli.main import main
 from studio_watch.errors import ConfigError, PermanentError, SourceUnreadable, TransientError, Unreachable
 from studio_watch.cli.imports import cmd_import_url
 from studio_watch.files.links import parse_link_file
-from studio_watch.studio.imports import ImportRequest, import_link, import_once, matches, validate_import
+from studio_watch.studio.imports import (ImportAttempt, ImportRequest, import_link, import_once, matches,
+                                         validate_import)
 from studio_watch.queue import open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.studio.client import StaticToken, StudioClient
+from studio_watch.studio.auth import StaticToken
+from studio_watch.studio.client import StudioClient
 from studio_watch.studio.transport import Pool, Reply
 
 YOUTUBE = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
@@ -202,6 +204,13 @@ def test_request_that_never_arrived_is_sent_again_after_reconciling(sb: Sandbox,
     finally:
         client.close()
     assert not result.reconciled and len(sb.media()) == 1 and len(imports_seen(sb)) == 1
+
+
+def test_an_attempt_record_reads_what_databases_hold_and_nothing_else() -> None:
+    assert ImportAttempt.from_stored('{"started": 1}') == ImportAttempt(1.0)  # as earlier versions wrote it
+    assert ImportAttempt.from_stored(ImportAttempt(1700000000.5).stored()) == ImportAttempt(1700000000.5)
+    for unreadable in (None, "", "{", "[]", '{"begun": 1}', '{"started": "soon"}'):
+        assert ImportAttempt.from_stored(unreadable) is None, unreadable
 
 
 def test_unknown_outcome_is_remembered_in_the_queue_across_runs(sb: Sandbox, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import stat
 import subprocess
@@ -10,20 +11,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 import yaml
 
 from studio_watch import config as cfg
-from studio_watch.studio.auth import make_tokens
 from studio_watch.errors import AuthError, ConfigError
-from studio_watch.studio.auth import (OAuthTokens, StoredTokens, TokenStore, check_redirect_uri,
-                                extract_code, login)
+from studio_watch.studio.auth import OAuthTokens, make_tokens
+from studio_watch.studio.login import check_redirect_uri, extract_code, login
+from studio_watch.studio.tokenstore import StoredTokens, TokenStore
 from studio_watch.cli.auth import status_lines
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.studio.client import StudioClient, http_pool
+from studio_watch.studio.client import StudioClient
+from studio_watch.studio.connections import http_pool
 
 CLIENT, SECRET = "sandbox-client", "sandbox-secret"
 
@@ -63,6 +65,25 @@ def stored(config: cfg.Config) -> dict[str, Any]:
 
 def token_calls(sb: Sandbox) -> int:
     return sum(1 for e in sb.events() if e["path"].endswith("/oauth/token"))
+
+
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run each call in a thread of its own, all released together; what each returned, or the exception it raised."""
+    barrier, outcomes = threading.Barrier(len(calls)), []
+
+    def run(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(call())
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
 
 
 def cli(config: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -204,17 +225,7 @@ def test_concurrent_refreshes_make_one_token_call(sb: Sandbox, tmp_path: Path) -
     rejected = stored(config)["access_token"]
     tokens = OAuthTokens.from_config(config)
     calls = token_calls(sb)
-    barrier, results = threading.Barrier(8), []
-
-    def worker() -> None:
-        barrier.wait()
-        results.append(tokens.refresh(rejected))
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(*[functools.partial(tokens.refresh, rejected)] * 8)
     tokens.close()
     assert token_calls(sb) - calls == 1
     assert len(results) == 8 and set(results) == {stored(config)["access_token"]}
@@ -225,22 +236,9 @@ def test_eight_threads_hitting_401_cause_one_refresh(sb: Sandbox, tmp_path: Path
     client = StudioClient(config.studio, config.retry, make_tokens(config))
     calls = token_calls(sb)
     sb.expire_access_tokens()
-    barrier, errors = threading.Barrier(8), []
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            client.ping()
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = at_once(*[client.ping] * 8)
     client.close()
-    assert errors == [] and token_calls(sb) - calls == 1
+    assert outcomes == [None] * 8 and token_calls(sb) - calls == 1
     assert sum(e["status"] == 401 for e in sb.events()) >= 1
 
 
@@ -334,17 +332,7 @@ def test_a_cluster_shares_one_token_pair_and_refreshes_it_once(sb: Sandbox, tmp_
     try:
         assert {s.token() for s in sources} == {first["access_token"]}  # nodes 1 and 2 have no file of their own
         calls = token_calls(sb)
-        barrier, results = threading.Barrier(6), []
-
-        def refresh(source: OAuthTokens) -> None:
-            barrier.wait()
-            results.append(source.refresh(first["access_token"]))
-
-        threads = [threading.Thread(target=refresh, args=(s,)) for s in sources for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        results = at_once(*[functools.partial(s.refresh, first["access_token"]) for s in sources for _ in range(2)])
         assert token_calls(sb) - calls == 1, "more than one node spent the refresh token"
         shared = json.loads(queues[2].meta("oauth_tokens") or "{}")
         assert set(results) == {shared["access_token"]} and shared["refresh_token"] != first["refresh_token"]

@@ -21,7 +21,8 @@ from studio_watch.daemon.pipeline import Pipeline
 from studio_watch.errors import PermanentError
 from studio_watch.queue import JobQueue, Seen, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.studio.client import StaticToken, StudioClient
+from studio_watch.studio.auth import StaticToken
+from studio_watch.studio.client import StudioClient
 
 from ..conftest import TOKEN, write_config, write_media
 

@@ -17,14 +17,17 @@ from studio_watch.daemon.alerts import Alerts
 from studio_watch.errors import ConfigError, Stopping, TransientError, Unreachable
 from studio_watch.files.sources import UploadFile
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.studio.auth import post_token
-from studio_watch.studio.client import StaticToken, StudioClient, tls_context
+from studio_watch.studio.auth import StaticToken, post_token
+from studio_watch.studio.client import StudioClient
+from studio_watch.studio.connections import tls_context
 from studio_watch.studio.proxies import Proxies, parse, read_auth
 from studio_watch.studio.fetch import fetch_document
 from studio_watch.studio.transport import Pool
 
 from ..conftest import wait_until
-from ..netstubs import STUDIO_NAME, ConnectProxy, PrivateCA, TlsFront, make_ca
+from studio_watch.sandbox.tls import TlsFiles
+
+from ..netstubs import STUDIO_NAME, ConnectProxy, TlsFront, make_ca
 
 TOKEN = "sandbox-token"
 RETRY = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=3, request_tries=1)
@@ -32,13 +35,13 @@ RETRY = RetryConfig(initial_seconds=0.01, max_seconds=0.05, max_attempts=3, requ
 
 @dataclass
 class Campus:
-    ca: PrivateCA
+    ca: TlsFiles
     sb: Sandbox
     proxy: ConnectProxy
     url: str  # https://studio.campus.test:<port>: resolvable only by the proxy
 
     def studio(self, **kw: Any) -> StudioConfig:
-        values: dict[str, Any] = {"url": self.url, "token_env": "X", "timeout_seconds": 5, "ca_bundle": self.ca.cert}
+        values: dict[str, Any] = {"url": self.url, "token_env": "X", "timeout_seconds": 5, "ca_bundle": self.ca.ca}
         values.update(kw)
         return StudioConfig(**values)
 
@@ -55,7 +58,7 @@ class Campus:
 @pytest.fixture
 def campus(tmp_path: Path) -> Iterator[Campus]:
     ca = make_ca(tmp_path / "ca")
-    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+    with Sandbox() as sb, TlsFront(ca.server_context(), sb.port) as front, \
             ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
         url = f"https://{STUDIO_NAME}:{front.port}"
         sb._state.base_url = url  # upload URLs on the TLS name too (until the sandbox serves TLS itself)
@@ -132,7 +135,7 @@ def test_a_proxy_that_cannot_reach_the_host_says_so(campus: Campus) -> None:
 def test_studio_proxy_with_credentials_from_a_file(tmp_path: Path) -> None:
     ca = make_ca(tmp_path / "ca")
     secret = "s3cret pass:word"
-    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+    with Sandbox() as sb, TlsFront(ca.server_context(), sb.port) as front, \
             ConnectProxy({STUDIO_NAME: "127.0.0.1"}, auth=f"av-staff:{secret}") as proxy:
         campus = Campus(ca, sb, proxy, f"https://{STUDIO_NAME}:{front.port}")
         auth_file = tmp_path / "proxy-auth"
@@ -164,10 +167,10 @@ def test_a_proxy_auth_file_that_is_not_user_colon_password_is_a_config_error(tmp
 
 
 def test_an_https_proxy_is_verified_and_tls_runs_inside_its_tunnel(tmp_path: Path) -> None:
-    ca, stranger = make_ca(tmp_path / "ca"), make_ca(tmp_path / "other", "someone else's CA")
-    with Sandbox() as sb, TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front:
+    ca, stranger = make_ca(tmp_path / "ca"), make_ca(tmp_path / "other")
+    with Sandbox() as sb, TlsFront(ca.server_context(), sb.port) as front:
         for proxy_ca, works in ((ca, True), (stranger, False)):
-            with ConnectProxy({STUDIO_NAME: "127.0.0.1"}, tls=proxy_ca.server_context("127.0.0.1")) as proxy:
+            with ConnectProxy({STUDIO_NAME: "127.0.0.1"}, tls=proxy_ca.server_context()) as proxy:
                 client = Campus(ca, sb, proxy, f"https://{STUDIO_NAME}:{front.port}").client(
                     {"HTTPS_PROXY": proxy.url})
                 try:
@@ -206,9 +209,9 @@ def test_token_endpoint_webhook_and_fetch_use_the_same_proxy(campus: Campus, tmp
         assert tokens["access_token"] and tokens["refresh_token"]
         # A document fetched as a timetable URL is (the sandbox's Swagger document stands in for a calendar).
         document = campus.url + "/api/public/apidocs"
-        assert b'"swagger"' in fetch_document(document, campus.ca.cert, 5, studio)
+        assert b'"swagger"' in fetch_document(document, campus.ca.ca, 5, studio)
         with pytest.raises(TransientError, match="cannot reach proxy http://127.0.0.1:9 .from studio.proxy."):
-            fetch_document(document, campus.ca.cert, 5, campus.studio(proxy="http://127.0.0.1:9"))
+            fetch_document(document, campus.ca.ca, 5, campus.studio(proxy="http://127.0.0.1:9"))
     finally:
         pool.close()
     before = len(campus.proxy.tunnels())
@@ -224,13 +227,13 @@ def test_token_endpoint_webhook_and_fetch_use_the_same_proxy(campus: Campus, tmp
 def test_stop_interrupts_a_put_through_the_tunnel(tmp_path: Path) -> None:
     ca = make_ca(tmp_path / "ca")
     with Sandbox(faults=Faults(put_bytes_per_second=100_000)) as sb, \
-            TlsFront(ca.server_context(STUDIO_NAME), sb.port) as front, \
+            TlsFront(ca.server_context(), sb.port) as front, \
             ConnectProxy({STUDIO_NAME: "127.0.0.1"}) as proxy:
         url = f"https://{STUDIO_NAME}:{front.port}"
         sb._state.base_url = url
-        studio = StudioConfig(url=url, token_env="X", timeout_seconds=30, ca_bundle=ca.cert)
+        studio = StudioConfig(url=url, token_env="X", timeout_seconds=30, ca_bundle=ca.ca)
         stop = threading.Event()
-        pool = Pool(lambda: tls_context(ca.cert), 30, proxies=Proxies.from_config(studio, {"HTTPS_PROXY": proxy.url}),
+        pool = Pool(lambda: tls_context(ca.ca), 30, proxies=Proxies.from_config(studio, {"HTTPS_PROXY": proxy.url}),
                     stop=stop)
         client = StudioClient(studio, RETRY, StaticToken(lambda: TOKEN), stop=stop, pool=pool)
         path = tmp_path / "a.mp4"

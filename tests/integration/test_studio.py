@@ -21,8 +21,10 @@ from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
 from studio_watch.files.sources import READ_AHEAD_MIN, UploadFile, hash_file, identity_of
 from studio_watch.studio.retry import MAX_CLIENT_WAIT
-from studio_watch.studio.client import (StaticToken, StudioClient, parse_retry_after, safe_url,
-                                 tls_context)
+from studio_watch.studio.auth import StaticToken
+from studio_watch.studio.client import StudioClient, parse_retry_after
+from studio_watch.studio.connections import tls_context
+from studio_watch.studio.fetch import shown_url
 from studio_watch.studio.transport import Reply
 
 TOKEN = "sandbox-token"
@@ -595,9 +597,9 @@ def test_a_ca_bundle_gone_since_the_config_was_loaded_is_unreachable_naming_it(t
         tls_context(tmp_path / "gone.pem")
 
 
-def test_safe_url_keeps_only_scheme_and_host() -> None:
+def test_shown_url_keeps_only_scheme_and_host_of_a_signed_url() -> None:
     url = "https://bucket.s3.amazonaws.com/uploads/1001/AbCdEf?X-Amz-Signature=deadbeef&expires=1"
-    assert safe_url(url) == "https://bucket.s3.amazonaws.com/…"
+    assert shown_url(url) == "https://bucket.s3.amazonaws.com/…"
 
 
 def test_hash_file_is_the_put_hash_and_depends_on_content(tmp_path: Path) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -19,9 +17,11 @@ from typing import Callable, Iterator
 import pytest
 
 from studio_watch.errors import Stopping, TransientError, Unreachable
+from studio_watch.sandbox.tls import make_certificates
 from studio_watch.studio.transport import Pool, Reply
 
 from ..conftest import wait_until
+from ..netstubs import Listener
 
 WAIT = 5.0  # bound on every wait for the other side; a passing run never comes near it
 MIB = 1 << 20
@@ -96,33 +96,29 @@ class Peer:
 Handler = Callable[[Peer], None]
 
 
-class Server:
+class Server(Listener):
     """Accepts on 127.0.0.1:<free port> and runs `handler` for each connection in its own thread; the connection
     is closed when the handler returns. Handlers that must hang wait on `release`, which close() sets."""
 
     def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler, self.tls = handler, tls
-        self.lock = threading.Lock()
         self.peers: list[Peer] = []  # in accept order
         self.requests: list[Request] = []  # heads as they were read, across connections
         self.errors: list[BaseException] = []  # anything but a socket error in a handler: a broken test
         self.release = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
 
     def connections(self) -> int:
         with self.lock:
             return len(self.peers)
 
     def close(self) -> None:
+        """Stop accepting, end every connection's handler, and wait for their threads."""
         self.release.set()
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
-        self.listener.close()
+        super().close()
         with self.lock:
-            peers, threads = list(self.peers), list(self._threads)
+            peers, threads = list(self.peers), list(self.threads)
         for peer in peers:
             try:
                 peer.sock.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked reading
@@ -131,18 +127,7 @@ class Server:
         for thread in threads:
             thread.join(WAIT)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            with self.lock:
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket) -> None:
+    def serve(self, sock: socket.socket) -> None:
         # No Nagle: a handler that answers and then closes with request bytes unread makes the kernel reset the
         # connection, which throws away whatever is still queued. With Nagle, a small answer written just after
         # other small writes (TLS 1.3 session tickets) can still be queued then, and would never reach the client.
@@ -187,7 +172,7 @@ def refuse_puts(peer: Peer) -> None:
         # Answer and close without reading the body. The body bytes left unread make Linux reset the connection,
         # so the client's next send fails (EPIPE/ECONNRESET). The 403 left before the reset, a reset cannot
         # overtake data on the same connection, and a reset does not purge what the client has received: the
-        # answer is always there to be read (given no Nagle delay on the server: see Server._serve).
+        # answer is always there to be read (given no Nagle delay on the server: see Server.serve).
         peer.send(403, b"upload URL expired")
         return
     while request is not None:
@@ -219,17 +204,9 @@ def pool() -> Iterator[Pool]:
 
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it) for a fresh self-signed certificate for 127.0.0.1."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
-    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_side.load_cert_chain(cert, key)
-    return server_side, ssl.create_default_context(cafile=str(cert))
+    """(server context, client context trusting it) for a fresh private CA's certificate for 127.0.0.1."""
+    files = make_certificates(tmp_path / "tls", ["127.0.0.1"])
+    return files.server_context(), ssl.create_default_context(cafile=str(files.ca))
 
 
 def reused_buffer(data: bytes, size: int) -> Iterator[memoryview]:
@@ -313,7 +290,7 @@ def test_connection_closed_by_server_while_idle_is_replaced_transparently(serve:
     assert get(pool, server).body == b"ok"
     # Wait for the server's close: a request sent before its FIN arrives races the close, which no client can
     # avoid; this test is about a close that happened while the connection sat idle.
-    assert wait_until(lambda: not any(t.is_alive() for t in server._threads[1:]), WAIT, 0.01)
+    assert wait_until(lambda: not any(t.is_alive() for t in server.threads[1:]), WAIT, 0.01)
 
     assert get(pool, server).body == b"ok"
     assert server.connections() == 2

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from studio_watch.private import private_dir
-from studio_watch.studio.auth import StoredTokens, TokenStore
+from studio_watch.studio.tokenstore import StoredTokens, TokenStore
 
 
 @pytest.fixture
