@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from studio_watch.sandbox.tls import TlsFiles, make_certificates
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STUDIO_WATCH = str(BIN / "studio-watch")
@@ -89,28 +91,10 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int | No
     return proc.returncode
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path  # what clients trust: curl --cacert, studio.ca_bundle
-    cert: Path
-    key: Path
-
-
 def make_tls(folder: Path) -> TlsFiles:
-    """A private CA and a certificate for 127.0.0.1 it signed, made with the openssl command."""
+    """A private CA and a certificate for 127.0.0.1 it signed (EC P-256): the sandbox's `--tls` maker, one for all."""
     folder.mkdir(parents=True, exist_ok=True)
-    ca, cert, key, ext = folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "server.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for argv in (["req", "-x509", *ec, "-keyout", str(folder / "ca.key"), "-out", str(ca), "-days", "2", "-subj",
-                  "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
-                  "keyUsage=critical,keyCertSign,cRLSign"],
-                 ["req", *ec, "-keyout", str(key), "-out", str(folder / "server.csr"), "-subj", "/CN=127.0.0.1"],
-                 ["x509", "-req", "-in", str(folder / "server.csr"), "-CA", str(ca), "-CAkey", str(folder / "ca.key"),
-                  "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)]):
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
-    return TlsFiles(ca, cert, key)
+    return make_certificates(folder, ["127.0.0.1"])
 
 
 # -- configs and files ----------------------------------------------------------------------------------------
