@@ -218,12 +218,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     config = load_config(args)
     queue = queue_for(config)
     try:
-        moved = queue.retry(None if args.failed else args.ids)
+        moved, refused = queue.retry(None if args.failed else args.ids)
     finally:
         queue.close()
-    missing = sorted(set(args.ids or []) - set(moved))
+    missing = sorted(set(args.ids or []) - set(moved) - set(refused))
     print(f"requeued {len(moved)} job(s)" + (f": {', '.join(map(str, moved))}" if moved else ""))
+    for job_id, why in refused.items():
+        print(f"job {job_id} is not retried: {why}", file=sys.stderr)
     if missing:
         print(f"not failed or not found: {', '.join(map(str, missing))}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_FAILURE if missing or refused else EXIT_OK

@@ -6,7 +6,7 @@ state = <from> AND claimed_by = <owner> AND claimed_at = <claim>`, checked again
 means the claim is gone (another node took the job over after its lease ran out): the caller stops.
 
 Two backends implement it: `sqlite.SqliteQueue` (one machine, the default) and `postgres.PostgresQueue` (a
-cluster of nodes sharing one database). Both are subclasses of `sql.SqlQueue`, which holds the SQL they share.
+cluster of nodes sharing one database). Both are subclasses of `sql.SqlQueue`, which assembles the SQL they share.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import os
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
-from studio_watch.queue.model import Job, LectureRecord, Seen, Settled, State, Verdict
+from studio_watch.queue.model import Job, LectureRecord, Retried, Seen, Settled, State, Verdict
 
 
 class JobQueue(abc.ABC):
@@ -241,8 +241,9 @@ class JobQueue(abc.ABC):
     # -- operators ------------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def retry(self, ids: Sequence[int] | None) -> list[int]:
-        """Put failed jobs (the given ones, or all) back at the step they failed at; returns the ids moved."""
+    def retry(self, ids: Sequence[int] | None) -> Retried:
+        """Put failed jobs (the given ones, or all) back at the step they failed at, each unless another job for
+        its file is still to be uploaded: the ids moved, and those refused with why."""
 
     # -- cluster (no-ops for a queue no one shares) -----------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 
 class State(str, Enum):
@@ -293,6 +293,13 @@ class Verdict(str, Enum):
     UPLOAD = "upload"
     DUPLICATE = "duplicate"  # the same bytes went to the same target: skip, pointing at that media
     WAIT = "wait"            # another job with the same bytes is in flight: look again later
+
+
+class Retried(NamedTuple):
+    """What `retry` did: the jobs put back (by id, ascending), and those refused with why ({id: reason})."""
+
+    moved: list[int]
+    refused: dict[int, str]
 
 
 def settle_clock(mtime_ns: int, last_seen: float, now: float) -> float:

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from studio_watch.queue.model import STATES
-
-from studio_watch.errors import DatabaseTooNew
 from studio_watch.queue import integrity
-from studio_watch.queue.sql import Row, SqlQueue
+from studio_watch.queue.backend import Row, run_migrations
+from studio_watch.queue.model import STATES
+from studio_watch.queue.sql import SqlQueue
 
 SCHEMA_VERSION = 5
 
@@ -260,12 +259,6 @@ class SqliteQueue(SqlQueue):
             return  # nothing to write: a full disk must not stop a current database from opening
         with self._tx() as tx:
             version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise DatabaseTooNew(f"{self.path} was written by a newer studio-watch (schema {version}, this one "
-                                     f"knows {SCHEMA_VERSION}); upgrade studio-watch or use another state_db")
-            for target, script in _MIGRATIONS:
-                if version < target:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            tx.conn.execute(statement)
+            run_migrations(tx.conn.execute, version, _MIGRATIONS, SCHEMA_VERSION, self.where,
+                           "upgrade studio-watch or use another state_db")
             tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -212,6 +212,25 @@ def test_upload_failure_exits_1_and_retry_brings_it_back(tmp_path, sandbox):
     assert json.loads(run_cli("status", "--json", "-c", str(path)).stdout)["jobs"]["ready"] == 1
 
 
+def test_retry_refuses_a_failed_job_whose_file_is_queued_again(tmp_path, sandbox):
+    from studio_watch.queue import Seen, State, open_queue
+
+    path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
+    queue = open_queue(tmp_path / "state.db")
+    try:
+        found = Seen(path=str(tmp_path / "in" / "talk.mp4"), folder=str(tmp_path / "in"), size=10, mtime_ns=1,
+                     inode=1, device=1, collection_id=7, user_id=None, auto_caption=False, after_upload="keep",
+                     move_to=None, duplicates="skip", settle_seconds=0)
+        failed = queue.add(found, State.FAILED, failed_state="ready")
+        live = queue.add(found, State.READY)
+    finally:
+        queue.close()
+    retried = run_cli("retry", str(failed), "-c", str(path))
+    assert retried.returncode == 1 and "requeued 0 job(s)" in retried.stdout
+    assert f"job {failed} is not retried: job {live} for the same file is already queued (waiting)" in retried.stderr
+    assert "not failed or not found" not in retried.stderr
+
+
 def test_usage_errors_exit_2(tmp_path, sandbox):
     path = write_config(tmp_path, sandbox.url, [{"path": "in"}])
     assert run_cli("retry", "-c", str(path)).returncode == 2

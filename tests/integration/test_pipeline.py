@@ -150,7 +150,7 @@ def test_retry_of_a_job_that_failed_completing_only_completes(tmp_path):
             failed = queue.get(job_id)
             assert failed.state is State.FAILED and failed.failed_state == "uploaded"
             sb.faults.error_rate = 0.0
-            assert queue.retry([job_id]) == [job_id]
+            assert queue.retry([job_id]).moved == [job_id]
             [job] = queue.claim("test")
             assert job.state is State.UPLOADED
             pipeline.run(job)

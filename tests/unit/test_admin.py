@@ -90,7 +90,7 @@ def test_prune_never_deletes_a_row_a_worker_took_meanwhile(queue: JobQueue, tmp_
     job_id = queue.add(real_file(tmp_path / "a.mp4"), State.FAILED)
     job = queue.get(job_id)
     assert job is not None
-    assert queue.retry([job_id]) == [job_id]  # `retry` after the prune read the row
+    assert queue.retry([job_id]).moved == [job_id]  # `retry` after the prune read the row
     assert queue.delete_unclaimed([job]) == []
     assert queue.get(job_id) is not None
 

@@ -337,7 +337,7 @@ def test_retry_puts_failed_jobs_back(queue: JobQueue) -> None:
     done = queue.add(seen("/watch/c.mp4"), State.COMPLETED, attempts=2, media_id=4, after_done=True)
     other_failed = queue.add(seen("/watch/d.mp4"), State.FAILED, attempts=5)
     before = time.time()
-    assert sorted(queue.retry([plain, with_url, done])) == sorted([plain, with_url])
+    assert queue.retry([plain, with_url, done]) == (sorted([plain, with_url]), {})
     a, b, c, d = (queue.get(i) for i in (plain, with_url, done, other_failed))
     assert a is not None and b is not None and c is not None and d is not None
     assert (a.state, a.attempts, a.reason) == (State.READY, 0, None)
@@ -345,9 +345,9 @@ def test_retry_puts_failed_jobs_back(queue: JobQueue) -> None:
     assert (b.state, b.attempts, b.upload_url, b.media_id) == (State.URL_ISSUED, 0, "https://up/b", 3)
     assert (c.state, c.attempts) == (State.COMPLETED, 2)
     assert (d.state, d.attempts) == (State.FAILED, 5)
-    assert queue.retry(None) == [other_failed]
+    assert queue.retry(None) == ([other_failed], {})
     assert queue.get(other_failed).state is State.READY  # type: ignore[union-attr]
-    assert queue.retry(None) == []
+    assert queue.retry(None) == ([], {})
     assert {j.id for j in queue.claim("w", limit=10)} == {plain, with_url, other_failed}
 
 
@@ -360,13 +360,33 @@ def test_retry_resumes_at_the_step_the_job_failed_at(queue: JobQueue) -> None:
     at_generate = queue.add(seen("/watch/c.mp4"), State.FAILED, content_hash="h3", failed_state="ready")
     maybe_sent = queue.add(seen("/watch/d.url", kind="link"), State.FAILED, url_issued_at=123.0,
                            failed_state="url_issued")
-    assert sorted(queue.retry(None)) == sorted([at_complete, at_put, at_generate, maybe_sent])
+    assert queue.retry(None).moved == sorted([at_complete, at_put, at_generate, maybe_sent])
     a, b, c, d = (queue.get(i) for i in (at_complete, at_put, at_generate, maybe_sent))
     assert a is not None and b is not None and c is not None and d is not None
     assert (d.state, d.url_issued_at) == (State.URL_ISSUED, 123.0)  # reconciled before it is sent again
     assert (a.state, a.media_id, a.content_hash, a.failed_state) == (State.UPLOADED, 3, "h1", None)
     assert (b.state, b.media_id, b.content_hash) == (State.URL_ISSUED, 4, None)  # asked about duplicates again
     assert (c.state, c.content_hash) == (State.READY, None)
+
+
+def test_retry_refuses_a_job_whose_file_has_a_live_job(queue: JobQueue) -> None:
+    """The file was found again after its job failed (a new job, still to be uploaded): putting the old one back
+    would send the file twice. PostgreSQL's unique index on the live jobs' paths refused it with an error; SQLite
+    let it through. Now both refuse it, naming the live job, and put the others back."""
+    old = queue.add(seen("/watch/a.mp4"), State.FAILED, failed_state="ready")
+    live = queue.add(seen("/watch/a.mp4"), State.READY)
+    other = queue.add(seen("/watch/b.mp4"), State.FAILED, failed_state="ready")
+    why = f"job {live} for the same file is already queued (waiting)"
+    assert queue.retry([old, other]) == ([other], {old: why})
+    assert queue.get(old).state is State.FAILED  # type: ignore[union-attr]
+    assert queue.retry(None) == ([], {old: why})
+
+
+def test_retry_of_two_failed_jobs_for_one_file_puts_back_the_newer(queue: JobQueue) -> None:
+    older = queue.add(seen("/watch/a.mp4"), State.FAILED, failed_state="ready")
+    newer = queue.add(seen("/watch/a.mp4"), State.FAILED, failed_state="ready")
+    assert queue.retry(None) == ([newer], {older: f"job {newer} for the same file is already queued (waiting)"})
+    assert [j.id for j in queue.claim("w", limit=10)] == [newer]
 
 
 # -- reading for status ---------------------------------------------------------------------------------------
@@ -416,7 +436,7 @@ def test_latest_by_path(queue: JobQueue) -> None:
 
 
 def test_each_job_streams_newest_first_and_next_due_sees_only_claimable_work(queue: JobQueue) -> None:
-    from studio_watch.queue.sql import PAGE
+    from studio_watch.queue.reads import PAGE
 
     ids = [i for i, _ in queue.observe([seen(f"/watch/{n}.mp4") for n in range(PAGE + 5)], now=1.0)]
     assert queue.next_due() is None  # settling: nothing to claim yet

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from studio_watch.queue import Seen, State
-from studio_watch.queue.sql import PAGE
+from studio_watch.queue.reads import PAGE
 from studio_watch.queue.sqlite import SqliteQueue as JobQueue
 
 _inodes = itertools.count(1)
