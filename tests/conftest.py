@@ -40,6 +40,25 @@ def sandbox_api(sandbox: Sandbox) -> Iterator[Any]:
     assert sandbox.errors() == []
 
 
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run each call in a thread of its own, all released together; what each returned, or the exception it raised."""
+    barrier, outcomes = threading.Barrier(len(calls)), []
+
+    def run(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(call())
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
 def write_config(root: Path, studio_url: str, folders: list[dict[str, Any]], **top: Any) -> Path:
     """A config file in `root` with a 0600 token file; folder paths relative to root are created."""
     token = root / "token"

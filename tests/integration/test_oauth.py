@@ -8,10 +8,9 @@ import json
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -26,6 +25,8 @@ from studio_watch.cli.auth import status_lines
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.client import StudioClient
 from studio_watch.studio.connections import http_pool
+
+from ..conftest import at_once
 
 CLIENT, SECRET = "sandbox-client", "sandbox-secret"
 
@@ -65,25 +66,6 @@ def stored(config: cfg.Config) -> dict[str, Any]:
 
 def token_calls(sb: Sandbox) -> int:
     return sum(1 for e in sb.events() if e["path"].endswith("/oauth/token"))
-
-
-def at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Run each call in a thread of its own, all released together; what each returned, or the exception it raised."""
-    barrier, outcomes = threading.Barrier(len(calls)), []
-
-    def run(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            outcomes.append(call())
-        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return outcomes
 
 
 def cli(config: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import functools
 import threading
 import time
 import unicodedata
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from studio_watch.queue import STATES, JobQueue, Seen, Settled, State, Verdict, open_queue, settle_clock
-from ..conftest import drive
+from ..conftest import at_once, drive
 
 _inodes = itertools.count(1000)
 
@@ -309,22 +310,9 @@ def test_content_verdict_is_atomic_across_threads(queue: JobQueue, state_db: str
     try:
         ids = [queue.add(seen(f"/watch/{i}.mp4"), State.READY) for i in range(12)]
         jobs = [queue.claim_id(job_id, f"worker-{job_id}") for job_id in ids]  # as the pipeline holds them
-        barrier = threading.Barrier(len(jobs))
-        verdicts: list[str] = []
-        lock = threading.Lock()
-
-        def ask(job: Any) -> None:
-            barrier.wait(timeout=10)
-            verdict, _ = (queue if job.id % 2 else other).content_verdict(job, "same")
-            with lock:
-                verdicts.append(verdict)
-
-        threads = [threading.Thread(target=ask, args=(j,)) for j in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=20)
-        assert sorted(verdicts) == ["upload"] + ["wait"] * (len(jobs) - 1)
+        answers = at_once(*[functools.partial((queue if j.id % 2 else other).content_verdict, j, "same")
+                            for j in jobs])
+        assert sorted(verdict for verdict, _ in answers) == ["upload"] + ["wait"] * (len(jobs) - 1)
     finally:
         other.close()
 
