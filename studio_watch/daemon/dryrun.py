@@ -7,16 +7,14 @@ rescan would decide: a completed, failed or skipped file with the same identity 
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat as stat_mod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from studio_watch import config as cfg
 from studio_watch.files import sources
-from studio_watch.files.rules import OWN_FILES, classify, rule_for
+from studio_watch.files.rules import classify, own_file, rule_for, walk
 from studio_watch.daemon.statedb import queue_for
 from studio_watch.queue import show_path
 
@@ -41,29 +39,6 @@ def _target(rule: cfg.FolderRule) -> str:
     return "My Uploads"
 
 
-def _walk(rule: cfg.FolderRule) -> Iterator[tuple[str, os.stat_result]]:
-    """Every non-directory entry under the folder (links not followed), subfolders only when recursive; not the
-    daemon's own files (`.studio-watch-*`: its folder lock, probes, files taken aside), which are no one's upload."""
-    stack = [str(rule.path)]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in OWN_FILES):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if rule.recursive:
-                        stack.append(entry.path)
-                    continue
-                yield entry.path, entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-
-
 def explain_all(config: cfg.Config) -> tuple[list[Verdict], list[str]]:
     """(a verdict per file, the folders that could not be read)."""
     found: list[tuple[cfg.FolderRule, str, os.stat_result]] = []
@@ -72,9 +47,15 @@ def explain_all(config: cfg.Config) -> tuple[list[Verdict], list[str]]:
         if not os.access(rule.path, os.R_OK | os.X_OK) or not rule.path.is_dir():
             unreadable.append(str(rule.path))
             continue
-        for path, st in _walk(rule):
-            if rule_for(config.folders, path) is rule:  # a nested folder's own rule decides for it
-                found.append((rule, path, st))
+        # Every entry, links and special files too (they are judged), but not the daemon's own files (its folder
+        # lock, probes, files taken aside), which are no one's upload.
+        for entry in walk(rule, own_file, ordered=True, quiet=True):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone since it was listed
+            if rule_for(config.folders, entry.path) is rule:  # a nested folder's own rule decides for it
+                found.append((rule, entry.path, st))
     known: dict[bytes, tuple[str, tuple[int | None, int | None, int | None]]] = {}
     if found and (config.shared_state or Path(config.state_db).exists()):  # a dry run never creates a SQLite file
         queue = queue_for(config)

@@ -27,7 +27,7 @@ from studio_watch.daemon.activity import NullObserver, Observer
 from studio_watch.errors import (CaptionsDisabled, DatabaseUnavailable, LeaseLost, MediaNotFound, PermanentError,
                                  SourceChanged, SourceUnreadable, SourceVanished, Stopping, StorageFull, StudioError,
                                  TransientError, UploadUrlExpired)
-from studio_watch.files import links, marks, sources
+from studio_watch.files import after_upload, links, marks, reading, sources
 from studio_watch.queue import Job, JobQueue, State, Step, Verdict
 from studio_watch.studio import retry as policy
 from studio_watch.queue.admin import CANCELLED
@@ -228,7 +228,7 @@ class Pipeline:
         assert job.path is not None
         key = (job.id, job.identity)
         if key not in self._hashes:  # a job waiting for its copy must not re-read the file every time
-            self._hashes[key] = sources.hash_file(job.path, self.stop, job.identity)
+            self._hashes[key] = reading.hash_file(job.path, self.stop, job.identity)
         verdict, media_id = self.queue.content_verdict(job, self._hashes[key])
         if verdict is Verdict.WAIT:
             return self._wait_for_copy(job)
@@ -263,7 +263,7 @@ class Pipeline:
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
         try:
-            result = self.client.put(job.upload_url, sources.UploadFile(job.path, job.identity), progress)
+            result = self.client.put(job.upload_url, reading.UploadFile(job.path, job.identity), progress)
         finally:  # sent, failed or stopped: it is no longer a live transfer
             self.observer.transfer_ended(job.id)
         self.observer.put_done(result.bytes, result.seconds)
@@ -362,11 +362,11 @@ class Pipeline:
         try:
             try:
                 if job.after_upload == "delete":
-                    done: Path | bool | None = sources.delete(job.path, job.id, job.identity)
+                    done: Path | bool | None = after_upload.delete(job.path, job.id, job.identity)
                 else:
                     assert job.move_to is not None
-                    done = sources.move(job.path, job.id, job.identity, Path(job.move_to))
-            except sources.NotTheUploadedFile:
+                    done = after_upload.move(job.path, job.id, job.identity, Path(job.move_to))
+            except after_upload.NotTheUploadedFile:
                 log.warning("after_upload_skipped", job_id=job.id, path=job.display_path,
                             reason="the file at this path is not the one uploaded; left in place")
                 return self._finish(job, reason="source replaced; not moved or deleted")

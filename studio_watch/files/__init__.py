@@ -1,1 +1,1 @@
-"""The filesystem: which files qualify, watchers, opening/hashing/moving sources."""
+"""The filesystem: which files qualify, observers and the watcher, opening, reading and moving sources."""

@@ -3,7 +3,8 @@
 A name qualifies under a folder rule when it is inside the folder (in a subfolder only if the rule is
 recursive), no part of its path matches an exclude pattern (nor studio-watch's own hidden names), and it is a
 browser link file (when `links` is on) or its name, case-folded, matches an include pattern. Scans judge
-100,000 names with one precompiled expression per pattern list; `classify` says why, naming the pattern.
+100,000 names with one precompiled expression per pattern list; `classify` says why, naming the pattern. `walk`
+is the one folder walk, beneath scans and `explain --all`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def matcher(rule: FolderRule) -> Matcher:
     return Matcher(rule)
 
 
+def own_file(name: str) -> bool:
+    """Is `name` one of studio-watch's own files (its folder lock, probes, files taken aside)?"""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_FILES)
+
+
 def in_excluded_folder(rule: FolderRule, folder: str) -> bool:
     """Is `folder` (the rule's folder or one below it) inside an excluded subfolder (a trash, a sync folder)?"""
     path = Path(folder)
@@ -116,32 +122,48 @@ def rule_for(rules: Iterable[FolderRule], path: str) -> FolderRule | None:
     return best
 
 
-def scan(rule: FolderRule, folder: str | None = None) -> Iterator[Found]:
-    """Every qualifying file under `folder` (default: the rule's own), one stat each, skipping excluded
-    subfolders; each Found carries `rule`."""
-    m = matcher(rule)
+def walk(rule: FolderRule, skip: Callable[[str], bool], folder: str | None = None, ordered: bool = False,
+         quiet: bool = False) -> Iterator[os.DirEntry[str]]:
+    """Every entry but a directory under `folder` (default: the rule's own), links never followed, subfolders
+    only when the rule is recursive; a name `skip` says yes to is passed over (a folder so named never entered).
+    `ordered`: each folder's entries by name. A folder that cannot be listed is left out, logged unless `quiet`."""
     stack = [str(rule.path) if folder is None else folder]
     while stack:
         current = stack.pop()
         try:
             entries = list(os.scandir(current))
         except OSError as exc:
-            log.warning("scan_failed", folder=current, error=str(exc))
+            if not quiet:
+                log.warning("scan_failed", folder=current, error=str(exc))
             continue
-        for entry in entries:
-            name = entry.name
-            if m.excluded(name):
+        for entry in sorted(entries, key=lambda e: e.name) if ordered else entries:
+            if skip(entry.name):
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if rule.recursive:
-                        stack.append(entry.path)
-                    continue
-                kind = m.kind(name)
-                if kind is not None and entry.is_file(follow_symlinks=False):  # never a link, a FIFO, a device
-                    yield Found(entry.path, entry.stat(follow_symlinks=False), rule, kind)
+                is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
-                continue  # vanished between listing and stat: the next event or scan will tell
+                continue  # vanished between listing and looking: the next event or scan will tell
+            if not is_dir:
+                yield entry
+            elif rule.recursive:
+                stack.append(entry.path)
+
+
+def scan(rule: FolderRule, folder: str | None = None) -> Iterator[Found]:
+    """Every qualifying file under `folder` (default: the rule's own), one stat each, skipping excluded
+    subfolders; each Found carries `rule`."""
+    m = matcher(rule)
+    for entry in walk(rule, m.excluded, folder):
+        kind = m.kind(entry.name)
+        if kind is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):  # never a link, a FIFO, a device
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished between listing and stat: the next event or scan will tell
+        yield Found(entry.path, st, rule, kind)
 
 
 def count_dirs(rule: FolderRule, limit: int) -> int:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the transport (httpcore, ~16 ms to import) is loaded by the
 
 log = get_logger(__name__)
 
-ONE_CHUNK = 1 << 20  # the reads' size (files.sources.CHUNK): a file this small gets no progress report at its end
+ONE_CHUNK = 1 << 20  # the reads' size (files.reading.CHUNK): a file this small gets no progress report at its end
 SMALL_BODY = 64 << 10  # a body this small is read whole and leaves with the request headers in one send
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 IMPORT_PATH = "/media"  # "create from URL into My Uploads": the docs name no path; the one place it is chosen
@@ -38,7 +38,7 @@ USER_AGENT = f"studio-watch/{__version__}"
 
 
 class UploadBody(Protocol):
-    """One open read of the file a PUT sends (files.sources.OpenUpload)."""
+    """One open read of the file a PUT sends (files.reading.OpenUpload)."""
 
     def check(self) -> None: ...
 
@@ -54,7 +54,7 @@ class UploadBody(Protocol):
 
 
 class UploadSource(Protocol):
-    """The file a PUT sends, opened afresh for each try (files.sources.UploadFile)."""
+    """The file a PUT sends, opened afresh for each try (files.reading.UploadFile)."""
 
     size: int
 
@@ -321,7 +321,7 @@ class StudioClient:
     def put(self, url: str, source: UploadSource, progress: Callable[[int], None] | None = None) -> PutResult:
         """Step 2: stream the file to the upload URL with a Content-Length, hashing it in the same pass.
 
-        `source` (files.sources.UploadFile) is the file as found stable; one that differs before, during or
+        `source` (files.reading.UploadFile) is the file as found stable; one that differs before, during or
         after the read raises SourceChanged. Resets and 5xx are retried from byte 0 (the file is reopened).
         """
         logs.register_url(url)  # resumed after a restart: registered again in this process

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,19 +181,27 @@ def test_unmounted_share_is_unavailable_and_remount_is_picked_up(tmp_path, sandb
         subprocess.run(["umount", str(share)], capture_output=True)
 
 
-def test_second_daemon_refuses_a_folder_held_by_the_first_and_takes_it_over(tmp_path, sandbox, daemons):
+def two_daemons_on_one_folder(tmp_path: Path, sandbox, daemons, *own: dict[str, Any]) -> tuple[Path, Path, Any, Any]:
+    """Daemon a watching tmp_path/shared (its state in one/), then daemon b (in two/, with `own` folders besides),
+    which finds the folder held by a. Returns the shared folder, b's config, a and b."""
     shared = tmp_path / "shared"
-    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
-    first_dir.mkdir()
-    second_dir.mkdir()
-    first = write_config(first_dir, sandbox.url, [{"path": str(shared), "settle_seconds": 0.05}])
-    second = write_config(second_dir, sandbox.url, [{"path": str(shared), "settle_seconds": 0.05},
-                                                    {"path": "own", "settle_seconds": 0.05}])
-    a = daemons(first)
+    configs = []
+    for name, more in (("one", ()), ("two", own)):
+        (tmp_path / name).mkdir()
+        configs.append(write_config(tmp_path / name, sandbox.url,
+                                    [{"path": str(shared), "settle_seconds": 0.05}, *more]))
+    a = daemons(configs[0])
     a.wait_ready()
-    b = daemons(second)
+    b = daemons(configs[1])
     b.wait_ready()
     assert b.wait_event("folder_held_elsewhere", 10), b.output()
+    return shared, configs[1], a, b
+
+
+def test_second_daemon_refuses_a_folder_held_by_the_first_and_takes_it_over(tmp_path, sandbox, daemons):
+    shared, second, a, b = two_daemons_on_one_folder(tmp_path, sandbox, daemons,
+                                                     {"path": "own", "settle_seconds": 0.05})
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
     held = next(e for e in b.events if e.get("event") == "folder_held_elsewhere")
     assert f"pid {a.proc.pid}" in held["reason"] and str(first_dir / "state.db") in held["reason"]
     for n in range(4):
@@ -211,17 +220,7 @@ def test_second_daemon_refuses_a_folder_held_by_the_first_and_takes_it_over(tmp_
 
 
 def test_killed_holder_on_this_host_is_taken_over_at_once(tmp_path, sandbox, daemons):
-    shared = tmp_path / "shared"
-    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
-    first_dir.mkdir()
-    second_dir.mkdir()
-    first = write_config(first_dir, sandbox.url, [{"path": str(shared), "settle_seconds": 0.05}])
-    second = write_config(second_dir, sandbox.url, [{"path": str(shared), "settle_seconds": 0.05}])
-    a = daemons(first)
-    a.wait_ready()
-    b = daemons(second)
-    b.wait_ready()
-    assert b.wait_event("folder_held_elsewhere", 10), b.output()
+    shared, _, a, b = two_daemons_on_one_folder(tmp_path, sandbox, daemons)
     a.kill()
     assert b.wait_event("folder_taken_over", 10), b.output()
     write_media(shared / "x.mp4", 1600, seed=40)

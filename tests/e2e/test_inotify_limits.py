@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,12 +48,19 @@ def make_tree(root: Path, count: int) -> None:
         (root / f"term-{n // 10}" / f"week-{n}").mkdir(parents=True, exist_ok=True)
 
 
-def test_more_subfolders_than_watches_falls_back_to_polling(tmp_path, sandbox, daemons):
+def rooms_daemon(tmp_path: Path, sandbox, daemons, subfolders: int, watches: int) -> tuple[Path, Any]:
+    """A ready daemon watching the recursive folder `rooms` (`subfolders` of them in it) with `watches`
+    inotify watches to its name and no rescan to help; its config and the daemon."""
     config = write_config(tmp_path, sandbox.url, [{"path": "rooms", "settle_seconds": 0.05, "recursive": True}],
                           rescan_seconds=3600)
-    make_tree(tmp_path / "rooms", 40)
-    daemon = daemons(config, prefix=limited("max_inotify_watches", 12))
+    make_tree(tmp_path / "rooms", subfolders)
+    daemon = daemons(config, prefix=limited("max_inotify_watches", watches))
     daemon.wait_ready()
+    return config, daemon
+
+
+def test_more_subfolders_than_watches_falls_back_to_polling(tmp_path, sandbox, daemons):
+    config, daemon = rooms_daemon(tmp_path, sandbox, daemons, subfolders=40, watches=12)
     assert daemon.wait_event("inotify_limit_reached", 5), daemon.output()
     folder = status_folder(config)
     assert folder["observer"] == "polling" and "max_user_watches" in folder["polling_reason"]
@@ -66,11 +74,7 @@ def test_more_subfolders_than_watches_falls_back_to_polling(tmp_path, sandbox, d
 
 
 def test_subfolders_appearing_past_the_limit_switch_to_polling(tmp_path, sandbox, daemons):
-    config = write_config(tmp_path, sandbox.url, [{"path": "rooms", "settle_seconds": 0.05, "recursive": True}],
-                          rescan_seconds=3600)
-    make_tree(tmp_path / "rooms", 5)
-    daemon = daemons(config, prefix=limited("max_inotify_watches", 30))
-    daemon.wait_ready()
+    config, daemon = rooms_daemon(tmp_path, sandbox, daemons, subfolders=5, watches=30)
     assert status_folder(config)["observer"] == "inotify"
     make_tree(tmp_path / "rooms" / "new-term", 40)  # a new term's folders: more than the watches left
     assert daemon.wait_event("inotify_limit_reached", 15), daemon.output()

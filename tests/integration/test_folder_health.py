@@ -27,7 +27,7 @@ def watcher_for(rule: FolderRule, mountinfo: Path, observer: str = "auto") -> tu
     found: list[str] = []
     watcher = Watcher([rule], observer, 3600, lambda items, scan: found.extend(f.path for f in items),
                       threading.Event(), mountinfo=str(mountinfo))
-    watcher.probe_seconds = 0.5
+    watcher.observers.probe_seconds = 0.5
     return watcher, found
 
 
@@ -42,7 +42,7 @@ def test_network_mount_inside_a_recursive_folder_is_polled(tmp_path):
         watcher.start()
         status = watcher.folder_status()[0]
         assert status["observer"] == "inotify" and status["polled_mounts"] == [str(share)]
-        assert "polling" in watcher.observers and watcher.observers["polling"].is_alive()
+        assert "polling" in watcher.observers.threads and watcher.observers.threads["polling"].is_alive()
     finally:
         watcher.stop.set()
         watcher.close()

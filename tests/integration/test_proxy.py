@@ -15,7 +15,7 @@ from studio_watch import logs
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.daemon.alerts import Alerts
 from studio_watch.errors import ConfigError, Stopping, TransientError, Unreachable
-from studio_watch.files.sources import UploadFile
+from studio_watch.files.reading import UploadFile
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.auth import StaticToken, post_token
 from studio_watch.studio.client import StudioClient

@@ -19,7 +19,8 @@ from studio_watch.errors import (AuthError, CaptionsDisabled, MediaNotFound, Per
                                  UploadUrlExpired)
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.schedule import RateLimiter
-from studio_watch.files.sources import READ_AHEAD_MIN, UploadFile, hash_file, identity_of
+from studio_watch.files.reading import READ_AHEAD_MIN, UploadFile, hash_file
+from studio_watch.files.sources import identity_of
 from studio_watch.studio.retry import MAX_CLIENT_WAIT
 from studio_watch.studio.auth import StaticToken
 from studio_watch.studio.client import StudioClient, parse_retry_after

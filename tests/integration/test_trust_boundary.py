@@ -13,7 +13,7 @@ import pytest
 
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.daemon.pipeline import Pipeline
-from studio_watch.queue import JobQueue, Seen, State, open_queue
+from studio_watch.queue import Job, Seen, State, open_queue
 from studio_watch.sandbox.server import Faults, Sandbox
 from studio_watch.studio.auth import StaticToken
 from studio_watch.studio.client import StudioClient
@@ -36,17 +36,22 @@ def _client(sb: Sandbox) -> StudioClient:
                         StaticToken(lambda: TOKEN))
 
 
-def _ready(queue: JobQueue, path: Path, kind: str = "file") -> int:
+def _ready(db: Path, path: Path, kind: str = "file") -> int:
+    """A job for `path`, ready to upload, in the queue at `db`; its id."""
     st = os.lstat(path)
-    return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                          inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None, auto_caption=False,
-                          after_upload="keep", move_to=None, duplicates="upload", settle_seconds=0, kind=kind),
-                     State.READY, title="t")
+    queue = open_queue(db)
+    try:
+        return queue.add(Seen(path=str(path), folder=str(path.parent), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                              inode=st.st_ino, device=st.st_dev, collection_id=None, user_id=None,
+                              auto_caption=False, after_upload="keep", move_to=None, duplicates="upload",
+                              settle_seconds=0, kind=kind), State.READY, title="t")
+    finally:
+        queue.close()
 
 
-def _run_bounded(db: Path, sb: Sandbox, job_id: int, seconds: float = 15) -> None:
+def _run_bounded(db: Path, sb: Sandbox, job_id: int, seconds: float = 15) -> Job:
     """One process's go at the job (its own queue, client and pipeline, as after a restart); fails the test if
-    it does not come back (a worker blocked in open() forever)."""
+    it does not come back (a worker blocked in open() forever). Returns the job as the worker left it."""
     queue, client = open_queue(db), _client(sb)
     try:
         [job] = [j for j in queue.claim("test", limit=10) if j.id == job_id]
@@ -55,6 +60,9 @@ def _run_bounded(db: Path, sb: Sandbox, job_id: int, seconds: float = 15) -> Non
         worker.start()
         worker.join(seconds)
         assert not worker.is_alive(), "the worker hangs"
+        left = queue.get(job_id)
+        assert left is not None
+        return left
     finally:
         client.close()
         queue.close()
@@ -69,16 +77,13 @@ def test_a_fifo_swapped_in_for_a_queued_file_fails_that_job_and_never_hangs(tmp_
         write_media(path, 200_000)
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = open_queue(db)
-        job_id = _ready(queue, path, kind)
-        queue.close()
+        job_id = _ready(db, path, kind)
         path.unlink()
         os.mkfifo(path)  # nobody ever opens it for writing: a blocking open() would wait forever
         for restart in range(2):
-            _run_bounded(db, sb, job_id)
-            queue = open_queue(db)
-            job = queue.get(job_id)
+            job = _run_bounded(db, sb, job_id)
             assert job.state is State.FAILED and "FIFO" in job.last_error and name in job.last_error, job
+            queue = open_queue(db)
             queue.retry([job_id])  # `studio-watch retry`, then the next daemon start
             queue.close()
         assert sb.media() == [] or all(m["bytes_received"] == 0 for m in sb.media())
@@ -90,15 +95,10 @@ def test_a_symlink_swapped_in_for_a_queued_file_is_never_read(tmp_path):
     path = write_media(tmp_path / "lecture.mp4", len(TOKEN))
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = open_queue(db)
-        job_id = _ready(queue, path)
-        queue.close()
+        job_id = _ready(db, path)
         path.unlink()
         path.symlink_to(secret)
-        _run_bounded(db, sb, job_id)
-        queue = open_queue(db)
-        job = queue.get(job_id)
-        queue.close()
+        job = _run_bounded(db, sb, job_id)
         assert job.state is State.FAILED and "symbolic link" in job.last_error
         assert all(m["bytes_received"] in (0, None) for m in sb.media())
 
@@ -108,13 +108,7 @@ def test_an_error_body_echoing_the_request_leaves_no_secret_in_the_database(tmp_
     path = write_media(tmp_path / "lecture.mp4", 100_000)
     db = tmp_path / "state.db"
     with Sandbox(faults=Faults(echo_status=400, error_endpoints=frozenset({endpoint}))) as sb:
-        queue = open_queue(db)
-        job_id = _ready(queue, path)
-        queue.close()
-        _run_bounded(db, sb, job_id)
-        queue = open_queue(db)
-        job = queue.get(job_id)
-        queue.close()
+        job = _run_bounded(db, sb, _ready(db, path))
         echoed = [e for e in sb.events() if e.get("fault") == "echo"]
     assert echoed, "the sandbox echoed nothing: the test proves nothing"
     assert job.state is State.FAILED and "RequestURI" in job.last_error
@@ -130,13 +124,7 @@ def test_the_upload_url_is_cleared_once_the_bytes_are_in_studio(tmp_path):
     path = write_media(tmp_path / "lecture.mp4", 100_000)
     db = tmp_path / "state.db"
     with Sandbox() as sb:
-        queue = open_queue(db)
-        job_id = _ready(queue, path)
-        queue.close()
-        _run_bounded(db, sb, job_id)
-    queue = open_queue(db)
-    job = queue.get(job_id)
-    queue.close()
+        job = _run_bounded(db, sb, _ready(db, path))
     assert job.state is State.COMPLETED and job.media_id is not None and job.upload_url is None
     assert "signature" not in "\n".join(sqlite3.connect(db).iterdump())
 

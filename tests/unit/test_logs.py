@@ -16,7 +16,7 @@ import structlog
 from studio_watch import logs
 from studio_watch.config import RetryConfig, StudioConfig
 from studio_watch.sandbox.server import Faults, Sandbox
-from studio_watch.files.sources import UploadFile
+from studio_watch.files.reading import UploadFile
 from studio_watch.studio.auth import StaticToken
 from studio_watch.studio.client import StudioClient
 

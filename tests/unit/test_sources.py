@@ -14,13 +14,24 @@ from typing import Any, Callable
 import pytest
 
 from studio_watch.errors import SourceChanged, SourceUnreadable
-from studio_watch.files.sources import (CHUNK, NotTheUploadedFile, aside_path, content_hasher, delete, hash_file, move,
-                                  open_source, put_back, read_ahead, read_chunks, read_whole, take_aside)
+from studio_watch.files.after_upload import NotTheUploadedFile, aside_path, delete, move, put_back, take_aside
+from studio_watch.files.reading import CHUNK, content_hasher, hash_file, read_ahead, read_chunks, read_whole
+from studio_watch.files.sources import open_source
 
 
 def identity(path: Path) -> tuple[int, int, int]:
     st = os.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def replaced(path: Path, before: bytes, after: bytes) -> tuple[int, int, int]:
+    """Another file under the same name: `path` written with `before`, deleted, written anew with `after`.
+    Returns the identity the first one had."""
+    path.write_bytes(before)
+    first = identity(path)
+    path.unlink()
+    path.write_bytes(after)
+    return first
 
 
 def test_the_uploaded_file_is_taken_aside_to_a_hidden_name(tmp_path: Path) -> None:
@@ -86,10 +97,7 @@ def test_put_back_never_overwrites_and_never_leaves_a_file_hidden(tmp_path: Path
 def test_a_new_recording_under_the_name_is_never_moved_even_for_an_instant(tmp_path: Path) -> None:
     """Looked at before any rename: its job, if the settler looks at it now, finds it where it is."""
     path = tmp_path / "talk.mp4"
-    path.write_bytes(b"yesterday")
-    uploaded = identity(path)
-    path.unlink()
-    path.write_bytes(b"today's recording")
+    uploaded = replaced(path, b"yesterday", b"today's recording")
     ctime = os.stat(path).st_ctime_ns  # a rename, even there and back, would change it
     with pytest.raises(NotTheUploadedFile):
         take_aside(str(path), 7, uploaded)
@@ -137,10 +145,7 @@ def test_a_file_replaced_while_copied_across_filesystems_is_not_moved(tmp_path: 
     done = other_filesystem(tmp_path)
     try:
         path = tmp_path / "talk.mp4"
-        path.write_bytes(b"uploaded")
-        uploaded = identity(path)
-        path.unlink()
-        path.write_bytes(b"a new recording")
+        uploaded = replaced(path, b"uploaded", b"a new recording")
         with pytest.raises(NotTheUploadedFile):
             move(str(path), 7, uploaded, done)
         assert path.read_bytes() == b"a new recording" and list(done.iterdir()) == []
@@ -237,10 +242,7 @@ def test_open_source_of_a_fifo_fails_at_once_instead_of_waiting_for_a_writer(tmp
 
 def test_open_source_checks_the_identity_that_settled_and_a_size_limit(tmp_path: Path) -> None:
     path = tmp_path / "lecture.mp4"
-    path.write_bytes(b"settled")
-    settled = identity(path)
-    path.unlink()
-    path.write_bytes(b"another file")
+    settled = replaced(path, b"settled", b"another file")
     with pytest.raises(SourceChanged):
         open_source(str(path), settled)
     with open_source(str(path), identity(path)) as f:

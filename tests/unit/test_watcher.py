@@ -215,7 +215,7 @@ def test_start_scans_files_already_present(folder: Path) -> None:
     rule = FolderRule(path=folder)
     with watching([rule], "inotify") as (watcher, collector):
         assert watcher.alive()
-        assert watcher.kinds == {folder: "inotify"}
+        assert watcher.observers.kinds == {folder: "inotify"}
         with collector.cond:
             assert [(os.path.basename(f.path), s, f.rule) for f, s in collector.reports] == [("early.mp4", True, rule)]
         assert folder in watcher.last_scan
@@ -265,7 +265,7 @@ def test_inotify_recursive_reports_a_folder_moved_in_but_not_into_a_hidden_one(f
 
 def test_polling_reports_a_created_file(folder: Path) -> None:
     with watching([FolderRule(path=folder)], "polling") as (watcher, collector):
-        assert watcher.kinds == {folder: "polling"}
+        assert watcher.observers.kinds == {folder: "polling"}
         (folder / "polled.mp4").write_bytes(b"p" * 10)
         (folder / "ignored.txt").write_bytes(b"p")
         collector.wait_for(_event(folder / "polled.mp4"), "polled.mp4")
@@ -316,15 +316,34 @@ def _wait_for_name(found, cond, name: str, timeout: float = 10) -> bool:
 def test_probe_without_an_event_switches_the_folder_to_polling(tmp_path):
     rule = FolderRule(path=tmp_path, settle_seconds=0)
     watcher, found, cond, stop = _collecting_watcher(rule)
-    watcher.probe_seconds = 0.3
+    watcher.observers.probe_seconds = 0.3
     try:
-        watcher._schedule(rule)  # starts the observer too
-        watcher.observers["inotify"].unschedule(watcher.watches[rule.path])  # inotify now sees nothing here
-        watcher._self_test([rule])
-        assert watcher.kinds[rule.path] == "polling"
+        watcher.observers.schedule(rule)  # starts the observer too
+        observers = watcher.observers
+        observers.threads["inotify"].unschedule(observers.watches[rule.path])  # inotify now sees nothing here
+        watcher.observers.self_test([rule])
+        assert watcher.observers.kinds[rule.path] == "polling"
         assert not list(tmp_path.iterdir()), "the probe file was left behind"
         (tmp_path / "after.mp4").write_bytes(b"x")
         assert _wait_for_name(found, cond, "after.mp4")
+    finally:
+        stop.set()
+        watcher.close()
+
+
+def test_a_fall_back_to_polling_is_no_change_of_the_folder(tmp_path):
+    rule = FolderRule(path=tmp_path, settle_seconds=0)
+    released: list[FolderRule] = []
+    stop = threading.Event()
+    watcher = Watcher([rule], "auto", 3600, lambda items, is_scan: None, stop, release=released.append)
+    watcher.observers.probe_seconds = 0.3
+    try:
+        watcher.start()
+        observers = watcher.observers
+        observers.threads["inotify"].unschedule(observers.watches[rule.path])
+        observers.self_test([rule])  # no event: polled from now on
+        watcher.check_folders()  # the same folder, so still watched and still claimed
+        assert observers.kinds[rule.path] == "polling" and released == []
     finally:
         stop.set()
         watcher.close()
@@ -335,7 +354,7 @@ def test_probe_with_working_inotify_keeps_inotify(tmp_path):
     watcher, found, cond, stop = _collecting_watcher(rule)
     try:
         watcher.start()
-        assert watcher.kinds[rule.path] == "inotify"
+        assert watcher.observers.kinds[rule.path] == "inotify"
         assert not list(tmp_path.iterdir())
         assert found == []  # the hidden probe is never reported as a file
     finally:
@@ -348,13 +367,13 @@ def test_dead_observer_is_restarted_and_folder_rescanned(tmp_path):
     watcher, found, cond, stop = _collecting_watcher(rule, "inotify")
     try:
         watcher.start()
-        dead = watcher.observers["inotify"]
+        dead = watcher.observers.threads["inotify"]
         dead.stop()
         dead.join(5)
         (tmp_path / "while-dead.mp4").write_bytes(b"x")
         assert not watcher.alive()
         assert watcher.restart_dead() is True
-        assert watcher.alive() and watcher.observers["inotify"] is not dead
+        assert watcher.alive() and watcher.observers.threads["inotify"] is not dead
         assert _wait_for_name(found, cond, "while-dead.mp4")  # found by the rescan that follows a restart
         (tmp_path / "after.mp4").write_bytes(b"y")
         assert _wait_for_name(found, cond, "after.mp4")  # and events flow again
@@ -372,7 +391,7 @@ def test_the_probe_never_writes_through_a_link_planted_at_its_old_name(tmp_path)
     watcher, found, cond, stop = _collecting_watcher(FolderRule(path=drop, settle_seconds=0))
     try:
         watcher.start()
-        assert watcher.kinds[drop] == "inotify"  # the probe was written and seen: under a name of its own
+        assert watcher.observers.kinds[drop] == "inotify"  # the probe was written and seen: under a name of its own
         assert victim.read_bytes() == b"precious" and planted.is_symlink()
         assert [p.name for p in drop.iterdir()] == [planted.name]
     finally:
