@@ -413,13 +413,16 @@ def test_demo_keeps_watching_and_keeps_the_users_files(tmp_path: Path) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def test_demo_once_leaves_nothing_behind() -> None:
-    import glob
-    import tempfile
-
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "studio-watch-demo-*")))
-    assert run_cli("demo", "--once", "--files", "1", timeout=120).returncode == 0
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "studio-watch-demo-*"))) == before
+def test_demo_once_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`demo --once` works in a folder of its own under $TMPDIR (it says where) and removes it (a private $TMPDIR:
+    demos other runs start meanwhile are not counted)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run([sys.executable, "-m", "studio_watch", "demo", "--once", "--files", "1"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
+    assert done.returncode == 0, done.stderr
+    assert f"drop folder:     {tmp}/studio-watch-demo-" in done.stdout
+    assert list(tmp.iterdir()) == []
 
 
 # -- init -------------------------------------------------------------------------------------------------------------
