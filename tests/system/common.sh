@@ -13,6 +13,15 @@ start_timer() {
   TIMER_PID=$!
 }
 
+# finish RC: the end of each script's cleanup: the timer stopped, the tally said, the exit status (the number of
+# FAILs, or RC when it is 100 or more: the run could not get that far)
+finish() {
+  kill $(ps -o pid= --ppid "$TIMER_PID" 2>/dev/null) "$TIMER_PID" 2>/dev/null   # the timer and its sleep
+  say "done: $PASSES passed, $FAILS failed, $((SECONDS - T_START))s"
+  [ "$1" -ge 100 ] && exit "$1"
+  exit $((FAILS > 99 ? 99 : FAILS))
+}
+
 # host_packages LOGNAME PACKAGE...: apt-get install those given (the caller lists only the missing ones)
 host_packages() {
   local logname=$1; shift

@@ -64,10 +64,7 @@ cleanup() {
       [ -d "$h/sw-test-docker" ] && find "$h/sw-test-docker" -depth -type d -exec rmdir {} \; 2>/dev/null
     done
   fi
-  kill $(ps -o pid= --ppid "$TIMER_PID" 2>/dev/null) "$TIMER_PID" 2>/dev/null   # the timer and its sleep
-  say "done: $PASSES passed, $FAILS failed, $((SECONDS - T_START))s"
-  [ "$rc" -ge 100 ] && exit "$rc"
-  exit $((FAILS > 99 ? 99 : FAILS))
+  finish "$rc"
 }
 trap cleanup EXIT
 trap 'exit 101' INT TERM

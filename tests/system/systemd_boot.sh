@@ -67,10 +67,7 @@ cleanup() {
     [ -d "$h/$CG" ] && find "$h/$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
   if [ "${KEEP:-0}" != 1 ]; then rm -rf "$RUN_ROOT"; fi
-  kill $(ps -o pid= --ppid "$TIMER_PID" 2>/dev/null) "$TIMER_PID" 2>/dev/null   # the timer and its sleep
-  say "done: $PASSES passed, $FAILS failed, $((SECONDS - T_START))s"
-  [ "$rc" -ge 100 ] && exit "$rc"
-  exit $((FAILS > 99 ? 99 : FAILS))
+  finish "$rc"
 }
 trap cleanup EXIT
 trap 'exit 101' INT TERM
