@@ -42,6 +42,11 @@ PROCESSED_STATES = frozenset({"completed", "complete", "ready", "done", "process
 FAILED_STATES = frozenset({"failed", "error", "errored"})
 
 
+class _CancelledMidway(Exception):
+    """`studio-watch cancel` came while the PUT was on the wire: the PUT stops, the job is cancelled (never
+    completed in Studio)."""
+
+
 class Pause(Protocol):
     """The queue-wide pause switch the daemon owns."""
 
@@ -155,6 +160,9 @@ class Pipeline:
             elif step is Step.SENDING:
                 try:
                     job = self._put(job)
+                except _CancelledMidway:  # the PUT was cut short: the loop's first look cancels the job
+                    log.info("upload_cut_short", job_id=job.id, reason="cancel requested")
+                    continue
                 except UploadUrlExpired as exc:
                     renewals += 1
                     log.info("upload_url_refused", job_id=job.id, media_id=job.media_id, error=str(exc))
@@ -256,10 +264,12 @@ class Pipeline:
             return job
         size = job.size or 0
 
-        def progress(sent: int) -> None:
+        def progress(sent: int) -> None:  # twice a second at most (the client's pace)
             self.heartbeat()
             self.queue.set_progress(job, sent)
             self.observer.progress(job.id, sent, size)
+            if self.queue.cancel_requested(job.id):
+                raise _CancelledMidway
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)
         try:

@@ -223,12 +223,13 @@ def test_explain_all_judges_every_file(tmp_path: Path) -> None:
 # -- managing the queue ------------------------------------------------------------------------------------------
 
 def test_cancel_stops_a_job_in_flight_at_its_next_step(tmp_path: Path, daemons) -> None:
-    with Sandbox(faults=Faults(put_bytes_per_second=400_000)) as sandbox:
+    # 24 MB at 2 MB/s: more than loopback's socket buffers hold, so the client is still sending when cancelled
+    with Sandbox(faults=Faults(put_bytes_per_second=2_000_000)) as sandbox:
         config = write_config(tmp_path, sandbox.url, [{"path": "in", "settle_seconds": 0.1}])
         daemon = daemons(config)
         daemon.wait_ready()
-        write_media(tmp_path / "in" / "long.mp4", 2_000_000)
-        write_media(tmp_path / "in" / "later.mp4", 2_000_000, seed=9)
+        write_media(tmp_path / "in" / "long.mp4", 24_000_000)
+        write_media(tmp_path / "in" / "later.mp4", 24_000_000, seed=9)
         assert daemon.wait_event("upload_url_issued", 20), daemon.output()
         jobs = json.loads(run_cli("jobs", "--json", "-c", str(config)).stdout)
         flying = next(j["id"] for j in jobs if j["state"] == "url_issued")
@@ -240,7 +241,11 @@ def test_cancel_stops_a_job_in_flight_at_its_next_step(tmp_path: Path, daemons) 
         after = {j["id"]: j for j in json.loads(run_cli("jobs", "--json", "-c", str(config)).stdout)}
         assert after[flying]["state"] == after[waiting]["state"] == "skipped"
         assert after[flying]["reason"] == after[waiting]["reason"] == "cancelled"
-        assert sandbox.completed() == []  # the PUT ran out, but the upload was never completed
+        assert sandbox.completed() == []  # never completed in Studio
+        assert daemon.wait_event("upload_cut_short", 0), daemon.output()
+        # the PUT was cut short too (it takes 12 s): Studio never received the whole file
+        states = [m["state"] for m in sandbox.media()]
+        assert states and set(states) == {"pending"}, states
         # a rescan does not take them up again
         assert daemon.stop() == 0
         assert run_cli("run", "--once", "-c", str(config)).returncode == 0
