@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, write_config,
+from .harness import (Daemon, Sink, median, percentile, remove, run_child, scratch, start_afresh, write_config,
                       write_small_files)
 from .report import Result, mib
 
@@ -45,6 +45,7 @@ def _daemon_batch(sink: Sink, folder: Path, count: int, workers: int, timeout: f
     try:
         config = write_config(root, url or sink.url, [{"path": str(folder), "settle_seconds": 0, "collection_id": 1}],
                               workers=workers)
+        start_afresh(root / "state.db", folder)  # the folder is uploaded again by each fresh daemon
         sink.reset()
         daemon = Daemon(config, capture=False)
         try:

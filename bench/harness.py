@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from studio_watch.files.marks import XATTR
 from studio_watch.sandbox.tls import TlsFiles, make_certificates
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,6 +90,20 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int | No
             proc.kill()
             proc.wait(timeout=10)
     return proc.returncode
+
+
+def start_afresh(state_db: Path, *folders: Path) -> None:
+    """The next run as a first one: the state database gone with its companions (a lost database with its lock
+    left behind is refused by design), and the uploaded marks (files/marks.py) taken off the files in `folders`,
+    so the same bytes are new jobs again."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{state_db}{suffix}").unlink(missing_ok=True)
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                os.removexattr(path, XATTR, follow_symlinks=False)
+            except OSError:  # never marked (or no xattrs here)
+                pass
 
 
 def make_tls(folder: Path) -> TlsFiles:

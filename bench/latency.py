@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .delay import DelayProxy
-from .harness import Daemon, Sink, remove, run_child, scratch, write_config, write_small_files
+from .harness import Daemon, Sink, remove, run_child, scratch, start_afresh, write_config, write_small_files
 from .report import Result
 
 DELAY = 0.025  # seconds each way: 50 ms RTT
@@ -55,7 +55,7 @@ def _daemon(sink: Sink, url: str, root: Path, stage: list[Path], workers: int) -
         raise RuntimeError(f"workers={workers}: {done['count']} of {len(stage)} completes")
     for path in folder.iterdir():  # back to the stage for the next run (same bytes, new job: a fresh state DB)
         os.rename(path, stage[0].parent / path.name)
-    (root / "state.db").unlink()
+    start_afresh(root / "state.db", stage[0].parent)
     return (float(done["t"]) - started) / len(stage)
 
 
