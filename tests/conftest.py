@@ -128,8 +128,9 @@ def _account(name: str) -> Account:
                         name], check=True, capture_output=True)
         entry = pwd.getpwnam(name)
     account = Account(name, entry.pw_uid, entry.pw_gid)
-    _let_reach(account, Path(sys.executable).resolve())
-    _let_reach(account, Path(__file__).resolve().parents[1])
+    _let_reach(account, Path(sys.executable))  # the venv's own bin/python (a checkout in a 0700 mkdtemp folder)
+    _let_reach(account, Path(sys.executable).resolve())  # the interpreter it links to
+    _let_reach(account, Path(__file__).resolve())  # the checkout itself, not only the folders above it
     return account
 
 
