@@ -266,9 +266,9 @@ class Pipeline:
 
         def progress(sent: int) -> None:  # twice a second at most (the client's pace)
             self.heartbeat()
-            self.queue.set_progress(job, sent)
+            cancelled = self.queue.set_progress(job, sent)
             self.observer.progress(job.id, sent, size)
-            if self.queue.cancel_requested(job.id):
+            if cancelled:
                 raise _CancelledMidway
 
         log.debug("upload_started", job_id=job.id, media_id=job.media_id, path=job.display_path, bytes=size)

@@ -214,8 +214,9 @@ class JobQueue(abc.ABC):
         (size, mtime_ns, inode, device) when the file could be looked at."""
 
     @abc.abstractmethod
-    def set_progress(self, job: Job, bytes_sent: int) -> None:
-        """Transfer progress for `status` and `upload` (not a state change)."""
+    def set_progress(self, job: Job, bytes_sent: int) -> bool:
+        """Transfer progress for `status` and `upload` (not a state change); whether `studio-watch cancel` asked
+        for the job meanwhile (the same row, one statement: the PUT in flight learns it at no extra read)."""
 
     @abc.abstractmethod
     def content_verdict(self, job: Job, content_hash: str) -> tuple[Verdict, int | None]:

@@ -13,8 +13,8 @@ from typing import Any, Iterable, Sequence
 
 from studio_watch.logs import redact
 from studio_watch.queue.backend import CLAIM_ORDER, SET_META, SqlBackend, Tx, as_bytes, as_column, as_job
-from studio_watch.queue.model import (TERMINAL, URL_SPENT, WAITING, Job, Seen, Settled, State, Verdict,
-                                      check_transition, settle_clock)
+from studio_watch.queue.model import (CANCEL_REQUESTED, TERMINAL, URL_SPENT, WAITING, Job, Seen, Settled, State,
+                                      Verdict, check_transition, settle_clock)
 
 REDACTED_KEY = "error_text_redacted"  # meta: older rows' error text has been passed through redact() once
 
@@ -223,10 +223,11 @@ class Transitions(SqlBackend):
             facts.update(media_id=None, upload_url=None, url_issued_at=None)
         return self._move(job, State.SETTLING, release=True, **facts)
 
-    def set_progress(self, job: Job, bytes_sent: int) -> None:
+    def set_progress(self, job: Job, bytes_sent: int) -> bool:
         with self._tx(durable=False) as tx:
-            tx.run("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ? AND claimed_by = ?",
-                   (bytes_sent, time.time(), job.id, job.claimed_by))
+            row = tx.one("UPDATE jobs SET bytes_sent = ?, progress_at = ? WHERE id = ? AND claimed_by = ? "
+                         "RETURNING reason", (bytes_sent, time.time(), job.id, job.claimed_by))
+        return row is not None and row["reason"] == CANCEL_REQUESTED
 
     def content_verdict(self, job: Job, content_hash: str) -> tuple[Verdict, int | None]:
         """See JobQueue.content_verdict. Its commit does not wait for the disk: the job's next state change (a
